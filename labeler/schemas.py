@@ -1,0 +1,449 @@
+"""The data contracts of densepref (shared/DESIGN.md §2): every module may import this one.
+
+Pair manifest entries go in, dense preference records (or error records) come out, and
+judges speak ``SegmentRequest`` -> ``Judgment``. Validation errors say which field is wrong
+and why, so a bad line in a manifest or a label file fails alone and clearly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "LABELS",
+    "LABEL_VALUE",
+    "DensePreferenceRecord",
+    "ErrorInfo",
+    "ErrorRecord",
+    "FatalJudgeError",
+    "Judge",
+    "JudgeError",
+    "JudgeEstimate",
+    "JudgeParseError",
+    "Judgment",
+    "Label",
+    "LabelerInfo",
+    "ManifestEntry",
+    "ManifestLineError",
+    "Segment",
+    "SegmentRequest",
+    "TransientJudgeError",
+    "Usage",
+    "Vote",
+    "iter_manifest",
+    "iter_records",
+    "read_manifest",
+    "read_records",
+    "video_level",
+]
+
+Label = Literal["A", "B", "tie"]
+LABELS: tuple[str, ...] = ("A", "B", "tie")
+#: Numeric value of a label: A better = +1, B better = -1, tie = 0 (DESIGN §2.3).
+LABEL_VALUE: dict[str, int] = {"A": 1, "B": -1, "tie": 0}
+PROB_TOLERANCE = 1e-3
+
+
+def _check_probabilities(p_a: float, p_b: float, p_tie: float, where: str) -> None:
+    for name, value in (("p_a", p_a), ("p_b", p_b), ("p_tie", p_tie)):
+        if not (0.0 <= value <= 1.0) or math.isnan(value):
+            raise ValueError(f"{where}: {name}={value} is outside [0, 1]")
+    total = p_a + p_b + p_tie
+    if abs(total - 1.0) > PROB_TOLERANCE:
+        raise ValueError(f"{where}: p_a + p_b + p_tie = {total:.6f}, must sum to 1")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- manifest (§2.1)
+
+
+class ManifestEntry(_Strict):
+    """One aligned pair to label. Relative paths resolve against the manifest's directory."""
+
+    pair_id: str = Field(min_length=1, description="Unique within the manifest.")
+    prompt: str = Field(description="The text prompt both videos were generated from.")
+    video_a: str = Field(min_length=1)
+    video_b: str = Field(min_length=1)
+    reference: str | None = Field(None, description="Ground-truth video the pair was generated from.")
+    segment_seconds: float | None = Field(None, gt=0, description="Overrides the job's segment length.")
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def resolved(self, base_dir: str | Path) -> ManifestEntry:
+        """A copy whose relative video paths are made absolute against ``base_dir``."""
+        base = Path(base_dir)
+
+        def fix(p: str | None) -> str | None:
+            if p is None:
+                return None
+            path = Path(p).expanduser()
+            return str(path if path.is_absolute() else (base / path).resolve())
+
+        return self.model_copy(
+            update={"video_a": fix(self.video_a), "video_b": fix(self.video_b), "reference": fix(self.reference)}
+        )
+
+
+@dataclass(frozen=True)
+class ManifestLineError:
+    """A manifest line that could not become a ManifestEntry; it fails alone."""
+
+    line: int
+    pair_id: str
+    type: str
+    message: str
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "<record>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineError]:
+    """Yield resolved entries, or a ManifestLineError for each bad line (bad JSON, bad fields,
+    duplicate pair_id). Blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    base = path.parent
+    seen: set[str] = set()
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            text = raw.strip()
+            if not text or text.startswith("#"):
+                continue
+            placeholder = f"<line {lineno}>"
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield ManifestLineError(lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {exc}")
+                continue
+            pair_id = obj.get("pair_id") if isinstance(obj, dict) else None
+            pair_id = pair_id if isinstance(pair_id, str) and pair_id else placeholder
+            try:
+                entry = ManifestEntry.model_validate(obj)
+            except ValidationError as exc:
+                yield ManifestLineError(
+                    lineno, pair_id, "ManifestValidationError", f"line {lineno}: {_format_validation_error(exc)}"
+                )
+                continue
+            if entry.pair_id in seen:
+                yield ManifestLineError(
+                    lineno, entry.pair_id, "DuplicatePairId", f"line {lineno}: pair_id {entry.pair_id!r} repeats"
+                )
+                continue
+            seen.add(entry.pair_id)
+            yield entry.resolved(base)
+
+
+def read_manifest(path: str | Path) -> list[ManifestEntry]:
+    """All entries of a manifest; raises ValueError listing every bad line."""
+    entries, errors = [], []
+    for item in iter_manifest(path):
+        (errors if isinstance(item, ManifestLineError) else entries).append(item)
+    if errors:
+        raise ValueError(f"{path}: " + " | ".join(e.message for e in errors))
+    return entries
+
+
+# --------------------------------------------------------------------------- records (§2.3)
+
+
+class Vote(BaseModel):
+    """One judge answer for one presentation order, already mapped back to the pair's A/B."""
+
+    model_config = ConfigDict(extra="allow")
+
+    order: Literal["ab", "ba"]
+    label: Label
+    p_a: float | None = None
+    p_b: float | None = None
+    p_tie: float | None = None
+    cached: bool | None = None
+
+
+class Segment(BaseModel):
+    """A half-open frame range [start_frame, end_frame) with its label and probabilities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0)
+    start_frame: int = Field(ge=0)
+    end_frame: int = Field(gt=0)
+    start_s: float = Field(ge=0)
+    end_s: float = Field(ge=0)
+    label: Label
+    p_a: float
+    p_b: float
+    p_tie: float
+    votes: list[Vote] = Field(default_factory=list)
+    consistent: bool | None = None
+    rationale: str = ""
+    note: str | None = Field(None, description="Free-text note of a human annotator.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Segment:
+        if self.end_frame <= self.start_frame:
+            raise ValueError(
+                f"segment {self.index}: end_frame {self.end_frame} must be after start_frame {self.start_frame}"
+            )
+        if self.end_s < self.start_s:
+            raise ValueError(f"segment {self.index}: end_s {self.end_s} is before start_s {self.start_s}")
+        _check_probabilities(self.p_a, self.p_b, self.p_tie, f"segment {self.index}")
+        return self
+
+
+class LabelerInfo(BaseModel):
+    """Who produced the labels and with which settings; extra settings (layout, max_side...) are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    judge: str
+    model: str | None = None
+    prompt_id: str | None = None
+    frames_per_segment: int | None = None
+    swap: bool | None = None
+    densepref_version: str | None = None
+    annotator: str | None = Field(None, description="Human annotator name when judge == 'human'.")
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_hits: int = 0
+    requests: int = 0
+
+
+class DensePreferenceRecord(BaseModel):
+    """One labeled pair: the output of every judge and of human annotation alike."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pair_id: str = Field(min_length=1)
+    prompt: str
+    video_a: str
+    video_b: str
+    reference: str | None = None
+    fps: float = Field(gt=0)
+    num_frames: int = Field(gt=0)
+    segments: list[Segment] = Field(min_length=1)
+    video_label: Label
+    video_score: float = Field(ge=-1.0, le=1.0)
+    labeler: LabelerInfo
+    usage: Usage = Field(default_factory=Usage)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_annotator(cls, data: Any) -> Any:
+        # Human label files may carry `annotator` at the top level; it belongs to `labeler`.
+        if isinstance(data, dict) and "annotator" in data:
+            data = dict(data)
+            annotator = data.pop("annotator")
+            labeler = dict(data.get("labeler") or {"judge": "human"})
+            labeler.setdefault("annotator", annotator)
+            data["labeler"] = labeler
+        return data
+
+    @field_validator("segments")
+    @classmethod
+    def _ordered(cls, segments: list[Segment]) -> list[Segment]:
+        for i, seg in enumerate(segments):
+            if seg.index != i:
+                raise ValueError(f"segments out of order: position {i} holds index {seg.index}")
+            if i and seg.start_frame < segments[i - 1].end_frame:
+                prev = segments[i - 1]
+                raise ValueError(
+                    f"segments {prev.index} [{prev.start_frame}, {prev.end_frame}) and "
+                    f"{seg.index} [{seg.start_frame}, {seg.end_frame}) overlap"
+                )
+        return segments
+
+    @model_validator(mode="after")
+    def _within_video(self) -> DensePreferenceRecord:
+        last = self.segments[-1]
+        if last.end_frame > self.num_frames:
+            raise ValueError(f"segment {last.index} ends at frame {last.end_frame} > num_frames {self.num_frames}")
+        return self
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.segments]
+
+
+def video_level(segments: Iterable[Segment]) -> tuple[Label, float]:
+    """The video label and score of a pair (DESIGN §2.3, the DenseDPO paper's rule).
+
+    Label: majority vote over the non-tie segment labels, equal counts -> tie.
+    Score: mean of p_a - p_b over all segments, in [-1, 1].
+    """
+    segments = list(segments)
+    if not segments:
+        raise ValueError("video_level needs at least one segment")
+    n_a = sum(s.label == "A" for s in segments)
+    n_b = sum(s.label == "B" for s in segments)
+    label: Label = "A" if n_a > n_b else "B" if n_b > n_a else "tie"
+    score = sum(s.p_a - s.p_b for s in segments) / len(segments)
+    return label, max(-1.0, min(1.0, round(score, 6)))
+
+
+class ErrorInfo(_Strict):
+    type: str
+    message: str
+
+
+class ErrorRecord(_Strict):
+    """A pair that failed, written to ``<output>.errors.jsonl``; a rerun retries it."""
+
+    pair_id: str
+    error: ErrorInfo
+    attempts: int = Field(1, ge=0)
+    line: int | None = Field(None, description="Manifest line, for entries that failed to parse.")
+
+
+def iter_records(path: str | Path, *, tolerate_truncated_tail: bool = True) -> Iterator[DensePreferenceRecord]:
+    """Read a dense preference JSONL. A last line cut short by a killed writer is ignored
+    (``tolerate_truncated_tail``); any other bad line raises ValueError naming the line."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, raw in enumerate(lines, start=1):
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if tolerate_truncated_tail and lineno == len(lines):
+                return
+            raise ValueError(f"{path}:{lineno}: invalid JSON: {exc}") from exc
+        try:
+            yield DensePreferenceRecord.model_validate(obj)
+        except ValidationError as exc:
+            raise ValueError(f"{path}:{lineno}: {_format_validation_error(exc)}") from exc
+
+
+def read_records(path: str | Path, *, tolerate_truncated_tail: bool = True) -> list[DensePreferenceRecord]:
+    return list(iter_records(path, tolerate_truncated_tail=tolerate_truncated_tail))
+
+
+# --------------------------------------------------------------------------- judge interface (§2.4)
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentRequest:
+    """What a judge sees for one aligned segment, in presentation order.
+
+    ``frames_first`` is shown as "Video A / first", ``frames_second`` as "Video B / second". The
+    engine decides the order (it swaps them for the "ba" vote) and maps the answer back; a judge
+    only ever answers about what it was shown.
+    """
+
+    prompt: str
+    frames_first: np.ndarray  # [K, H, W, 3] uint8 RGB
+    frames_second: np.ndarray  # same shape as frames_first
+    start_s: float
+    end_s: float
+    index: int = 0
+    num_segments: int = 1
+    frame_times: tuple[float, ...] = ()  # seconds of each sampled frame, for the prompt
+    reference: np.ndarray | None = None  # ground-truth frames at the same indices, if any
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        a, b = self.frames_first, self.frames_second
+        if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
+            raise ValueError(f"frames_first must be [K, H, W, 3] uint8, got {a.shape} {a.dtype}")
+        if a.shape != b.shape:
+            raise ValueError(f"frames_first {a.shape} and frames_second {b.shape} differ in shape")
+        if self.reference is not None and self.reference.shape[0] != a.shape[0]:
+            raise ValueError(f"reference has {self.reference.shape[0]} frames, the pair {a.shape[0]}")
+
+
+class Judgment(BaseModel):
+    """A judge's answer about one SegmentRequest, in presentation order (A = first shown)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Label
+    p_a: float
+    p_b: float
+    p_tie: float
+    rationale: str = ""
+    raw: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str | None = None
+    prob_source: Literal["logprobs", "logits", "score", "vote"] = "vote"
+
+    @model_validator(mode="after")
+    def _check(self) -> Judgment:
+        _check_probabilities(self.p_a, self.p_b, self.p_tie, "judgment")
+        return self
+
+    def swapped(self) -> Judgment:
+        """The same answer with first and second exchanged (maps a "ba" vote back to A/B)."""
+        label = {"A": "B", "B": "A", "tie": "tie"}[self.label]
+        return self.model_copy(update={"label": label, "p_a": self.p_b, "p_b": self.p_a})
+
+
+class JudgeError(Exception):
+    """Base of every error a judge raises; ``type`` names it in error records."""
+
+
+class TransientJudgeError(JudgeError):
+    """Worth retrying: 429, 5xx, timeouts, dropped connections. ``retry_after`` in seconds if the
+    server said so."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class JudgeParseError(JudgeError):
+    """The judge's answer stayed unparseable after its bounded re-asks."""
+
+
+class FatalJudgeError(JudgeError):
+    """Retrying cannot help: bad credentials, unknown model, a request the server rejects."""
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """A judge compares two aligned segments. It knows nothing of caching, swapping, retries or
+    files: the engine does those (DESIGN §2.4)."""
+
+    name: str
+    model: str | None
+    prompt_id: str | None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything besides the frames that changes the answer (model, prompt id, sampling
+        parameters, image layout...). It enters the cache key, so two judges with equal
+        fingerprints must answer alike."""
+        ...
+
+    async def judge(self, request: SegmentRequest) -> Judgment: ...
+
+
+@dataclass
+class JudgeEstimate:
+    """What one request would cost before it is sent (``--dry-run``, budgets, benchmarks)."""
+
+    images: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)

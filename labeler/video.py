@@ -1,0 +1,271 @@
+"""Video access for the labeler: probe, segment (DESIGN §2.2), sample, decode, resize, write.
+
+decord reads most files fast and seeks to just the frames asked for; PyAV is the fallback for
+what decord cannot open. Every failure is a VideoError that names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+FPS_TOLERANCE = 1e-3
+
+
+class VideoError(Exception):
+    """A video that cannot be used; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class VideoReadError(VideoError):
+    """Missing, unreadable, corrupt, no video stream, or zero frames."""
+
+
+class VideoMismatchError(VideoError):
+    """The videos of a pair (or the reference) differ in fps or frame count."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+    backend: str
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / self.fps
+
+
+# --------------------------------------------------------------------------- probing
+
+
+def _probe_decord(path: str) -> VideoInfo:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    n = len(vr)
+    if n == 0:
+        raise VideoReadError(path, "the video has zero frames")
+    h, w = vr[0].shape[:2]
+    return VideoInfo(path, float(vr.get_avg_fps()), n, int(w), int(h), "decord")
+
+
+def _probe_av(path: str) -> VideoInfo:
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError(path, "no video stream (audio-only or not a video file)")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            if not rate:
+                raise VideoReadError(path, "the video stream has no frame rate")
+            # Count by demuxing packets: exact, and no decoding.
+            n = sum(1 for pkt in container.demux(stream) if pkt.size)
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except VideoReadError:
+        raise
+    except Exception as exc:  # av raises many FFmpeg error subclasses
+        raise VideoReadError(path, f"cannot read video: {exc}") from exc
+    if n == 0:
+        raise VideoReadError(path, "the video has zero frames")
+    return VideoInfo(path, float(rate), n, int(width), int(height), "av")
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """fps, frame count and size of a video, or VideoReadError saying why not."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoReadError(path, "file not found")
+    if not os.path.isfile(path):
+        raise VideoReadError(path, "not a regular file")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(path, "the file is empty")
+    try:
+        return _probe_decord(path)
+    except VideoReadError:
+        raise
+    except Exception:  # decord cannot open it: let PyAV try, it knows more containers
+        return _probe_av(path)
+
+
+def check_aligned(a: VideoInfo, b: VideoInfo, *, role: str = "video_b") -> None:
+    """Raise VideoMismatchError unless ``b`` has the fps and frame count of ``a`` (no silent truncation)."""
+    if abs(a.fps - b.fps) > FPS_TOLERANCE:
+        raise VideoMismatchError(b.path, f"{role} has {b.fps:.4f} fps but video_a ({a.path}) has {a.fps:.4f} fps")
+    if a.num_frames != b.num_frames:
+        raise VideoMismatchError(
+            b.path, f"{role} has {b.num_frames} frames but video_a ({a.path}) has {a.num_frames}"
+        )
+
+
+# --------------------------------------------------------------------------- segmentation (§2.2)
+
+
+def plan_segments(num_frames: int, fps: float, segment_seconds: float) -> list[tuple[int, int]]:
+    """Half-open frame ranges of ``round(segment_seconds * fps)`` frames; a last remainder shorter
+    than half a segment merges into the previous segment."""
+    if num_frames <= 0:
+        raise ValueError(f"num_frames must be positive, got {num_frames}")
+    if fps <= 0 or segment_seconds <= 0:
+        raise ValueError(f"fps ({fps}) and segment_seconds ({segment_seconds}) must be positive")
+    length = max(1, round(segment_seconds * fps))
+    bounds = [(s, min(s + length, num_frames)) for s in range(0, num_frames, length)]
+    if len(bounds) > 1 and (bounds[-1][1] - bounds[-1][0]) * 2 < length:
+        start, _ = bounds[-2]
+        bounds[-2:] = [(start, num_frames)]
+    return bounds
+
+
+def sample_indices(start: int, end: int, k: int) -> list[int]:
+    """``k`` frame indices spread uniformly inside [start, end) (bin centres); every frame when the
+    segment has fewer than ``k``."""
+    if end <= start:
+        raise ValueError(f"empty segment [{start}, {end})")
+    if k <= 0:
+        raise ValueError(f"frames per segment must be positive, got {k}")
+    n = end - start
+    if n <= k:
+        return list(range(start, end))
+    return [start + math.floor((i + 0.5) * n / k) for i in range(k)]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def resize_max_side(frames: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Resize [K, H, W, 3] frames so the long side is ``max_side`` (never upscales)."""
+    if not max_side or max(frames.shape[1:3]) <= max_side:
+        return frames
+    from PIL import Image
+
+    h, w = frames.shape[1:3]
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    out = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR, reducing_gap=2.0)) for f in frames]
+    return np.stack(out)
+
+
+def _read_decord(path: str, indices: Sequence[int]) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    n = len(vr)
+    bad = [i for i in indices if not 0 <= i < n]
+    if bad:
+        raise VideoReadError(path, f"frame indices {bad[:5]} outside [0, {n})")
+    return vr.get_batch(list(indices)).asnumpy()
+
+
+def _read_av(path: str, indices: Sequence[int]) -> np.ndarray:
+    import av
+
+    wanted = sorted(set(indices))
+    found: dict[int, np.ndarray] = {}
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                if i in wanted:
+                    found[i] = frame.to_ndarray(format="rgb24")
+                if i >= wanted[-1]:
+                    break
+    except Exception as exc:
+        raise VideoReadError(path, f"cannot decode: {exc}") from exc
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise VideoReadError(path, f"frames {missing[:5]} could not be decoded")
+    return np.stack([found[i] for i in indices])
+
+
+def read_frames(path: str | os.PathLike, indices: Sequence[int], max_side: int | None = None) -> np.ndarray:
+    """Decode just the frames at ``indices`` (any order, repeats allowed) as [K, H, W, 3] uint8 RGB,
+    resized to ``max_side``."""
+    path = str(path)
+    if not indices:
+        raise ValueError("read_frames needs at least one index")
+    try:
+        frames = _read_decord(path, indices)
+    except VideoReadError:
+        raise
+    except Exception:
+        frames = _read_av(path, indices)
+    return resize_max_side(np.ascontiguousarray(frames, dtype=np.uint8), max_side)
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+_hash_lock = threading.Lock()
+_hash_memo: dict[tuple[str, int, int], str] = {}
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of the file's bytes (the cache's video identity), memoised by (path, size, mtime)."""
+    path = str(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise VideoReadError(path, f"cannot stat: {exc.strerror}") from exc
+    key = (path, st.st_size, st.st_mtime_ns)
+    with _hash_lock:
+        if key in _hash_memo:
+            return _hash_memo[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _hash_lock:
+        _hash_memo[key] = value
+    return value
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray, fps: float, *, crf: int = 18) -> Path:
+    """Write RGB uint8 frames as H.264 (yuv420p) MP4. Odd sizes are cropped by one pixel, since
+    yuv420p needs even dimensions."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(1001)
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    with av.open(str(tmp), mode="w") as container:
+        stream = None
+        for frame in frames:
+            frame = np.asarray(frame, dtype=np.uint8)
+            h, w = frame.shape[0] & ~1, frame.shape[1] & ~1
+            if stream is None:
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height = w, h
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": "medium"}
+            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
+            for packet in stream.encode(image):
+                container.mux(packet)
+        if stream is None:
+            raise ValueError(f"{path}: no frames to write")
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)  # a killed writer never leaves a half-written video under the real name
+    return path
