@@ -1,0 +1,156 @@
+"""``python -m labeler.batch``: label a pair manifest into dense preference JSONL.
+
+    python -m labeler.batch MANIFEST.jsonl --out OUT.jsonl [--judge metrics|openai|hf] [...]
+    python -m labeler.batch --demo DIR      # build a demo set from real clips, label it, score it
+
+Rerunning with the same --out resumes: pairs already written are skipped, cached judgments are
+never requested again, and pairs in OUT.errors.jsonl are retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from labeler.cli_options import add_engine_arguments, add_judge_arguments, engine_from_args
+from labeler.engine import Engine
+from labeler.runner import BatchResult, run_batch
+
+EXIT_OK, EXIT_FAILED_PAIRS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m labeler.batch",
+        description="Label aligned video pairs segment by segment (A better / B better / tie) and write "
+        "dense preference JSONL. Resumable: rerun the same command to continue.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  python -m labeler.batch --demo demo_out/\n"
+        "  python -m labeler.batch pairs.jsonl --out labels.jsonl --judge metrics\n"
+        "  OPENAI_API_KEY=... python -m labeler.batch pairs.jsonl --out labels.jsonl --judge openai --model gpt-4o-mini\n"
+        "  python -m labeler.batch pairs.jsonl --out labels.jsonl --judge openai \\\n"
+        "      --base-url http://gpu-box:8000/v1 --model Qwen/Qwen2.5-VL-7B-Instruct --concurrency 32\n",
+    )
+    p.add_argument("manifest", nargs="?", type=Path, help="pair manifest JSONL (see README: 'Pair manifest')")
+    p.add_argument("--out", type=Path, help="dense preference JSONL to write (appended; failures go to "
+                                            "OUT.errors.jsonl)")
+    p.add_argument("--demo", type=Path, metavar="DIR",
+                   help="build the demo set into DIR if missing, label it, and score it against its ground truth")
+    p.add_argument("--workers", type=int, default=None,
+                   help="pairs processed at once (default: concurrency / 2, at least 4)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the requests, images and estimated tokens/cost, then stop without sending anything")
+    p.add_argument("--openai-batch", action="store_true",
+                   help="--judge openai: send the uncached requests through the OpenAI Batch API (half price, "
+                        "hours of latency), then write the records")
+    p.add_argument("--batch-poll-seconds", type=float, default=30.0,
+                   help="--openai-batch: seconds between status polls (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_judge_arguments(p)
+    add_engine_arguments(p)
+    return p
+
+
+def _share(n: int, total: int) -> str:
+    return f"{n} ({100 * n / total:.0f}%)" if total else "0"
+
+
+def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
+    s = engine.stats.as_dict()
+    total = sum(result.labels.values())
+    rate = result.segments / result.seconds if result.seconds else 0.0
+    flip = "n/a" if s["flip_rate"] is None else f"{100 * s['flip_rate']:.1f}%"
+    lines = [
+        f"pairs      {result.ok} labeled, {result.failed} failed, {result.skipped} already done "
+        f"(manifest: {result.manifest_pairs})",
+        f"segments   {result.segments}  A {_share(result.labels['A'], total)}  B {_share(result.labels['B'], total)}"
+        f"  tie {_share(result.labels['tie'], total)}",
+        f"time       {result.seconds:.1f} s ({rate:.1f} segment pairs/s)",
+        f"judge      {engine.judge.name}" + (f" {engine.judge.model}" if engine.judge.model else "")
+        + f"; requests {s['requests']}, cache hits {s['cache_hits']}, retries {s['retries']}, order flips {flip}",
+        f"tokens     in {s['input_tokens']}, out {s['output_tokens']}, estimated cost ${s['cost_usd']:.4f}",
+        f"labels  -> {out}",
+    ]
+    if result.failed:
+        lines.append(f"errors  -> {result.errors_file}")
+        lines += [f"  {pid}: {msg[:200]}" for pid, msg in result.failures[:5]]
+        if result.failed > 5:
+            lines.append(f"  ... and {result.failed - 5} more")
+    if result.stopped:
+        lines.append(f"STOPPED    {result.stopped} - rerun the same command to continue")
+    return "\n".join(lines)
+
+
+def _run_demo(args: argparse.Namespace, engine: Engine, workers: int) -> int:
+    from labeler.agreement import compute_agreement, headline, write_report
+    from labeler.demo import build_demo
+    from labeler.schemas import read_records
+
+    demo = build_demo(args.demo)
+    out = args.out or Path(args.demo) / "labels.jsonl"
+    print(f"demo set   {demo.pairs} pairs, {demo.segments} segments -> {demo.manifest}", file=sys.stderr)
+    result = asyncio.run(_label(demo.manifest, out, engine, workers, args.quiet))
+    print(format_summary(result, engine, out))
+    report_dir = Path(args.demo) / "agreement"
+    agreement = compute_agreement(read_records(out), [read_records(demo.ground_truth)])
+    paths = write_report(agreement, report_dir)
+    print("\nagreement with the demo's injected ground truth:")
+    print(headline(agreement))
+    print(f"report  -> {paths.get('report.md', report_dir)}")
+    return EXIT_OK if result.complete else (EXIT_STOPPED if result.stopped else EXIT_FAILED_PAIRS)
+
+
+async def _label(manifest: Path, out: Path, engine: Engine, workers: int, quiet: bool) -> BatchResult:
+    try:
+        return await run_batch(manifest, out, engine, workers=workers, progress=not quiet)
+    finally:
+        await engine.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.demo is None and (args.manifest is None or args.out is None):
+        parser.error("give MANIFEST and --out, or --demo DIR")
+    if args.manifest is not None and not args.manifest.is_file():
+        parser.error(f"manifest not found: {args.manifest}")
+    if args.openai_batch and args.judge != "openai":
+        parser.error("--openai-batch needs --judge openai")
+    engine = engine_from_args(args)
+    workers = args.workers or max(4, engine.config.concurrency // 2)
+    if args.dry_run:
+        from labeler.dryrun import dry_run
+
+        print(dry_run(args.manifest or build_demo_manifest(args.demo), engine))
+        return EXIT_OK
+    if args.demo is not None:
+        return _run_demo(args, engine, workers)
+    if args.openai_batch:
+        from labeler.openai_batch import prefill_with_batch_api
+
+        asyncio.run(prefill_with_batch_api(args.manifest, args.out, engine, poll_seconds=args.batch_poll_seconds))
+    try:
+        result = asyncio.run(_label(args.manifest, args.out, engine, workers, args.quiet))
+    except KeyboardInterrupt:
+        print("\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except ValueError as exc:  # e.g. a corrupt existing output file
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_summary(result, engine, args.out))
+    if result.stopped:
+        return EXIT_STOPPED
+    return EXIT_FAILED_PAIRS if result.failed else EXIT_OK
+
+
+def build_demo_manifest(directory: Path) -> Path:
+    from labeler.demo import build_demo
+
+    return build_demo(directory).manifest
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""The judgment cache (DESIGN §2.5): one diskcache entry per (judge settings, content, frames, order).
+
+diskcache stores each entry in one SQLite transaction, so a killed process never leaves a
+half-written judgment, and several processes (batch jobs, the HTTP service) can share a directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from labeler.schemas import Judgment
+
+#: Bump when the meaning of a key part changes, so old entries are never misread.
+KEY_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("densepref")) / "judgments"
+
+
+def cache_key(**parts: Any) -> str:
+    """A stable sha256 over canonical JSON of the parts (judge, fingerprint, content hashes,
+    frame indices, resize setting, order...)."""
+    blob = json.dumps({"v": KEY_VERSION, **parts}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class JudgmentCache:
+    """Judgments by cache key. ``directory=None`` keeps nothing (every lookup misses)."""
+
+    def __init__(self, directory: str | Path | None, *, size_limit_gb: float = 4.0):
+        self.directory = Path(directory) if directory is not None else None
+        self._cache = None
+        if self.directory is not None:
+            import diskcache
+
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._cache = diskcache.Cache(str(self.directory), size_limit=int(size_limit_gb * 2**30))
+
+    def get(self, key: str) -> Judgment | None:
+        if self._cache is None:
+            return None
+        value = self._cache.get(key)
+        if value is None:
+            return None
+        try:
+            return Judgment.model_validate_json(value)
+        except ValueError:  # written by an incompatible version: treat as a miss, it will be overwritten
+            return None
+
+    def __contains__(self, key: str) -> bool:
+        return self._cache is not None and key in self._cache
+
+    def set(self, key: str, judgment: Judgment) -> None:
+        if self._cache is not None:
+            self._cache.set(key, judgment.model_dump_json())
+
+    def __len__(self) -> int:
+        return 0 if self._cache is None else len(self._cache)
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()

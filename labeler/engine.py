@@ -1,0 +1,391 @@
+"""The labeling engine (DESIGN §2.5): one code path for the batch CLI and the HTTP service.
+
+For a pair it probes both videos, cuts aligned segments, looks every (segment, order) judgment up
+in the cache, decodes only the frames of segments still missing (in worker threads, so decoding
+overlaps with requests in flight), asks the judge in both presentation orders under a bounded
+number of concurrent requests with retries, and folds the votes into a dense preference record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from labeler import __version__, video
+from labeler.aggregate import combine_votes
+from labeler.cache import JudgmentCache, cache_key
+from labeler.schemas import (
+    DensePreferenceRecord,
+    Judge,
+    Judgment,
+    LabelerInfo,
+    ManifestEntry,
+    Segment,
+    SegmentRequest,
+    TransientJudgeError,
+    Usage,
+    video_level,
+)
+
+ORDERS = ("ab", "ba")
+
+
+@dataclass
+class EngineConfig:
+    segment_seconds: float = 1.0  # default segment length; a manifest entry may override it
+    frames_per_segment: int = 8  # frames shown per segment (the paper's 8 fps for 1 s segments)
+    max_side: int = 448  # long side of the frames shown to the judge
+    swap: bool = True  # judge every segment in both orders to cancel position bias
+    concurrency: int = 8  # judge requests in flight
+    decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    request_timeout: float = 120.0  # seconds per judge call, retried as a transient failure
+    max_attempts: int = 6  # per judge call, transient failures included
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    decisive_margin: float = 0.3  # see labeler.aggregate
+    max_requests: int | None = None  # budget: stop sending after this many requests
+    max_cost: float | None = None  # budget in USD, from token usage and labeler.pricing
+
+
+class BudgetExceeded(RuntimeError):
+    """The --max-requests / --max-cost budget is spent; nothing more is sent."""
+
+
+@dataclass
+class EngineStats:
+    pairs: int = 0
+    segments: int = 0
+    requests: int = 0  # judge calls sent (each attempt counts)
+    retries: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    swapped_segments: int = 0
+    flips: int = 0  # swapped segments whose two votes disagreed
+    judge_errors: int = 0
+    decode_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["flip_rate"] = round(self.flips / self.swapped_segments, 4) if self.swapped_segments else None
+        out["cost_usd"] = round(self.cost_usd, 6)
+        return out
+
+
+@dataclass(frozen=True)
+class FrameSegment:
+    """A segment whose frames the caller already holds (the HTTP service's inline form)."""
+
+    frames_a: np.ndarray
+    frames_b: np.ndarray
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class SegmentPlan:
+    index: int
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    frame_indices: list[int]
+    keys: dict[str, str]
+
+
+@dataclass
+class PairPlan:
+    entry: ManifestEntry
+    fps: float
+    num_frames: int
+    segments: list[SegmentPlan]
+    use_reference: bool
+
+
+def _array_digest(frames: np.ndarray) -> str:
+    h = hashlib.sha256(str(frames.shape).encode())
+    h.update(np.ascontiguousarray(frames).tobytes())
+    return h.hexdigest()
+
+
+def _exponential_jitter(initial: float, maximum: float) -> wait_exponential_jitter:
+    # tenacity 9.2 renamed `initial` to `multiplier`; accept both releases.
+    params = inspect.signature(wait_exponential_jitter).parameters
+    first = "multiplier" if "multiplier" in params else "initial"
+    return wait_exponential_jitter(**{first: initial}, max=maximum, jitter=initial)
+
+
+class Engine:
+    def __init__(self, judge: Judge, config: EngineConfig | None = None, cache: JudgmentCache | None = None):
+        self.judge = judge
+        self.config = config or EngineConfig()
+        self.cache = cache if cache is not None else JudgmentCache(None)
+        self.stats = EngineStats()
+        self._requests = asyncio.Semaphore(self.config.concurrency)
+        self._decodes = asyncio.Semaphore(self.config.decode_workers)
+        self._pause_until = 0.0  # a 429's Retry-After pauses every request, not just the one that got it
+        self._fingerprint = judge.fingerprint()
+        self._uses_reference = bool(getattr(judge, "uses_reference", False))
+        self._backoff = _exponential_jitter(self.config.backoff_initial, self.config.backoff_max)
+
+    # ------------------------------------------------------------------ planning
+
+    def _key(self, content: dict[str, Any], indices: Sequence[int], order: str, prompt: str) -> str:
+        return cache_key(
+            judge=self.judge.name,
+            model=self.judge.model,
+            prompt_id=self.judge.prompt_id,
+            fingerprint=self._fingerprint,
+            content=content,
+            indices=list(indices),
+            max_side=self.config.max_side,
+            order=order,
+            prompt=prompt,
+        )
+
+    def _orders(self) -> tuple[str, ...]:
+        return ORDERS if self.config.swap else ORDERS[:1]
+
+    def plan_pair(self, entry: ManifestEntry) -> PairPlan:
+        """Probe, check alignment, segment, and compute cache keys, without decoding a frame."""
+        info_a = video.probe(entry.video_a)
+        info_b = video.probe(entry.video_b)
+        video.check_aligned(info_a, info_b, role="video_b")
+        use_ref = bool(entry.reference) and self._uses_reference
+        content = {"a": video.file_hash(entry.video_a), "b": video.file_hash(entry.video_b)}
+        if use_ref:
+            info_ref = video.probe(entry.reference)
+            video.check_aligned(info_a, info_ref, role="reference")
+            content["ref"] = video.file_hash(entry.reference)
+        seconds = entry.segment_seconds or self.config.segment_seconds
+        fps = info_a.fps
+        segments = []
+        for i, (start, end) in enumerate(video.plan_segments(info_a.num_frames, fps, seconds)):
+            indices = video.sample_indices(start, end, self.config.frames_per_segment)
+            keys = {o: self._key(content, indices, o, entry.prompt) for o in self._orders()}
+            segments.append(SegmentPlan(i, start, end, round(start / fps, 4), round(end / fps, 4), indices, keys))
+        return PairPlan(entry, fps, info_a.num_frames, segments, use_ref)
+
+    # ------------------------------------------------------------------ judging
+
+    def _wait(self, retry_state: Any) -> float:
+        backoff = self._backoff(retry_state)
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        return max(backoff, retry_after) if retry_after else backoff
+
+    def _check_budget(self) -> None:
+        cfg = self.config
+        if cfg.max_requests is not None and self.stats.requests >= cfg.max_requests:
+            raise BudgetExceeded(f"request budget spent ({self.stats.requests} of --max-requests {cfg.max_requests})")
+        if cfg.max_cost is not None and self.stats.cost_usd >= cfg.max_cost:
+            raise BudgetExceeded(f"cost budget spent (${self.stats.cost_usd:.4f} of --max-cost ${cfg.max_cost})")
+
+    async def _call_once(self, request: SegmentRequest) -> Judgment:
+        loop = asyncio.get_running_loop()
+        while (delay := self._pause_until - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        async with self._requests:
+            self._check_budget()
+            self.stats.requests += 1
+            try:
+                return await asyncio.wait_for(self.judge.judge(request), self.config.request_timeout)
+            except asyncio.TimeoutError as exc:
+                raise TransientJudgeError(f"judge gave no answer within {self.config.request_timeout:g} s") from exc
+            except TransientJudgeError as exc:
+                if exc.retry_after:
+                    self._pause_until = max(self._pause_until, loop.time() + exc.retry_after)
+                raise
+
+    def _count_retry(self, _state: Any) -> None:
+        self.stats.retries += 1
+
+    async def ask(self, request: SegmentRequest) -> Judgment:
+        """One judge call with retries on transient failures (429/5xx/timeouts), honoring Retry-After."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.config.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(TransientJudgeError),
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    judgment = await self._call_once(request)
+        except Exception:
+            self.stats.judge_errors += 1
+            raise
+        self._account(judgment)
+        return judgment
+
+    def _account(self, judgment: Judgment) -> None:
+        self.stats.input_tokens += judgment.input_tokens
+        self.stats.output_tokens += judgment.output_tokens
+        try:
+            from labeler.pricing import estimate_cost
+        except ImportError:  # pricing is optional for budgets
+            return
+        cost = estimate_cost(judgment.model or self.judge.model or "", judgment.input_tokens, judgment.output_tokens)
+        self.stats.cost_usd += cost or 0.0
+
+    async def _judge_segment(
+        self, prompt: str, seg: SegmentPlan, get_frames: Callable[[], Awaitable[tuple]],
+        n_segments: int, fps: float | None, tally: dict[str, int],
+    ) -> list[tuple[str, Judgment]]:
+        async def one(order: str) -> tuple[str, Judgment]:
+            cached = self.cache.get(seg.keys[order])
+            if cached is not None:
+                tally["cache_hits"] += 1
+                self.stats.cache_hits += 1
+                judgment = cached
+            else:
+                fa, fb, ref = await get_frames()
+                first, second = (fa, fb) if order == "ab" else (fb, fa)
+                times = tuple(round(i / fps, 4) for i in seg.frame_indices) if fps else ()
+                request = SegmentRequest(
+                    prompt=prompt, frames_first=first, frames_second=second, start_s=seg.start_s, end_s=seg.end_s,
+                    index=seg.index, num_segments=n_segments, frame_times=times, reference=ref, fps=fps,
+                )
+                judgment = await self.ask(request)
+                self.cache.set(seg.keys[order], judgment)
+                tally["requests"] += 1
+            tally["input_tokens"] += judgment.input_tokens
+            tally["output_tokens"] += judgment.output_tokens
+            return order, (judgment if order == "ab" else judgment.swapped())
+
+        results = await asyncio.gather(*(one(o) for o in self._orders()), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        return list(results)  # type: ignore[arg-type]
+
+    async def _decode(self, plan: PairPlan, missing: list[SegmentPlan]) -> dict[int, tuple]:
+        """Read each video once for all frames of the segments with cache misses."""
+        wanted = sorted({i for seg in missing for i in seg.frame_indices})
+        paths = [plan.entry.video_a, plan.entry.video_b] + ([plan.entry.reference] if plan.use_reference else [])
+        async with self._decodes:
+            t0 = time.perf_counter()
+            arrays = await asyncio.to_thread(
+                lambda: [video.read_frames(p, wanted, self.config.max_side) for p in paths]
+            )
+            self.stats.decode_seconds += time.perf_counter() - t0
+        row = {frame: k for k, frame in enumerate(wanted)}
+        out = {}
+        for seg in missing:
+            rows = [row[i] for i in seg.frame_indices]
+            ref = arrays[2][rows] if plan.use_reference else None
+            out[seg.index] = (arrays[0][rows], arrays[1][rows], ref)
+        return out
+
+    # ------------------------------------------------------------------ public
+
+    async def label_pair(self, entry: ManifestEntry) -> DensePreferenceRecord:
+        """Label one manifest pair (paths already resolved). Raises VideoError or JudgeError."""
+        plan = await asyncio.to_thread(self.plan_pair, entry)
+        missing = [s for s in plan.segments if any(k not in self.cache for k in s.keys.values())]
+        decoded = await self._decode(plan, missing) if missing else {}
+
+        def frames_of(seg: SegmentPlan) -> Callable[[], Awaitable[tuple]]:
+            async def get() -> tuple:
+                if seg.index not in decoded:  # evicted from the cache since planning: decode just this one
+                    decoded.update(await self._decode(plan, [seg]))
+                return decoded[seg.index]
+
+            return get
+
+        return await self._label(
+            plan.segments, frames_of, entry, plan.fps, plan.num_frames, frame_fps=plan.fps,
+            seconds=entry.segment_seconds or self.config.segment_seconds,
+        )
+
+    async def label_frames(
+        self, prompt: str, segments: Sequence[FrameSegment], *, pair_id: str = "inline"
+    ) -> DensePreferenceRecord:
+        """Label segments whose frames the caller holds; the cache keys on the pixels."""
+        plans, frames, start = [], {}, 0
+        for i, seg in enumerate(segments):
+            fa = video.resize_max_side(np.ascontiguousarray(seg.frames_a, dtype=np.uint8), self.config.max_side)
+            fb = video.resize_max_side(np.ascontiguousarray(seg.frames_b, dtype=np.uint8), self.config.max_side)
+            if fa.shape != fb.shape:
+                raise ValueError(f"segments[{i}]: frames_a {fa.shape} and frames_b {fb.shape} differ in shape")
+            content = {"a": _array_digest(fa), "b": _array_digest(fb)}
+            indices = list(range(start, start + len(fa)))
+            keys = {o: self._key(content, indices, o, prompt) for o in self._orders()}
+            plans.append(SegmentPlan(i, start, start + len(fa), seg.start_s, seg.end_s, indices, keys))
+            frames[i] = (fa, fb, None)
+            start += len(fa)
+        duration = max(segments[-1].end_s - segments[0].start_s, 1e-6) if segments else 1.0
+        entry = ManifestEntry(pair_id=pair_id, prompt=prompt, video_a="<inline>", video_b="<inline>")
+
+        def frames_of(seg: SegmentPlan) -> Callable[[], Awaitable[tuple]]:
+            async def get() -> tuple:
+                return frames[seg.index]
+
+            return get
+
+        return await self._label(
+            plans, frames_of, entry, round(start / duration, 4), start, frame_fps=None, seconds=None
+        )
+
+    async def _label(
+        self, plans: list[SegmentPlan], frames_of: Callable[[SegmentPlan], Callable[[], Awaitable[tuple]]],
+        entry: ManifestEntry, fps: float, num_frames: int, *, frame_fps: float | None, seconds: float | None,
+    ) -> DensePreferenceRecord:
+        if not plans:
+            raise ValueError("nothing to label: no segments")
+        tally = {"cache_hits": 0, "requests": 0, "input_tokens": 0, "output_tokens": 0}
+        results = await asyncio.gather(
+            *(self._judge_segment(entry.prompt, s, frames_of(s), len(plans), frame_fps, tally) for s in plans),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        segments = []
+        for seg, votes in zip(plans, results, strict=True):
+            outcome = combine_votes(votes, decisive_margin=self.config.decisive_margin)  # type: ignore[arg-type]
+            if len(votes) > 1:  # type: ignore[arg-type]
+                self.stats.swapped_segments += 1
+                self.stats.flips += outcome.consistent is False
+            segments.append(
+                Segment(
+                    index=seg.index, start_frame=seg.start_frame, end_frame=seg.end_frame, start_s=seg.start_s,
+                    end_s=seg.end_s, label=outcome.label, p_a=outcome.p_a, p_b=outcome.p_b, p_tie=outcome.p_tie,
+                    votes=outcome.votes, consistent=outcome.consistent, rationale=outcome.rationale,
+                )
+            )
+        video_label, video_score = video_level(segments)
+        self.stats.pairs += 1
+        self.stats.segments += len(segments)
+        extra = {"max_side": self.config.max_side}
+        if seconds is not None:
+            extra["segment_seconds"] = seconds
+        return DensePreferenceRecord(
+            pair_id=entry.pair_id, prompt=entry.prompt, video_a=entry.video_a, video_b=entry.video_b,
+            reference=entry.reference, fps=fps, num_frames=num_frames, segments=segments,
+            video_label=video_label, video_score=video_score,
+            labeler=LabelerInfo(
+                judge=self.judge.name, model=self.judge.model, prompt_id=self.judge.prompt_id,
+                frames_per_segment=self.config.frames_per_segment, swap=self.config.swap,
+                densepref_version=__version__, **extra,
+            ),
+            usage=Usage(**tally),
+            meta=entry.meta,
+        )
+
+    async def aclose(self) -> None:
+        closer = getattr(self.judge, "aclose", None)
+        if closer is not None:
+            await closer()
+        self.cache.close()
