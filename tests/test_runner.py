@@ -111,6 +111,7 @@ def test_judge_failure_for_one_pair_does_not_stop_the_others(manifest, tmp_path)
     out = tmp_path / "out.jsonl"
     judge = ScriptedFailures([], fail_prompt="prompt 2")
     result, _ = label(manifest, out, judge=judge, max_attempts=2, backoff_initial=0.001, backoff_max=0.002)
+    assert result.ok == 3
     assert {r.pair_id for r in read_records(out)} == {"good0", "good1", "good3"}
     errors = jobfiles.read_errors(jobfiles.errors_path_for(out))
     assert errors["good2"].error.type == "TransientJudgeError"
