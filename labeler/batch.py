@@ -103,8 +103,15 @@ def _run_demo(args: argparse.Namespace, engine: Engine, workers: int) -> int:
     return EXIT_OK if result.complete else (EXIT_STOPPED if result.stopped else EXIT_FAILED_PAIRS)
 
 
-async def _label(manifest: Path, out: Path, engine: Engine, workers: int, quiet: bool) -> BatchResult:
+async def _label(
+    manifest: Path, out: Path, engine: Engine, workers: int, quiet: bool, *, openai_batch_poll: float | None = None
+) -> BatchResult:
+    """One event loop for the whole job (the engine's semaphores and HTTP clients belong to it)."""
     try:
+        if openai_batch_poll is not None:
+            from labeler.openai_batch import prefill_with_batch_api
+
+            await prefill_with_batch_api(manifest, out, engine, poll_seconds=openai_batch_poll)
         return await run_batch(manifest, out, engine, workers=workers, progress=not quiet)
     finally:
         await engine.aclose()
@@ -128,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.demo is not None:
         return _run_demo(args, engine, workers)
-    if args.openai_batch:
-        from labeler.openai_batch import prefill_with_batch_api
-
-        asyncio.run(prefill_with_batch_api(args.manifest, args.out, engine, poll_seconds=args.batch_poll_seconds))
+    poll = args.batch_poll_seconds if args.openai_batch else None
     try:
-        result = asyncio.run(_label(args.manifest, args.out, engine, workers, args.quiet))
+        result = asyncio.run(_label(args.manifest, args.out, engine, workers, args.quiet, openai_batch_poll=poll))
     except KeyboardInterrupt:
         print("\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr)
         return 130

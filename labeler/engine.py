@@ -239,6 +239,19 @@ class Engine:
         cost = estimate_cost(judgment.model or self.judge.model or "", judgment.input_tokens, judgment.output_tokens)
         self.stats.cost_usd += cost or 0.0
 
+    @staticmethod
+    def segment_request(
+        prompt: str, seg: SegmentPlan, frames: tuple, order: str, n_segments: int, fps: float | None
+    ) -> SegmentRequest:
+        """What the judge is shown for one segment in one order ("ba" shows B first)."""
+        fa, fb, ref = frames
+        first, second = (fa, fb) if order == "ab" else (fb, fa)
+        times = tuple(round(i / fps, 4) for i in seg.frame_indices) if fps else ()
+        return SegmentRequest(
+            prompt=prompt, frames_first=first, frames_second=second, start_s=seg.start_s, end_s=seg.end_s,
+            index=seg.index, num_segments=n_segments, frame_times=times, reference=ref, fps=fps,
+        )
+
     async def _judge_segment(
         self, prompt: str, seg: SegmentPlan, get_frames: Callable[[], Awaitable[tuple]],
         n_segments: int, fps: float | None, tally: dict[str, int],
@@ -250,13 +263,7 @@ class Engine:
                 self.stats.cache_hits += 1
                 judgment = cached
             else:
-                fa, fb, ref = await get_frames()
-                first, second = (fa, fb) if order == "ab" else (fb, fa)
-                times = tuple(round(i / fps, 4) for i in seg.frame_indices) if fps else ()
-                request = SegmentRequest(
-                    prompt=prompt, frames_first=first, frames_second=second, start_s=seg.start_s, end_s=seg.end_s,
-                    index=seg.index, num_segments=n_segments, frame_times=times, reference=ref, fps=fps,
-                )
+                request = self.segment_request(prompt, seg, await get_frames(), order, n_segments, fps)
                 judgment = await self.ask(request)
                 self.cache.set(seg.keys[order], judgment)
                 tally["requests"] += 1
@@ -270,8 +277,8 @@ class Engine:
             raise errors[0]
         return list(results)  # type: ignore[arg-type]
 
-    async def _decode(self, plan: PairPlan, missing: list[SegmentPlan]) -> dict[int, tuple]:
-        """Read each video once for all frames of the segments with cache misses."""
+    async def decode_segments(self, plan: PairPlan, missing: list[SegmentPlan]) -> dict[int, tuple]:
+        """Frames (A, B, reference or None) of the given segments, reading each video once."""
         wanted = sorted({i for seg in missing for i in seg.frame_indices})
         paths = [plan.entry.video_a, plan.entry.video_b] + ([plan.entry.reference] if plan.use_reference else [])
         async with self._decodes:
@@ -294,12 +301,12 @@ class Engine:
         """Label one manifest pair (paths already resolved). Raises VideoError or JudgeError."""
         plan = await asyncio.to_thread(self.plan_pair, entry)
         missing = [s for s in plan.segments if any(k not in self.cache for k in s.keys.values())]
-        decoded = await self._decode(plan, missing) if missing else {}
+        decoded = await self.decode_segments(plan, missing) if missing else {}
 
         def frames_of(seg: SegmentPlan) -> Callable[[], Awaitable[tuple]]:
             async def get() -> tuple:
                 if seg.index not in decoded:  # evicted from the cache since planning: decode just this one
-                    decoded.update(await self._decode(plan, [seg]))
+                    decoded.update(await self.decode_segments(plan, [seg]))
                 return decoded[seg.index]
 
             return get

@@ -1,0 +1,565 @@
+"""The accuracy harness: how well do predicted dense preferences agree with human labels?
+
+    python -m labeler.agreement --pred PRED.jsonl --human HUMAN.jsonl [--human HUMAN2.jsonl ...] \
+        --out REPORT_DIR [--bootstrap 1000] [--seed 0] [--fit-tie-threshold]
+
+Both inputs are dense preference JSONL (DESIGN §2.3). Pairs join on ``pair_id`` and segments on
+``index``; segments whose frame ranges differ are excluded and listed, never silently dropped.
+The metric definitions live in ``agreement_report.DEFINITIONS_MD`` (printed into report.md).
+Labels are handled as numbers throughout: A = +1, B = -1, tie = 0 (``schemas.LABEL_VALUE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeler.agreement_report import headline, write_report
+from labeler.schemas import LABEL_VALUE, LABELS, DensePreferenceRecord, read_records
+
+__all__ = ["AgreementInputError", "compute_agreement", "headline", "main", "write_report"]
+
+COVERAGE_STEPS = 10  # coverage 10 %, 20 %, ... 100 %
+_LABEL_ORDER = [LABEL_VALUE[x] for x in LABELS]  # A, B, tie
+# Independent random streams per use, so adding one never shifts another's resamples.
+_STREAM_SEGMENT, _STREAM_VIDEO, _STREAM_SPLIT = 0, 1, 2
+
+
+class AgreementInputError(ValueError):
+    """Inputs that cannot be compared: missing/empty files, duplicate pair ids, no pairs in common."""
+
+
+@dataclass
+class _Joined:
+    """One comparison aligned into arrays: "ref" is the human side, "other" the prediction."""
+
+    seg_pair: np.ndarray  # position of the segment's pair among the joined pairs
+    seg_index: np.ndarray
+    seg_ref: np.ndarray
+    seg_other: np.ndarray
+    seg_margin: np.ndarray  # p_a - p_b of the prediction
+    vid_ref: np.ndarray
+    vid_other: np.ndarray
+    vid_margin: np.ndarray  # video_score of the prediction
+    join: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- joining
+
+
+def _annotator(rec: DensePreferenceRecord) -> str:
+    return rec.labeler.annotator or rec.labeler.model or rec.labeler.judge
+
+
+def _by_pair_id(records: Sequence[DensePreferenceRecord], name: str) -> dict[str, DensePreferenceRecord]:
+    out: dict[str, DensePreferenceRecord] = {}
+    for rec in records:
+        if rec.pair_id in out:
+            who = sorted({_annotator(out[rec.pair_id]), _annotator(rec)})
+            raise AgreementInputError(
+                f"{name} holds several records for pair_id {rec.pair_id!r} (labelers: {', '.join(who)}); "
+                "one record per pair is expected: give each annotator's labels as a separate --human file"
+            )
+        out[rec.pair_id] = rec
+    return out
+
+
+def _frames(seg: Any) -> list[int] | None:
+    return None if seg is None else [seg.start_frame, seg.end_frame]
+
+
+def _join(
+    ref_records: Sequence[DensePreferenceRecord],
+    other_records: Sequence[DensePreferenceRecord],
+    ref_name: str,
+    other_name: str,
+) -> _Joined:
+    ref, other = _by_pair_id(ref_records, ref_name), _by_pair_id(other_records, other_name)
+    common = [pid for pid in ref if pid in other]
+    only_human = [pid for pid in ref if pid not in other]
+    only_pred = [pid for pid in other if pid not in ref]
+    if not common:
+        raise AgreementInputError(
+            f"no pair_id in common between {other_name} ({len(other)} pairs, e.g. {list(other)[:3]}) "
+            f"and {ref_name} ({len(ref)} pairs, e.g. {list(ref)[:3]})"
+        )
+    rows: list[tuple[int, int, int, int, float]] = []
+    count_mismatches, boundary_mismatches = [], []
+    for k, pid in enumerate(common):
+        r_segs, o_segs = ref[pid].segments, other[pid].segments
+        if len(r_segs) != len(o_segs):
+            count_mismatches.append({"pair_id": pid, "n_pred": len(o_segs), "n_human": len(r_segs)})
+        # Segments are validated to sit at position == index, so joining on index is positional.
+        for i in range(max(len(r_segs), len(o_segs))):
+            rs = r_segs[i] if i < len(r_segs) else None
+            os_ = o_segs[i] if i < len(o_segs) else None
+            if rs is None or os_ is None or _frames(rs) != _frames(os_):
+                boundary_mismatches.append(
+                    {"pair_id": pid, "index": i, "pred": _frames(os_), "human": _frames(rs)}
+                )
+                continue
+            rows.append((k, i, LABEL_VALUE[rs.label], LABEL_VALUE[os_.label], os_.p_a - os_.p_b))
+    cols = list(zip(*rows, strict=True)) if rows else [(), (), (), (), ()]
+    join = {
+        "n_pairs_pred": len(other),
+        "n_pairs_human": len(ref),
+        "n_pairs_joined": len(common),
+        "n_segments_joined": len(rows),
+        "n_only_in_pred": len(only_pred),
+        "n_only_in_human": len(only_human),
+        "only_in_pred": only_pred,
+        "only_in_human": only_human,
+        "segment_count_mismatches": count_mismatches,
+        "n_boundary_mismatches": len(boundary_mismatches),
+        "boundary_mismatches": boundary_mismatches,
+    }
+    return _Joined(
+        seg_pair=np.asarray(cols[0], dtype=int),
+        seg_index=np.asarray(cols[1], dtype=int),
+        seg_ref=np.asarray(cols[2], dtype=int),
+        seg_other=np.asarray(cols[3], dtype=int),
+        seg_margin=np.asarray(cols[4], dtype=float),
+        vid_ref=np.asarray([LABEL_VALUE[ref[p].video_label] for p in common], dtype=int),
+        vid_other=np.asarray([LABEL_VALUE[other[p].video_label] for p in common], dtype=int),
+        vid_margin=np.asarray([other[p].video_score for p in common], dtype=float),
+        join=join,
+    )
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def forced_choice_credit(human: np.ndarray, pred: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Per-item credit of the DenseDPO paper's measure (meaningful where human != tie): the
+    prediction's forced choice is its label when A/B, else the sign of its margin (p_a - p_b or
+    video_score); 1 when it matches the human label, 0.5 when the margin is exactly 0, else 0."""
+    choice = np.where(pred != 0, pred, np.sign(margin)).astype(int)
+    return np.where(choice == human, 1.0, np.where(choice == 0, 0.5, 0.0))
+
+
+def _mean(x: np.ndarray) -> float | None:
+    return float(np.mean(x)) if x.size else None
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def cohen_kappa(human: np.ndarray, pred: np.ndarray) -> float | None:
+    """Unweighted Cohen's κ over A/B/tie (scikit-learn); None where undefined (e.g. one class only)."""
+    if human.size == 0:
+        return None
+    from sklearn.metrics import cohen_kappa_score
+
+    with warnings.catch_warnings():  # the undefined case warns and returns NaN; we report None
+        warnings.simplefilter("ignore")
+        return _finite(cohen_kappa_score(human, pred, labels=_LABEL_ORDER))
+
+
+def krippendorff_alpha(human: np.ndarray, pred: np.ndarray) -> float | None:
+    """Ordinal Krippendorff's α with B < tie < A; None where undefined (no variation at all)."""
+    if human.size == 0:
+        return None
+    import krippendorff
+
+    data = np.vstack([human, pred]).astype(float)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            value = krippendorff.alpha(
+                reliability_data=data, value_domain=[-1, 0, 1], level_of_measurement="ordinal"
+            )
+        except ValueError:  # e.g. fewer than two values per unit
+            return None
+    return _finite(value)
+
+
+def confusion(human: np.ndarray, pred: np.ndarray) -> dict[str, dict[str, int]]:
+    """``confusion[human_label][pred_label]`` counts over A, B, tie."""
+    if human.size == 0:
+        matrix = np.zeros((3, 3), dtype=int)
+    else:
+        from sklearn.metrics import confusion_matrix
+
+        matrix = confusion_matrix(human, pred, labels=_LABEL_ORDER)
+    return {h: {p: int(matrix[i, j]) for j, p in enumerate(LABELS)} for i, h in enumerate(LABELS)}
+
+
+def bootstrap_ci(
+    credit: np.ndarray, groups: np.ndarray, resamples: int, rng: np.random.Generator
+) -> list[float] | None:
+    """Percentile 95 % interval of mean(credit), resampling whole groups (pairs) with replacement.
+
+    Vectorised over resamples via per-group sums; chunked so memory stays ~16 MB for any size.
+    """
+    if resamples <= 0 or credit.size == 0:
+        return None
+    _, inverse = np.unique(groups, return_inverse=True)
+    sums = np.bincount(inverse, weights=credit)
+    counts = np.bincount(inverse).astype(float)  # every group holds >= 1 item, so no 0/0
+    n_groups = sums.size
+    chunk = max(1, 2_000_000 // n_groups)
+    stats = []
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n_groups, size=(min(chunk, resamples - start), n_groups))
+        stats.append(sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
+    low, high = np.percentile(np.concatenate(stats), [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def _block(
+    human: np.ndarray,
+    pred: np.ndarray,
+    margin: np.ndarray,
+    groups: np.ndarray,
+    rng: np.random.Generator,
+    bootstrap: int,
+) -> dict[str, Any]:
+    no_tie = human != 0
+    credit = forced_choice_credit(human, pred, margin)
+    return {
+        "n": int(human.size),
+        "n_no_ties": int(no_tie.sum()),
+        "accuracy_no_ties": _mean(credit[no_tie]),
+        "accuracy_with_ties": _mean((human == pred).astype(float)),
+        "cohen_kappa": cohen_kappa(human, pred),
+        "krippendorff_alpha": krippendorff_alpha(human, pred),
+        "accuracy_no_ties_ci95": bootstrap_ci(credit[no_tie], groups[no_tie], bootstrap, rng),
+        "confusion": confusion(human, pred),
+    }
+
+
+def coverage_accuracy(credit: np.ndarray, confidence: np.ndarray) -> list[list[float]]:
+    """[coverage, accuracy] keeping the ceil(c·n) most confident items (stable order on ties)."""
+    n = credit.size
+    if n == 0:
+        return []
+    running = np.cumsum(credit[np.argsort(-confidence, kind="stable")])
+    out = []
+    for step in range(1, COVERAGE_STEPS + 1):
+        keep = -(-step * n // COVERAGE_STEPS)  # integer ceil: 0.3 * 10 must not round up to 4
+        out.append([round(step / COVERAGE_STEPS, 2), float(running[keep - 1] / keep)])
+    return out
+
+
+def _segment_position(j: _Joined) -> list[dict[str, Any]]:
+    credit = forced_choice_credit(j.seg_ref, j.seg_other, j.seg_margin)
+    rows = []
+    for index in np.unique(j.seg_index):
+        at = j.seg_index == index
+        no_tie = at & (j.seg_ref != 0)
+        rows.append(
+            {
+                "index": int(index),
+                "n": int(at.sum()),
+                "n_no_ties": int(no_tie.sum()),
+                "accuracy_no_ties": _mean(credit[no_tie]),
+                "accuracy_with_ties": _mean((j.seg_ref[at] == j.seg_other[at]).astype(float)),
+            }
+        )
+    return rows
+
+
+def flip_rate(pred: Sequence[DensePreferenceRecord]) -> tuple[float | None, int]:
+    """Share of segments whose first "ab" and first "ba" votes disagree, over the segments that
+    carry both; (None, 0) when no segment does."""
+    n = flips = 0
+    for rec in pred:
+        for seg in rec.segments:
+            ab = next((v.label for v in seg.votes if v.order == "ab"), None)
+            ba = next((v.label for v in seg.votes if v.order == "ba"), None)
+            if ab is not None and ba is not None:
+                n += 1
+                flips += ab != ba
+    return (flips / n if n else None), n
+
+
+def tie_threshold_fit(j: _Joined, seed: int) -> dict[str, Any] | None:
+    """Fit on half the pairs the |p_a - p_b| threshold below which a prediction becomes a tie
+    (maximising 3-way accuracy; smallest threshold on equal accuracy), report it on the other half."""
+    pairs = np.unique(j.seg_pair)
+    if pairs.size < 2:
+        return None
+    shuffled = np.random.default_rng([seed, _STREAM_SPLIT]).permutation(pairs)
+    fit = np.isin(j.seg_pair, shuffled[: (pairs.size + 1) // 2])
+    conf = np.abs(j.seg_margin)
+    ref, other = j.seg_ref[fit], j.seg_other[fit]
+    order = np.argsort(conf[fit], kind="stable")
+    sorted_conf = conf[fit][order]
+    candidates = np.unique(np.concatenate([[0.0], sorted_conf]))
+    below = np.searchsorted(sorted_conf, candidates, side="left")  # items with conf < threshold
+    tie_right = np.concatenate([[0], np.cumsum(ref[order] == 0)])
+    orig_right = np.concatenate([[0], np.cumsum(other[order] == ref[order])])
+    correct = tie_right[below] + (orig_right[-1] - orig_right[below])
+    best = int(np.argmax(correct))  # first maximum = smallest threshold
+    threshold = float(candidates[best])
+    held = ~fit
+    relabeled = np.where(conf[held] < threshold, 0, j.seg_other[held])
+    return {
+        "threshold": threshold,
+        "fit_accuracy_with_ties": float(correct[best] / ref.size),
+        "heldout_accuracy_with_ties": _mean((relabeled == j.seg_ref[held]).astype(float)),
+        "heldout_baseline_accuracy_with_ties": _mean((j.seg_other[held] == j.seg_ref[held]).astype(float)),
+        "n_fit_pairs": int((pairs.size + 1) // 2),
+        "n_heldout_pairs": int(pairs.size // 2),
+        "n_fit_segments": int(fit.sum()),
+        "n_heldout_segments": int(held.sum()),
+    }
+
+
+# --------------------------------------------------------------------------- assembling
+
+
+def _compare(
+    ref: Sequence[DensePreferenceRecord],
+    other: Sequence[DensePreferenceRecord],
+    ref_name: str,
+    other_name: str,
+    *,
+    bootstrap: int,
+    seed: int,
+) -> tuple[dict[str, Any], _Joined]:
+    j = _join(ref, other, ref_name, other_name)
+    seg_rng = np.random.default_rng([seed, _STREAM_SEGMENT])
+    vid_rng = np.random.default_rng([seed, _STREAM_VIDEO])
+    segment = _block(j.seg_ref, j.seg_other, j.seg_margin, j.seg_pair, seg_rng, bootstrap)
+    video = _block(j.vid_ref, j.vid_other, j.vid_margin, np.arange(j.vid_ref.size), vid_rng, bootstrap)
+    no_tie = j.seg_ref != 0
+    credit = forced_choice_credit(j.seg_ref, j.seg_other, j.seg_margin)
+    return {
+        "segment": segment,
+        "video": video,
+        "coverage_accuracy": coverage_accuracy(credit[no_tie], np.abs(j.seg_margin[no_tie])),
+        "segment_position": _segment_position(j),
+        "join": j.join,
+    }, j
+
+
+_SCALARS = ("accuracy_no_ties", "accuracy_with_ties", "cohen_kappa", "krippendorff_alpha")
+
+
+def _mean_block(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": sum(b["n"] for b in blocks), "n_no_ties": sum(b["n_no_ties"] for b in blocks)}
+    for key in _SCALARS:
+        values = [b[key] for b in blocks if b[key] is not None]
+        out[key] = float(np.mean(values)) if values else None
+    out["averaged_over"] = len(blocks)
+    return out
+
+
+def _human_ceiling(
+    humans: list[list[DensePreferenceRecord]], names: list[str], bootstrap: int, seed: int, notes: list[str]
+) -> dict[str, Any] | None:
+    if len(humans) < 2:
+        return None
+    pairs = []
+    for (i, a), (k, b) in itertools.combinations(enumerate(humans), 2):
+        try:
+            res, _ = _compare(a, b, names[i], names[k], bootstrap=bootstrap, seed=seed)
+        except AgreementInputError as exc:
+            notes.append(f"human ceiling {names[i]} vs {names[k]} skipped: {exc}")
+            continue
+        pairs.append({"reference": names[i], "other": names[k], **_summary(res)})
+    if not pairs:
+        return None
+    if len(pairs) == 1:
+        return {"segment": pairs[0]["segment"], "video": pairs[0]["video"], "pairs": pairs}
+    return {
+        "segment": _mean_block([p["segment"] for p in pairs]),
+        "video": _mean_block([p["video"] for p in pairs]),
+        "pairs": pairs,
+    }
+
+
+def _summary(res: dict[str, Any]) -> dict[str, Any]:
+    """A secondary comparison without its long lists: metric blocks and join counts only."""
+    join_counts = {k: v for k, v in res["join"].items() if k.startswith("n_")}
+    return {"segment": res["segment"], "video": res["video"], "join": join_counts}
+
+
+def _undefined_notes(result: dict[str, Any], notes: list[str]) -> None:
+    for level in ("segment", "video"):
+        block = result[level]
+        if block["n_no_ties"] == 0:
+            notes.append(f"{level}: every human label is a tie, so accuracy_no_ties is undefined (null)")
+        for key in ("cohen_kappa", "krippendorff_alpha"):
+            if block[key] is None and block["n"] > 0:
+                notes.append(
+                    f"{level}: {key} is undefined (null): the labels show no variation to compare against chance"
+                )
+
+
+def compute_agreement(
+    pred: Sequence[DensePreferenceRecord],
+    humans: Sequence[Sequence[DensePreferenceRecord]],
+    *,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    fit_tie_threshold: bool = False,
+    pred_name: str = "pred",
+    human_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Agreement of ``pred`` with ``humans[0]`` (main figures), with each human file (``per_human``)
+    and between annotators (``human_ceiling``). JSON-ready: no NaN, no numpy types."""
+    pred, humans = list(pred), [list(h) for h in humans]
+    names = list(human_names) if human_names is not None else [f"human{i + 1}" for i in range(len(humans))]
+    if not humans:
+        raise AgreementInputError("no human label set given: pass at least one --human file")
+    if len(names) != len(humans):
+        raise AgreementInputError(f"{len(names)} human names for {len(humans)} human label sets")
+    if bootstrap < 0:
+        raise AgreementInputError(f"bootstrap must be >= 0, got {bootstrap}")
+    for records, name in [(pred, pred_name), *zip(humans, names, strict=True)]:
+        if not records:
+            raise AgreementInputError(f"{name} holds no records")
+        _by_pair_id(records, name)  # several annotators mixed in one file: fail before any work
+    main_res, joined = _compare(humans[0], pred, names[0], pred_name, bootstrap=bootstrap, seed=seed)
+    notes: list[str] = []
+    _undefined_notes(main_res, notes)
+    rate, n_flip = flip_rate(pred)
+    if rate is None:
+        notes.append("flip_rate is null: the prediction carries no pair of ab/ba votes")
+    per_human = None
+    if len(humans) > 1:
+        per_human = []
+        for h, name in zip(humans, names, strict=True):
+            try:
+                res, _ = _compare(h, pred, name, pred_name, bootstrap=bootstrap, seed=seed)
+                per_human.append({"human": name, **_summary(res)})
+            except AgreementInputError as exc:
+                per_human.append({"human": name, "error": str(exc)})
+    tie_fit = None
+    if fit_tie_threshold:
+        tie_fit = tie_threshold_fit(joined, seed)
+        if tie_fit is None:
+            notes.append("fit_tie_threshold needs at least two joined pairs with segments; skipped")
+    result = {
+        "inputs": {
+            "pred": pred_name,
+            "human": names,
+            "pred_labeler": pred[0].labeler.model_dump(exclude_none=True),
+            "human_annotators": [sorted({_annotator(r) for r in h}) for h in humans],
+        },
+        "segment": main_res["segment"],
+        "video": main_res["video"],
+        "flip_rate": rate,
+        "flip_rate_n": n_flip,
+        "coverage_accuracy": main_res["coverage_accuracy"],
+        "segment_position": main_res["segment_position"],
+        "human_ceiling": _human_ceiling(humans, names, bootstrap, seed, notes),
+        "per_human": per_human,
+        "tie_threshold": tie_fit,
+        "join": main_res["join"],
+        "bootstrap": {"resamples": bootstrap, "seed": seed, "unit": "pair"},
+        "notes": notes,
+    }
+    return _json_safe(result)
+
+
+def _json_safe(obj: Any) -> Any:
+    """Plain Python types only, NaN/inf -> None, so json.dumps(allow_nan=False) always works."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return _finite(obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _read(path: str, flag: str) -> list[DensePreferenceRecord]:
+    if not Path(path).is_file():
+        raise AgreementInputError(f"{flag} {path}: no such file")
+    try:
+        # Strict: a cut-off last line must be reported here, not silently left out of the figures.
+        return read_records(path, tolerate_truncated_tail=False)
+    except ValueError as exc:  # already names the file and line
+        raise AgreementInputError(str(exc)) from exc
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m labeler.agreement",
+        description="Agreement of predicted dense preference labels with human labels, at segment and "
+        "video level, with pair-bootstrap confidence intervals. Writes agreement.json, report.md and "
+        "PNG plots to --out and prints the headline table.",
+    )
+    parser.add_argument("--pred", required=True, help="predicted labels, dense preference JSONL")
+    parser.add_argument(
+        "--human",
+        required=True,
+        action="append",
+        help="human labels, same schema, one annotator per file; repeat for several annotators "
+        "(the first is the reference; two or more also give the human-human ceiling)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="report directory (created if missing)")
+    parser.add_argument(
+        "--bootstrap",
+        type=_non_negative_int,
+        default=1000,
+        help="bootstrap resamples over pairs; 0 disables the CI (default 1000)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the bootstrap and of the tie-threshold split (default 0)"
+    )
+    parser.add_argument(
+        "--fit-tie-threshold",
+        action="store_true",
+        help="fit on half the pairs the |p_a - p_b| threshold below which a prediction becomes a tie "
+        "(max 3-way accuracy) and report it on the other half",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        pred = _read(args.pred, "--pred")
+        humans = [_read(path, "--human") for path in args.human]
+        result = compute_agreement(
+            pred,
+            humans,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            fit_tie_threshold=args.fit_tie_threshold,
+            pred_name=args.pred,
+            human_names=args.human,
+        )
+    except AgreementInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        paths = write_report(result, args.out)
+    except OSError as exc:
+        print(f"error: cannot write the report to {args.out}: {exc}", file=sys.stderr)
+        return 1
+    print(headline(result))
+    print(f"\nreport: {paths['report']}  (json: {paths['json']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
