@@ -13,44 +13,35 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import sys
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from labeler.agreement_metrics import (
+    STREAM_SEGMENT,
+    STREAM_VIDEO,
+    Joined,
+    coverage_accuracy,
+    finite,
+    flip_rate,
+    forced_choice_credit,
+    metric_block,
+    segment_position,
+    tie_threshold_fit,
+)
 from labeler.agreement_report import headline, write_report
-from labeler.schemas import LABEL_VALUE, LABELS, DensePreferenceRecord, read_records
+from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, read_records
 
 __all__ = ["AgreementInputError", "compute_agreement", "headline", "main", "write_report"]
 
-COVERAGE_STEPS = 10  # coverage 10 %, 20 %, ... 100 %
-_LABEL_ORDER = [LABEL_VALUE[x] for x in LABELS]  # A, B, tie
-# Independent random streams per use, so adding one never shifts another's resamples.
-_STREAM_SEGMENT, _STREAM_VIDEO, _STREAM_SPLIT = 0, 1, 2
 
 
 class AgreementInputError(ValueError):
     """Inputs that cannot be compared: missing/empty files, duplicate pair ids, no pairs in common."""
 
-
-@dataclass
-class _Joined:
-    """One comparison aligned into arrays: "ref" is the human side, "other" the prediction."""
-
-    seg_pair: np.ndarray  # position of the segment's pair among the joined pairs
-    seg_index: np.ndarray
-    seg_ref: np.ndarray
-    seg_other: np.ndarray
-    seg_margin: np.ndarray  # p_a - p_b of the prediction
-    vid_ref: np.ndarray
-    vid_other: np.ndarray
-    vid_margin: np.ndarray  # video_score of the prediction
-    join: dict[str, Any]
 
 
 # --------------------------------------------------------------------------- joining
@@ -82,7 +73,7 @@ def _join(
     other_records: Sequence[DensePreferenceRecord],
     ref_name: str,
     other_name: str,
-) -> _Joined:
+) -> Joined:
     ref, other = _by_pair_id(ref_records, ref_name), _by_pair_id(other_records, other_name)
     common = [pid for pid in ref if pid in other]
     only_human = [pid for pid in ref if pid not in other]
@@ -122,7 +113,7 @@ def _join(
         "n_boundary_mismatches": len(boundary_mismatches),
         "boundary_mismatches": boundary_mismatches,
     }
-    return _Joined(
+    return Joined(
         seg_pair=np.asarray(cols[0], dtype=int),
         seg_index=np.asarray(cols[1], dtype=int),
         seg_ref=np.asarray(cols[2], dtype=int),
@@ -133,187 +124,6 @@ def _join(
         vid_margin=np.asarray([other[p].video_score for p in common], dtype=float),
         join=join,
     )
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def forced_choice_credit(human: np.ndarray, pred: np.ndarray, margin: np.ndarray) -> np.ndarray:
-    """Per-item credit of the DenseDPO paper's measure (meaningful where human != tie): the
-    prediction's forced choice is its label when A/B, else the sign of its margin (p_a - p_b or
-    video_score); 1 when it matches the human label, 0.5 when the margin is exactly 0, else 0."""
-    choice = np.where(pred != 0, pred, np.sign(margin)).astype(int)
-    return np.where(choice == human, 1.0, np.where(choice == 0, 0.5, 0.0))
-
-
-def _mean(x: np.ndarray) -> float | None:
-    return float(np.mean(x)) if x.size else None
-
-
-def _finite(x: Any) -> float | None:
-    return float(x) if x is not None and math.isfinite(float(x)) else None
-
-
-def cohen_kappa(human: np.ndarray, pred: np.ndarray) -> float | None:
-    """Unweighted Cohen's κ over A/B/tie (scikit-learn); None where undefined (e.g. one class only)."""
-    if human.size == 0:
-        return None
-    from sklearn.metrics import cohen_kappa_score
-
-    with warnings.catch_warnings():  # the undefined case warns and returns NaN; we report None
-        warnings.simplefilter("ignore")
-        return _finite(cohen_kappa_score(human, pred, labels=_LABEL_ORDER))
-
-
-def krippendorff_alpha(human: np.ndarray, pred: np.ndarray) -> float | None:
-    """Ordinal Krippendorff's α with B < tie < A; None where undefined (no variation at all)."""
-    if human.size == 0:
-        return None
-    import krippendorff
-
-    data = np.vstack([human, pred]).astype(float)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        try:
-            value = krippendorff.alpha(
-                reliability_data=data, value_domain=[-1, 0, 1], level_of_measurement="ordinal"
-            )
-        except ValueError:  # e.g. fewer than two values per unit
-            return None
-    return _finite(value)
-
-
-def confusion(human: np.ndarray, pred: np.ndarray) -> dict[str, dict[str, int]]:
-    """``confusion[human_label][pred_label]`` counts over A, B, tie."""
-    if human.size == 0:
-        matrix = np.zeros((3, 3), dtype=int)
-    else:
-        from sklearn.metrics import confusion_matrix
-
-        matrix = confusion_matrix(human, pred, labels=_LABEL_ORDER)
-    return {h: {p: int(matrix[i, j]) for j, p in enumerate(LABELS)} for i, h in enumerate(LABELS)}
-
-
-def bootstrap_ci(
-    credit: np.ndarray, groups: np.ndarray, resamples: int, rng: np.random.Generator
-) -> list[float] | None:
-    """Percentile 95 % interval of mean(credit), resampling whole groups (pairs) with replacement.
-
-    Vectorised over resamples via per-group sums; chunked so memory stays ~16 MB for any size.
-    """
-    if resamples <= 0 or credit.size == 0:
-        return None
-    _, inverse = np.unique(groups, return_inverse=True)
-    sums = np.bincount(inverse, weights=credit)
-    counts = np.bincount(inverse).astype(float)  # every group holds >= 1 item, so no 0/0
-    n_groups = sums.size
-    chunk = max(1, 2_000_000 // n_groups)
-    stats = []
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n_groups, size=(min(chunk, resamples - start), n_groups))
-        stats.append(sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
-    low, high = np.percentile(np.concatenate(stats), [2.5, 97.5])
-    return [float(low), float(high)]
-
-
-def _block(
-    human: np.ndarray,
-    pred: np.ndarray,
-    margin: np.ndarray,
-    groups: np.ndarray,
-    rng: np.random.Generator,
-    bootstrap: int,
-) -> dict[str, Any]:
-    no_tie = human != 0
-    credit = forced_choice_credit(human, pred, margin)
-    return {
-        "n": int(human.size),
-        "n_no_ties": int(no_tie.sum()),
-        "accuracy_no_ties": _mean(credit[no_tie]),
-        "accuracy_with_ties": _mean((human == pred).astype(float)),
-        "cohen_kappa": cohen_kappa(human, pred),
-        "krippendorff_alpha": krippendorff_alpha(human, pred),
-        "accuracy_no_ties_ci95": bootstrap_ci(credit[no_tie], groups[no_tie], bootstrap, rng),
-        "confusion": confusion(human, pred),
-    }
-
-
-def coverage_accuracy(credit: np.ndarray, confidence: np.ndarray) -> list[list[float]]:
-    """[coverage, accuracy] keeping the ceil(c·n) most confident items (stable order on ties)."""
-    n = credit.size
-    if n == 0:
-        return []
-    running = np.cumsum(credit[np.argsort(-confidence, kind="stable")])
-    out = []
-    for step in range(1, COVERAGE_STEPS + 1):
-        keep = -(-step * n // COVERAGE_STEPS)  # integer ceil: 0.3 * 10 must not round up to 4
-        out.append([round(step / COVERAGE_STEPS, 2), float(running[keep - 1] / keep)])
-    return out
-
-
-def _segment_position(j: _Joined) -> list[dict[str, Any]]:
-    credit = forced_choice_credit(j.seg_ref, j.seg_other, j.seg_margin)
-    rows = []
-    for index in np.unique(j.seg_index):
-        at = j.seg_index == index
-        no_tie = at & (j.seg_ref != 0)
-        rows.append(
-            {
-                "index": int(index),
-                "n": int(at.sum()),
-                "n_no_ties": int(no_tie.sum()),
-                "accuracy_no_ties": _mean(credit[no_tie]),
-                "accuracy_with_ties": _mean((j.seg_ref[at] == j.seg_other[at]).astype(float)),
-            }
-        )
-    return rows
-
-
-def flip_rate(pred: Sequence[DensePreferenceRecord]) -> tuple[float | None, int]:
-    """Share of segments whose first "ab" and first "ba" votes disagree, over the segments that
-    carry both; (None, 0) when no segment does."""
-    n = flips = 0
-    for rec in pred:
-        for seg in rec.segments:
-            ab = next((v.label for v in seg.votes if v.order == "ab"), None)
-            ba = next((v.label for v in seg.votes if v.order == "ba"), None)
-            if ab is not None and ba is not None:
-                n += 1
-                flips += ab != ba
-    return (flips / n if n else None), n
-
-
-def tie_threshold_fit(j: _Joined, seed: int) -> dict[str, Any] | None:
-    """Fit on half the pairs the |p_a - p_b| threshold below which a prediction becomes a tie
-    (maximising 3-way accuracy; smallest threshold on equal accuracy), report it on the other half."""
-    pairs = np.unique(j.seg_pair)
-    if pairs.size < 2:
-        return None
-    shuffled = np.random.default_rng([seed, _STREAM_SPLIT]).permutation(pairs)
-    fit = np.isin(j.seg_pair, shuffled[: (pairs.size + 1) // 2])
-    conf = np.abs(j.seg_margin)
-    ref, other = j.seg_ref[fit], j.seg_other[fit]
-    order = np.argsort(conf[fit], kind="stable")
-    sorted_conf = conf[fit][order]
-    candidates = np.unique(np.concatenate([[0.0], sorted_conf]))
-    below = np.searchsorted(sorted_conf, candidates, side="left")  # items with conf < threshold
-    tie_right = np.concatenate([[0], np.cumsum(ref[order] == 0)])
-    orig_right = np.concatenate([[0], np.cumsum(other[order] == ref[order])])
-    correct = tie_right[below] + (orig_right[-1] - orig_right[below])
-    best = int(np.argmax(correct))  # first maximum = smallest threshold
-    threshold = float(candidates[best])
-    held = ~fit
-    relabeled = np.where(conf[held] < threshold, 0, j.seg_other[held])
-    return {
-        "threshold": threshold,
-        "fit_accuracy_with_ties": float(correct[best] / ref.size),
-        "heldout_accuracy_with_ties": _mean((relabeled == j.seg_ref[held]).astype(float)),
-        "heldout_baseline_accuracy_with_ties": _mean((j.seg_other[held] == j.seg_ref[held]).astype(float)),
-        "n_fit_pairs": int((pairs.size + 1) // 2),
-        "n_heldout_pairs": int(pairs.size // 2),
-        "n_fit_segments": int(fit.sum()),
-        "n_heldout_segments": int(held.sum()),
-    }
 
 
 # --------------------------------------------------------------------------- assembling
@@ -327,19 +137,19 @@ def _compare(
     *,
     bootstrap: int,
     seed: int,
-) -> tuple[dict[str, Any], _Joined]:
+) -> tuple[dict[str, Any], Joined]:
     j = _join(ref, other, ref_name, other_name)
-    seg_rng = np.random.default_rng([seed, _STREAM_SEGMENT])
-    vid_rng = np.random.default_rng([seed, _STREAM_VIDEO])
-    segment = _block(j.seg_ref, j.seg_other, j.seg_margin, j.seg_pair, seg_rng, bootstrap)
-    video = _block(j.vid_ref, j.vid_other, j.vid_margin, np.arange(j.vid_ref.size), vid_rng, bootstrap)
+    seg_rng = np.random.default_rng([seed, STREAM_SEGMENT])
+    vid_rng = np.random.default_rng([seed, STREAM_VIDEO])
+    segment = metric_block(j.seg_ref, j.seg_other, j.seg_margin, j.seg_pair, seg_rng, bootstrap)
+    video = metric_block(j.vid_ref, j.vid_other, j.vid_margin, np.arange(j.vid_ref.size), vid_rng, bootstrap)
     no_tie = j.seg_ref != 0
     credit = forced_choice_credit(j.seg_ref, j.seg_other, j.seg_margin)
     return {
         "segment": segment,
         "video": video,
         "coverage_accuracy": coverage_accuracy(credit[no_tie], np.abs(j.seg_margin[no_tie])),
-        "segment_position": _segment_position(j),
+        "segment_position": segment_position(j),
         "join": j.join,
     }, j
 
@@ -476,7 +286,7 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        return _finite(obj)
+        return finite(obj)
     return obj
 
 
