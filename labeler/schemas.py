@@ -76,7 +76,9 @@ class ManifestEntry(_Strict):
     video_a: str = Field(min_length=1)
     video_b: str = Field(min_length=1)
     reference: str | None = Field(None, description="Ground-truth video the pair was generated from.")
-    segment_seconds: float | None = Field(None, gt=0, description="Overrides the job's segment length.")
+    segment_seconds: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Overrides the job's segment length."
+    )
     meta: dict[str, Any] = Field(default_factory=dict)
 
     def resolved(self, base_dir: str | Path) -> ManifestEntry:
@@ -90,7 +92,11 @@ class ManifestEntry(_Strict):
             return str(path if path.is_absolute() else (base / path).resolve())
 
         return self.model_copy(
-            update={"video_a": fix(self.video_a), "video_b": fix(self.video_b), "reference": fix(self.reference)}
+            update={
+                "video_a": fix(self.video_a),
+                "video_b": fix(self.video_b),
+                "reference": fix(self.reference),
+            }
         )
 
 
@@ -127,7 +133,9 @@ def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineErro
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
-                yield ManifestLineError(lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {exc}")
+                yield ManifestLineError(
+                    lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {exc}"
+                )
                 continue
             pair_id = obj.get("pair_id") if isinstance(obj, dict) else None
             pair_id = pair_id if isinstance(pair_id, str) and pair_id else placeholder
@@ -135,12 +143,18 @@ def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineErro
                 entry = ManifestEntry.model_validate(obj)
             except ValidationError as exc:
                 yield ManifestLineError(
-                    lineno, pair_id, "ManifestValidationError", f"line {lineno}: {_format_validation_error(exc)}"
+                    lineno,
+                    pair_id,
+                    "ManifestValidationError",
+                    f"line {lineno}: {_format_validation_error(exc)}",
                 )
                 continue
             if entry.pair_id in seen:
                 yield ManifestLineError(
-                    lineno, entry.pair_id, "DuplicatePairId", f"line {lineno}: pair_id {entry.pair_id!r} repeats"
+                    lineno,
+                    entry.pair_id,
+                    "DuplicatePairId",
+                    f"line {lineno}: pair_id {entry.pair_id!r} repeats",
                 )
                 continue
             seen.add(entry.pair_id)
@@ -276,7 +290,9 @@ class DensePreferenceRecord(BaseModel):
     def _within_video(self) -> DensePreferenceRecord:
         last = self.segments[-1]
         if last.end_frame > self.num_frames:
-            raise ValueError(f"segment {last.index} ends at frame {last.end_frame} > num_frames {self.num_frames}")
+            raise ValueError(
+                f"segment {last.index} ends at frame {last.end_frame} > num_frames {self.num_frames}"
+            )
         return self
 
     @property
@@ -314,7 +330,9 @@ class ErrorRecord(_Strict):
     line: int | None = Field(None, description="Manifest line, for entries that failed to parse.")
 
 
-def iter_records(path: str | Path, *, tolerate_truncated_tail: bool = True) -> Iterator[DensePreferenceRecord]:
+def iter_records(
+    path: str | Path, *, tolerate_truncated_tail: bool = True
+) -> Iterator[DensePreferenceRecord]:
     """Read a dense preference JSONL. A last line cut short by a killed writer is ignored
     (``tolerate_truncated_tail``); any other bad line raises ValueError naming the line."""
     path = Path(path)
@@ -366,6 +384,8 @@ class SegmentRequest:
         a, b = self.frames_first, self.frames_second
         if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
             raise ValueError(f"frames_first must be [K, H, W, 3] uint8, got {a.shape} {a.dtype}")
+        if b.dtype != np.uint8:
+            raise ValueError(f"frames_second must be uint8 like frames_first, got {b.dtype}")
         if a.shape != b.shape:
             raise ValueError(f"frames_first {a.shape} and frames_second {b.shape} differ in shape")
         if self.reference is not None and self.reference.shape[0] != a.shape[0]:

@@ -108,7 +108,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 def check_aligned(a: VideoInfo, b: VideoInfo, *, role: str = "video_b") -> None:
     """Raise VideoMismatchError unless ``b`` has the fps and frame count of ``a`` (no silent truncation)."""
     if abs(a.fps - b.fps) > FPS_TOLERANCE:
-        raise VideoMismatchError(b.path, f"{role} has {b.fps:.4f} fps but video_a ({a.path}) has {a.fps:.4f} fps")
+        raise VideoMismatchError(
+            b.path, f"{role} has {b.fps:.4f} fps but video_a ({a.path}) has {a.fps:.4f} fps"
+        )
     if a.num_frames != b.num_frames:
         raise VideoMismatchError(
             b.path, f"{role} has {b.num_frames} frames but video_a ({a.path}) has {a.num_frames}"
@@ -123,8 +125,8 @@ def plan_segments(num_frames: int, fps: float, segment_seconds: float) -> list[t
     than half a segment merges into the previous segment."""
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
-    if fps <= 0 or segment_seconds <= 0:
-        raise ValueError(f"fps ({fps}) and segment_seconds ({segment_seconds}) must be positive")
+    if not (math.isfinite(fps) and fps > 0 and math.isfinite(segment_seconds) and segment_seconds > 0):
+        raise ValueError(f"fps ({fps}) and segment_seconds ({segment_seconds}) must be positive and finite")
     length = max(1, round(segment_seconds * fps))
     bounds = [(s, min(s + length, num_frames)) for s in range(0, num_frames, length)]
     if len(bounds) > 1 and (bounds[-1][1] - bounds[-1][0]) * 2 < length:
@@ -136,6 +138,8 @@ def plan_segments(num_frames: int, fps: float, segment_seconds: float) -> list[t
 def sample_indices(start: int, end: int, k: int) -> list[int]:
     """``k`` frame indices spread uniformly inside [start, end) (bin centres); every frame when the
     segment has fewer than ``k``."""
+    if start < 0:
+        raise ValueError(f"segment start {start} is negative")
     if end <= start:
         raise ValueError(f"empty segment [{start}, {end})")
     if k <= 0:
@@ -241,7 +245,9 @@ def file_hash(path: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray, fps: float, *, crf: int = 18) -> Path:
+def write_video(
+    path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray, fps: float, *, crf: int = 18
+) -> Path:
     """Write RGB uint8 frames as H.264 (yuv420p) MP4. Odd sizes are cropped by one pixel, since
     yuv420p needs even dimensions."""
     import av
@@ -250,22 +256,30 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarr
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
     tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    with av.open(str(tmp), mode="w") as container:
-        stream = None
-        for frame in frames:
-            frame = np.asarray(frame, dtype=np.uint8)
-            h, w = frame.shape[0] & ~1, frame.shape[1] & ~1
+    try:
+        with av.open(str(tmp), mode="w") as container:
+            stream = None
+            for frame in frames:
+                frame = np.asarray(frame, dtype=np.uint8)
+                h, w = frame.shape[0] & ~1, frame.shape[1] & ~1
+                if stream is not None and (h, w) != (stream.height, stream.width):
+                    raise ValueError(
+                        f"{path}: frame of {frame.shape[:2]} after frames of {(stream.height, stream.width)}"
+                    )
+                if stream is None:
+                    stream = container.add_stream("libx264", rate=rate)
+                    stream.width, stream.height = w, h
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf), "preset": "medium"}
+                image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
+                for packet in stream.encode(image):
+                    container.mux(packet)
             if stream is None:
-                stream = container.add_stream("libx264", rate=rate)
-                stream.width, stream.height = w, h
-                stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": str(crf), "preset": "medium"}
-            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
-            for packet in stream.encode(image):
+                raise ValueError(f"{path}: no frames to write")
+            for packet in stream.encode():
                 container.mux(packet)
-        if stream is None:
-            raise ValueError(f"{path}: no frames to write")
-        for packet in stream.encode():
-            container.mux(packet)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise
     os.replace(tmp, path)  # a killed writer never leaves a half-written video under the real name
     return path
