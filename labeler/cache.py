@@ -36,6 +36,7 @@ class JudgmentCache:
     def __init__(self, directory: str | Path | None, *, size_limit_gb: float = 4.0):
         self.directory = Path(directory) if directory is not None else None
         self._cache = None
+        self._memo: dict[str, dict[str, Any]] = {}  # meta facts when there is no directory
         if self.directory is not None:
             import diskcache
 
@@ -59,6 +60,19 @@ class JudgmentCache:
     def set(self, key: str, judgment: Judgment) -> None:
         if self._cache is not None:
             self._cache.set(key, judgment.model_dump_json())
+
+    def get_meta(self, key: str) -> dict[str, Any] | None:
+        """Small JSON facts kept beside the judgments (a video's probe result and content hash)."""
+        if self._cache is None:
+            return self._memo.get(key)
+        value = self._cache.get(key)
+        return json.loads(value) if isinstance(value, str) else None
+
+    def set_meta(self, key: str, value: dict[str, Any]) -> None:
+        if self._cache is None:
+            self._memo[key] = value
+        else:
+            self._cache.set(key, json.dumps(value))
 
     def __len__(self) -> int:
         return 0 if self._cache is None else len(self._cache)

@@ -156,17 +156,31 @@ class Engine:
     def _orders(self) -> tuple[str, ...]:
         return ORDERS if self.config.swap else ORDERS[:1]
 
+    def video_meta(self, path: str) -> tuple[video.VideoInfo, str]:
+        """Probe result and content hash of a video, remembered in the cache by (path, size, mtime),
+        so a rerun over cached judgments neither opens nor hashes the videos again."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return video.probe(path), ""  # probe raises the typed error naming the file
+        key = f"video-meta:{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+        meta = self.cache.get_meta(key)
+        if meta is None:
+            info = video.probe(path)
+            meta = {"info": asdict(info), "sha256": video.file_hash(path)}
+            self.cache.set_meta(key, meta)
+        return video.VideoInfo(**{**meta["info"], "path": path}), meta["sha256"]
+
     def plan_pair(self, entry: ManifestEntry) -> PairPlan:
         """Probe, check alignment, segment, and compute cache keys, without decoding a frame."""
-        info_a = video.probe(entry.video_a)
-        info_b = video.probe(entry.video_b)
+        info_a, hash_a = self.video_meta(entry.video_a)
+        info_b, hash_b = self.video_meta(entry.video_b)
         video.check_aligned(info_a, info_b, role="video_b")
         use_ref = bool(entry.reference) and self._uses_reference
-        content = {"a": video.file_hash(entry.video_a), "b": video.file_hash(entry.video_b)}
+        content = {"a": hash_a, "b": hash_b}
         if use_ref:
-            info_ref = video.probe(entry.reference)
+            info_ref, content["ref"] = self.video_meta(entry.reference)
             video.check_aligned(info_a, info_ref, role="reference")
-            content["ref"] = video.file_hash(entry.reference)
         seconds = entry.segment_seconds or self.config.segment_seconds
         fps = info_a.fps
         segments = []

@@ -69,6 +69,8 @@ def test_cache_hit_costs_no_decode_and_no_request(pair, tmp_path, monkeypatch):
         raise AssertionError("a fully cached pair must not decode frames")
 
     monkeypatch.setattr(video, "read_frames", no_decode)
+    monkeypatch.setattr(video, "probe", no_decode)  # probe results and hashes are cached too
+    monkeypatch.setattr(video, "file_hash", no_decode)
     second = BrightnessJudge()
     engine = Engine(second, cache=JudgmentCache(cache_dir))
     r2 = run(engine.label_pair(pair))
@@ -76,6 +78,15 @@ def test_cache_hit_costs_no_decode_and_no_request(pair, tmp_path, monkeypatch):
     assert engine.stats.cache_hits == 6 and r2.usage.cache_hits == 6 and r2.usage.requests == 0
     assert r1.model_dump(exclude={"usage"}) == r2.model_dump(exclude={"usage"})
     assert r2.usage.input_tokens == r1.usage.input_tokens  # what the labels cost, cached or not
+
+
+def test_rewritten_video_is_probed_and_judged_again(pair, tmp_path):
+    cache_dir = tmp_path / "cache"
+    run(Engine(BrightnessJudge(), cache=JudgmentCache(cache_dir)).label_pair(pair))
+    video.write_video(pair.video_b, np.concatenate([frames_with_level(8, 200)] * 3), FPS, crf=8)
+    judge = BrightnessJudge()
+    record = run(Engine(judge, cache=JudgmentCache(cache_dir)).label_pair(pair))
+    assert len(judge.calls) == 6 and record.labels == ["B", "B", "B"]
 
 
 def test_cache_key_changes_with_settings(pair, tmp_path):
