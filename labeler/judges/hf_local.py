@@ -1,0 +1,486 @@
+"""The ``hf`` judge: a transformers image-text-to-text model loaded in-process (DESIGN §2.4).
+
+The model sees the same prompt as every other judge, rendered through its own chat template.
+Instead of sampling an answer and parsing it, the judge writes the start of the answer itself
+and reads the label from ONE forward pass: the text ends right where the label value begins
+(``{"label": "``), so the next-token logits of the three label tokens, softmaxed over just those
+three, are ``p_a / p_b / p_tie``. No parsing, no re-asks, and real probabilities for the engine.
+
+With ``rationale_tokens > 0`` the answer follows the prompt's own order: the model first
+greedily writes a short rationale (``{"rationale": "...``, at most that many tokens), then the
+label is scored after it, so the reasons can inform the verdict; that costs a generation and a
+second pass over the images.
+
+One model serves one forward at a time: the engine may call ``judge()`` concurrently, so calls
+queue on an asyncio lock and the work itself runs in a worker thread under a threading lock
+(which still holds if the engine's timeout cancels the waiting coroutine mid-forward).
+torch/transformers are imported on first use, never at module import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeler.prompts import load_prompt
+from labeler.schemas import FatalJudgeError, JudgeError, Judgment, SegmentRequest
+
+__all__ = ["LABEL_PREFIX", "RATIONALE_PREFIX", "HFJudge", "LabelTokens", "resolve_label_tokens"]
+
+log = logging.getLogger(__name__)
+
+LABELS = ("A", "B", "tie")
+#: The answer start written for the model when it gives no rationale: the next token is the label.
+LABEL_PREFIX = '{"label": "'
+#: The answer start when the model writes a rationale first (the prompt's own key order).
+RATIONALE_PREFIX = '{"rationale": "'
+_AFTER_RATIONALE = '", "label": "'
+_INSTALL_HINT = "the hf judge needs torch and transformers: pip install -e '.[hf]'"
+# Files up to this size are content-hashed for the fingerprint; bigger ones (weight shards) are
+# identified by size and mtime, since hashing gigabytes at every start would be too slow.
+_HASH_LIMIT = 64 * 1024 * 1024
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class LabelTokens:
+    """Where to score and which token stands for each label.
+
+    ``text`` is the prompt to run (possibly a few characters shorter than asked, see
+    ``resolve_label_tokens``); ``ids`` are the token ids of "A", "B", "tie" at the next position;
+    ``last_id`` is the token ``text`` ends with (to check the processor tokenized it the same way).
+    """
+
+    text: str
+    ids: tuple[int, int, int]
+    last_id: int
+
+
+def resolve_label_tokens(tokenizer: Any, text: str, *, max_backoff: int = 4) -> LabelTokens:
+    """Find the next-token ids that spell each label right after ``text``.
+
+    ``text`` ends where the label value starts (after its opening quote). Usually tokenizing
+    ``text + label`` just appends the label's first token. Some tokenizers merge the label with
+    the characters before it (``"A`` as one token); then ``text`` is cut back a character at a
+    time (at most ``max_backoff``) until every label's tokenization extends the cut text's
+    tokenization by a token that differs between the labels, and those tokens are scored at the
+    cut. Multi-token labels ("tie" as "t"+"ie") are scored by their first token.
+    """
+
+    def encode(s: str) -> list[int]:
+        return list(tokenizer(s, add_special_tokens=False)["input_ids"])
+
+    tried: list[str] = []
+    for back in range(0, max_backoff + 1):
+        cut = len(text) - back
+        if cut <= 0:
+            break
+        base = encode(text[:cut])
+        firsts: list[int] = []
+        for label in LABELS:
+            ids = encode(text + label)
+            if len(ids) <= len(base) or ids[: len(base)] != base:
+                break
+            firsts.append(ids[len(base)])
+        else:
+            if len(set(firsts)) == len(LABELS):
+                return LabelTokens(text[:cut], (firsts[0], firsts[1], firsts[2]), base[-1])
+        tried.append(repr(text[max(0, cut - 12) : cut]))
+    raise FatalJudgeError(
+        "the tokenizer gives the labels A, B, tie no distinct single next token after the answer prefix "
+        f"(tried text ending in {', '.join(tried)}); this model cannot be scored from logits"
+    )
+
+
+def _is_local_path(model: str) -> bool:
+    """A path (rather than a hub id like ``org/name``): it exists, or it can only be a path."""
+    if Path(model).expanduser().exists():
+        return True
+    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
+
+
+def _dir_identity(directory: Path) -> str:
+    """A hash of a checkpoint folder's files: contents of small files (config, tokenizer, chat
+    template, small weights), size + mtime of big ones. Any change to the weights or to what the
+    processor does changes it, so the cache never serves answers of a different model."""
+    h = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or path.suffix == ".md" or not path.is_file():
+            continue
+        stat = path.stat()
+        h.update(f"{path.name}\0{stat.st_size}\0".encode())
+        if stat.st_size <= _HASH_LIMIT:
+            with path.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(block)
+        else:
+            h.update(str(stat.st_mtime_ns).encode())
+    return h.hexdigest()[:16]
+
+
+def _json_unescape(fragment: str) -> str:
+    """The text of a JSON string body the model wrote (``\\n`` -> newline), verbatim if invalid."""
+    try:
+        value = json.loads(f'"{fragment}"')
+    except json.JSONDecodeError:
+        return fragment
+    return value if isinstance(value, str) else fragment
+
+
+def _string_body(generated: str) -> str:
+    """The generated text up to the first unescaped double quote (the end of the JSON string)."""
+    escaped = False
+    for i, ch in enumerate(generated):
+        if ch == '"' and not escaped:
+            return generated[:i]
+        escaped = ch == "\\" and not escaped
+    # Cut short (token limit, or a stop on an escaped quote): drop a dangling escape character,
+    # or it would escape the quote the judge appends to close the string.
+    return generated[:-1] if escaped else generated
+
+
+class HFJudge:
+    """An in-process transformers VLM judge, probabilities from the label tokens' logits.
+
+    ``model`` is a checkpoint folder or a hub id (hub ids load through the usual hub cache; only
+    folders are exercised in tests). ``device``: "cpu", "cuda", "cuda:1", "mps" or "auto".
+    ``dtype``: "auto" (the checkpoint's), "float32", "bfloat16", "float16". ``max_side`` shrinks
+    the images further before the processor sees them. ``rationale_tokens``: 0 scores the label
+    straight away; N > 0 lets the model write up to N rationale tokens first.
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        prompt: str = "conservative",
+        layout: str = "separate",
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_side: int | None = None,
+        rationale_tokens: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        model = str(model)
+        if not model.strip():
+            raise FatalJudgeError("the hf judge needs a model: a checkpoint folder or a hub id")
+        if _is_local_path(model) and not Path(model).expanduser().is_dir():
+            raise FatalJudgeError(f"hf judge model path {model!r} does not exist or is not a folder")
+        if layout not in ("separate", "side-by-side"):
+            raise ValueError(f"layout must be 'separate' or 'side-by-side', got {layout!r}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        if max_side is not None and max_side < 1:
+            raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
+        if rationale_tokens < 0:
+            raise ValueError(f"rationale_tokens must be >= 0, got {rationale_tokens}")
+        self.model = model
+        self._prompt = load_prompt(prompt)
+        self.prompt_id = self._prompt.prompt_id
+        self.layout = layout
+        self.device = device
+        self.dtype = dtype
+        self.max_side = max_side
+        self.rationale_tokens = rationale_tokens
+        self.trust_remote_code = trust_remote_code
+        self._processor: Any = None
+        self._net: Any = None  # the loaded torch model (``model`` is the name, per the Judge protocol)
+        self._load_error: FatalJudgeError | None = None
+        self._thread_lock = threading.Lock()
+        self._queue: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ identity
+
+    def _weights_identity(self) -> str | None:
+        path = Path(self.model).expanduser()
+        if path.is_dir():
+            return _dir_identity(path)
+        try:  # a hub id: identify the snapshot already in the local hub cache, without network
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(self.model, "config.json")
+        except Exception:
+            cached = None
+        return _dir_identity(Path(cached).parent) if isinstance(cached, str) else None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Model + weights identity + everything that changes the answer (enters the cache key).
+
+        A hub id not yet downloaded is identified by name only ("weights": None); once it is in the
+        hub cache its snapshot's files identify it like a local folder.
+        """
+        device_type = self.device.split(":")[0]
+        if device_type == "auto":  # what "auto" will pick, so CPU and GPU runs never share answers
+            try:
+                import torch
+
+                device_type = "cuda" if torch.cuda.is_available() else "cpu"
+            except ImportError:  # loading will say what to install; the key stays well-defined
+                pass
+        return {
+            "judge": self.name,
+            "model": self.model,
+            "weights": self._weights_identity(),
+            "prompt_id": self.prompt_id,
+            "layout": self.layout,
+            "rationale_tokens": self.rationale_tokens,
+            "dtype": self.dtype,
+            "device": device_type,  # float results differ slightly between CPU and GPU kernels
+            "max_side": self.max_side,
+        }
+
+    # ------------------------------------------------------------------ loading
+
+    @property
+    def loaded(self) -> bool:
+        return self._net is not None
+
+    def load(self) -> None:
+        """Load processor and model now (otherwise the first ``judge()`` does). Idempotent and
+        thread-safe; raises FatalJudgeError (missing files, no torch, no chat template...)."""
+        with self._thread_lock:
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        if self._net is not None:
+            return
+        if self._load_error is not None:  # a failed load fails the same way again, cheaply
+            raise self._load_error
+        try:
+            self._processor, self._net = self._load_model()
+        except FatalJudgeError as exc:
+            self._load_error = exc
+            raise
+
+    def _load_model(self) -> tuple[Any, Any]:
+        try:
+            import torch
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+        except ImportError as exc:
+            raise FatalJudgeError(f"{_INSTALL_HINT} ({exc})") from exc
+        if _is_local_path(self.model) and not Path(self.model).expanduser().is_dir():
+            raise FatalJudgeError(f"hf judge model path {self.model!r} does not exist or is not a folder")
+        source = str(Path(self.model).expanduser()) if _is_local_path(self.model) else self.model
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype: Any = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
+        try:
+            processor = AutoProcessor.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+            net = AutoModelForImageTextToText.from_pretrained(
+                source, dtype=dtype, trust_remote_code=self.trust_remote_code
+            )
+            net = net.to(device).eval()
+        except Exception as exc:  # missing files, unknown architecture, a processor's missing extra...
+            raise FatalJudgeError(
+                f"could not load hf judge model {self.model!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not getattr(processor, "chat_template", None):
+            raise FatalJudgeError(
+                f"hf judge model {self.model!r} has no chat template; use an instruct/chat model"
+            )
+        if getattr(processor, "tokenizer", None) is None:
+            raise FatalJudgeError(f"hf judge model {self.model!r} has a processor without a tokenizer")
+        log.info("hf judge loaded %s on %s (%s)", self.model, device, net.dtype)
+        return processor, net
+
+    async def ready(self) -> bool:
+        """Load the model if needed (in a worker thread); True once it can judge. A load failure
+        gives False here and is raised, with its reason, by ``judge()``."""
+        try:
+            await asyncio.to_thread(self.load)
+        except FatalJudgeError as exc:
+            log.error("%s", exc)
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Free the model (a later ``judge()`` loads it again)."""
+        async with self._lock():
+            await asyncio.to_thread(self._unload)
+
+    def _unload(self) -> None:
+        with self._thread_lock:
+            on_cuda = self._net is not None and self._net.device.type == "cuda"
+            self._net = self._processor = None
+            gc.collect()
+            if on_cuda:
+                import torch
+
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ judging
+
+    def _lock(self) -> asyncio.Lock:
+        # Created lazily so it binds to the running loop, not to whichever loop built the judge.
+        if self._queue is None:
+            self._queue = asyncio.Lock()
+        return self._queue
+
+    async def judge(self, request: SegmentRequest) -> Judgment:
+        async with self._lock():
+            return await asyncio.to_thread(self.judge_sync, request)
+
+    def judge_sync(self, request: SegmentRequest) -> Judgment:
+        """The blocking judgment (what ``judge()`` runs in a worker thread)."""
+        with self._thread_lock:
+            self._load_locked()
+            try:
+                return self._judge_locked(request)
+            except JudgeError:
+                raise
+            except Exception as exc:  # e.g. out of memory on a big segment: this request fails, not the run
+                raise JudgeError(f"hf judge {self.model!r} failed: {type(exc).__name__}: {exc}") from exc
+
+    def _chat(self, request: SegmentRequest) -> tuple[list[dict[str, Any]], list[Any]]:
+        """The prompt's neutral messages in chat-template form, and their images (PIL) in order."""
+        from PIL import Image
+
+        messages, images = [], []
+        for message in self._prompt.render(request, layout=self.layout):
+            content = message["content"]
+            if isinstance(content, str):
+                messages.append({"role": message["role"], "content": content})
+                continue
+            parts = []
+            for part in content:
+                if part["type"] == "image":
+                    image = Image.fromarray(np.ascontiguousarray(part["image"]), mode="RGB")
+                    if self.max_side is not None and max(image.size) > self.max_side:
+                        image.thumbnail((self.max_side, self.max_side), Image.Resampling.BICUBIC)
+                    images.append(image)
+                    parts.append({"type": "image"})
+                else:
+                    parts.append({"type": "text", "text": part["text"]})
+            messages.append({"role": message["role"], "content": parts})
+        return messages, images
+
+    def _template(self, messages: list[dict[str, Any]]) -> str:
+        """The rendered conversation up to the assistant's turn. Templates that reject a system
+        role (Mistral, Gemma...) get its text folded into the first user message instead."""
+        processor = self._processor
+        try:
+            return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:
+            if not messages or messages[0]["role"] != "system":
+                raise FatalJudgeError(f"the chat template of {self.model!r} failed: {exc}") from exc
+            first_error = exc
+        system, rest = messages[0], [dict(m) for m in messages[1:]]
+        system_parts = (
+            [{"type": "text", "text": system["content"]}]
+            if isinstance(system["content"], str)
+            else system["content"]
+        )
+        user = next((m for m in rest if m["role"] == "user"), None)
+        if user is None:
+            raise FatalJudgeError(
+                f"the chat template of {self.model!r} failed: {first_error}"
+            ) from first_error
+        user_parts = (
+            [{"type": "text", "text": user["content"]}]
+            if isinstance(user["content"], str)
+            else user["content"]
+        )
+        user["content"] = [*system_parts, {"type": "text", "text": "\n\n"}, *user_parts]
+        try:
+            return processor.apply_chat_template(rest, tokenize=False, add_generation_prompt=True)
+        except Exception as exc:
+            raise FatalJudgeError(f"the chat template of {self.model!r} failed: {exc}") from exc
+
+    def _inputs(self, text: str, images: list[Any]) -> Any:
+        """Token ids + pixels for ``text`` on the model's device (image placeholders expanded)."""
+        tokenizer = self._processor.tokenizer
+        bos = getattr(tokenizer, "bos_token", None)
+        # The template usually writes BOS itself; then the tokenizer must not add a second one.
+        add_special = not (bos and text.startswith(bos))
+        batch = self._processor(
+            text=[text], images=images or None, return_tensors="pt", add_special_tokens=add_special
+        )
+        net = self._net
+        return {
+            key: value.to(net.device, dtype=net.dtype) if value.is_floating_point() else value.to(net.device)
+            for key, value in batch.items()
+            if hasattr(value, "to")
+        }
+
+    def _generate_rationale(self, prompt_text: str, images: list[Any]) -> tuple[str, int, int]:
+        """Greedy rationale after ``{"rationale": "``: (JSON string body, prompt tokens, new tokens)."""
+        import torch
+
+        inputs = self._inputs(prompt_text + RATIONALE_PREFIX, images)
+        n_prompt = int(inputs["input_ids"].shape[1])
+        tokenizer = self._processor.tokenizer
+        with torch.inference_mode():
+            out = self._net.generate(
+                **inputs,
+                max_new_tokens=self.rationale_tokens,
+                do_sample=False,
+                stop_strings=['"'],  # the rationale string closes with an unescaped quote
+                tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id
+                if tokenizer.pad_token_id is not None
+                else tokenizer.eos_token_id,
+            )
+        new_tokens = out[0, n_prompt:]
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return _string_body(text), n_prompt, int(new_tokens.shape[0])
+
+    def _judge_locked(self, request: SegmentRequest) -> Judgment:
+        import torch
+
+        messages, images = self._chat(request)
+        prompt_text = self._template(messages)
+        rationale_body, n_prompt, n_generated = "", 0, 0
+        if self.rationale_tokens > 0:
+            rationale_body, n_prompt, n_generated = self._generate_rationale(prompt_text, images)
+            scoring_text = prompt_text + RATIONALE_PREFIX + rationale_body + _AFTER_RATIONALE
+        else:
+            scoring_text = prompt_text + LABEL_PREFIX
+        labels = resolve_label_tokens(self._processor.tokenizer, scoring_text)
+        inputs = self._inputs(labels.text, images)
+        if int(inputs["input_ids"][0, -1]) != labels.last_id:
+            # e.g. a tokenizer that appends EOS: scoring after it would read the wrong position.
+            raise FatalJudgeError(
+                f"the processor of {self.model!r} does not end the prompt where the answer starts "
+                f"(last token {int(inputs['input_ids'][0, -1])}, expected {labels.last_id})"
+            )
+        if self.rationale_tokens == 0:  # else the prompt was counted before the rationale
+            n_prompt = int(inputs["input_ids"].shape[1])
+        with torch.inference_mode():
+            logits = self._net(**inputs, logits_to_keep=1).logits[0, -1]
+        label_logits = logits[list(labels.ids)].double()
+        probs = torch.softmax(label_logits, dim=0).tolist()
+        label = LABELS[int(torch.argmax(label_logits))]
+        rationale = _json_unescape(rationale_body)
+        raw = (
+            json.dumps({"rationale": rationale, "label": label})
+            if self.rationale_tokens > 0
+            else json.dumps({"label": label})
+        )
+        return Judgment(
+            label=label,
+            p_a=probs[0],
+            p_b=probs[1],
+            p_tie=probs[2],
+            rationale=rationale,
+            raw=raw,
+            input_tokens=n_prompt,
+            output_tokens=n_generated + 1,  # the rationale, then the one label token
+            model=self.model,
+            prob_source="logits",
+        )
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.loaded else "not loaded"
+        return f"HFJudge(model={self.model!r}, prompt={self.prompt_id!r}, layout={self.layout!r}, {state})"
