@@ -63,12 +63,12 @@ def strip(records):
 
 def test_faults_are_survived_and_a_failing_pair_fails_alone(manifest, server, tmp_path):
     server.control(
-        faults=[{"status": 429, "retry_after": 0.05}, {"status": 500}, {"hang": 3}, {"garbage": True},
+        faults=[{"status": 429, "retry_after": 0.05}, {"status": 500}, {"hang": 4}, {"garbage": True},
                 {"status": 503}, {"status": 429, "retry_after_ms": 20}],
         rules=[{"match": "scene 4", "status": 500}],
     )
     out = tmp_path / "out.jsonl"
-    proc = run_cli(batch_args(manifest, out, server, tmp_path / "cache", "--timeout", "1", "--max-attempts", "4"))
+    proc = run_cli(batch_args(manifest, out, server, tmp_path / "cache", "--timeout", "2.5", "--max-attempts", "4"))
     assert proc.returncode == 1, proc.stderr  # one pair failed
     records = read_records(out)
     assert sorted(r.pair_id for r in records) == ["p0", "p1", "p2", "p3", "p5"]

@@ -1,0 +1,445 @@
+"""The ``openai`` judge: any OpenAI-compatible chat endpoint — OpenAI's GPT models or an open VLM
+behind ``vllm serve`` (``base_url="http://host:8000/v1"``).
+
+It only builds the request and reads the answer (DESIGN §2.4): caching, order swapping and
+retries belong to the engine, so the client is created with ``max_retries=0`` and every failure
+is mapped to TransientJudgeError (worth retrying), FatalJudgeError or JudgeParseError.
+
+Endpoint quirks. Some servers reject ``logprobs`` or ``response_format`` (or, for reasoning
+models, ``temperature``/``max_tokens``). On a 400 naming such a parameter the judge drops or
+adapts it once, remembers that in ``self.fallbacks`` for the rest of its life, and logs a
+warning. ``fingerprint()`` deliberately keeps describing the *requested* settings: the fallback
+is a fixed property of the (model, endpoint) pair, so two judges with the same fingerprint still
+answer alike, and a cache key that changed after the first request would make a resumed run miss
+its own cache. What actually happened is visible per answer (``Judgment.prob_source`` is "vote"
+instead of "logprobs") and per run (``fallbacks``, for the labeler info of the output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import inspect
+import json
+import logging
+import os
+import re
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from labeler.images import jpeg_data_uri
+from labeler.parsing import ANSWER_JSON_SCHEMA, label_probabilities_from_logprobs, parse_answer
+from labeler.pricing import chat_input_tokens, estimate_cost
+from labeler.prompts import LAYOUTS, load_prompt
+from labeler.schemas import (
+    FatalJudgeError,
+    JudgeEstimate,
+    JudgeParseError,
+    Judgment,
+    SegmentRequest,
+    TransientJudgeError,
+)
+
+__all__ = ["OpenAIJudge"]
+
+log = logging.getLogger(__name__)
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: A typical answer: one or two sentences of rationale plus the label, in tokens.
+EXPECTED_ANSWER_TOKENS = 60
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
+_TRANSIENT_STATUS = {408, 409, 429}
+
+
+def _is_reasoning_model(model: str) -> bool:
+    return bool(_REASONING_MODEL.match(model.lower().rsplit("/", 1)[-1]))
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+def _server_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+    return str(getattr(exc, "message", None) or exc)
+
+
+class OpenAIJudge:
+    """Judge one segment with a chat model over the OpenAI API (see the module docstring)."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        prompt: str = "conservative",
+        layout: str = "separate",
+        detail: str = "low",
+        jpeg_quality: int = 90,
+        temperature: float = 0.0,
+        max_tokens: int = 300,
+        logprobs: bool = True,
+        top_logprobs: int = 5,
+        strict_schema: bool | None = None,
+        timeout: float = 60.0,
+        max_parse_retries: int = 2,
+        extra_body: dict[str, Any] | None = None,
+        reasoning_effort: str | None = None,
+        reasoning_budget: int = 4000,
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if detail not in ("low", "high", "auto"):
+            raise ValueError(f"detail must be 'low', 'high' or 'auto', got {detail!r}")
+        if not 0 <= top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in [0, 20], got {top_logprobs}")
+        if max_parse_retries < 0:
+            raise ValueError(f"max_parse_retries must be >= 0, got {max_parse_retries}")
+        self.model = model
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        self._prompt = load_prompt(prompt)
+        self.prompt_id = self._prompt.prompt_id
+        self.layout = layout
+        self.detail = detail
+        self.jpeg_quality = jpeg_quality
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.reasoning = _is_reasoning_model(model)
+        # Reasoning models (o-series, gpt-5) return no logprobs and bill hidden reasoning as output.
+        self.logprobs = logprobs and not self.reasoning
+        self.top_logprobs = top_logprobs
+        self.is_openai = urlparse(self.base_url).hostname == "api.openai.com"
+        # OpenAI enforces strict schemas; vLLM's guided decoding needs no flag, others may reject it.
+        self.strict = self.is_openai if strict_schema is None else strict_schema
+        self.timeout = timeout
+        self.max_parse_retries = max_parse_retries
+        self.extra_body = dict(extra_body or {})
+        self.reasoning_effort = reasoning_effort
+        self.reasoning_budget = reasoning_budget
+        #: parameter -> server message, for each parameter this endpoint refused (see module doc).
+        self.fallbacks: dict[str, str] = {}
+        self._async_client: Any = None
+        self._client_loop: Any = None
+
+    # ------------------------------------------------------------------ identity
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything besides the frames that changes the answer. base_url is left out on purpose:
+        the same model behind another URL answers alike. Fallbacks are left out too (module doc)."""
+        fp: dict[str, Any] = {
+            "judge": self.name,
+            "model": self.model,
+            "prompt_id": self.prompt_id,
+            "layout": self.layout,
+            "detail": self.detail,
+            "jpeg_quality": self.jpeg_quality,
+            "temperature": None if self.reasoning else self.temperature,
+            "max_tokens": self.max_tokens,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs if self.logprobs else None,
+            "strict": self.strict,
+        }
+        if self.reasoning:
+            fp["reasoning_effort"] = self.reasoning_effort
+            fp["reasoning_budget"] = self.reasoning_budget
+        if self.extra_body:
+            fp["extra_body"] = json.loads(json.dumps(self.extra_body, sort_keys=True, default=str))
+        return fp
+
+    # ------------------------------------------------------------------ request building
+
+    def _messages(self, request: SegmentRequest) -> list[dict[str, Any]]:
+        out = []
+        for message in self._prompt.render(request, layout=self.layout):  # type: ignore[arg-type]
+            parts = []
+            for part in message["content"]:
+                if part["type"] == "text":
+                    parts.append({"type": "text", "text": part["text"]})
+                else:
+                    url = jpeg_data_uri(part["image"], self.jpeg_quality)
+                    parts.append({"type": "image_url", "image_url": {"url": url, "detail": self.detail}})
+            if all(p["type"] == "text" for p in parts):
+                # Plain strings for text-only messages: every server's chat template accepts them.
+                out.append({"role": message["role"], "content": "\n".join(p["text"] for p in parts)})
+            else:
+                out.append({"role": message["role"], "content": parts})
+        return out
+
+    def _params(self) -> dict[str, Any]:
+        """Sampling and format parameters, after any fallbacks this endpoint forced."""
+        params: dict[str, Any] = {}
+        if self.reasoning or "max_tokens" in self.fallbacks:
+            budget = self.reasoning_budget if self.reasoning else 0
+            params["max_completion_tokens"] = self.max_tokens + budget
+        else:
+            params["max_tokens"] = self.max_tokens
+        if not self.reasoning and "temperature" not in self.fallbacks:
+            params["temperature"] = self.temperature
+        if self.reasoning and self.reasoning_effort:
+            params["reasoning_effort"] = self.reasoning_effort
+        if self.logprobs and "logprobs" not in self.fallbacks:
+            params["logprobs"] = True
+            if self.top_logprobs:
+                params["top_logprobs"] = self.top_logprobs
+        if "response_format" not in self.fallbacks:
+            strict = self.strict and "strict" not in self.fallbacks
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "segment_judgment", "schema": ANSWER_JSON_SCHEMA, "strict": strict},
+            }
+        params.update(self.extra_body)
+        return params
+
+    def build_body(self, request: SegmentRequest) -> dict[str, Any]:
+        """The exact chat.completions JSON body this judge sends (Batch API lines, cost benchmarks)."""
+        return {"model": self.model, "messages": self._messages(request), **self._params()}
+
+    def estimate(self, request: SegmentRequest) -> JudgeEstimate:
+        """Images and tokens of one request before it is sent, without encoding any JPEG."""
+        messages = self._prompt.render(request, layout=self.layout)  # type: ignore[arg-type]
+        input_tokens, images = chat_input_tokens(messages, self.model, default_detail=self.detail)
+        output_tokens = min(self.max_tokens, EXPECTED_ANSWER_TOKENS)
+        return JudgeEstimate(
+            images=images,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            extra={
+                "layout": self.layout,
+                "detail": self.detail,
+                "cost_usd": estimate_cost(self.model, input_tokens, output_tokens),
+                "batch_cost_usd": estimate_cost(self.model, input_tokens, output_tokens, batch=True),
+                "reasoning_tokens_excluded": self.reasoning,
+            },
+        )
+
+    # ------------------------------------------------------------------ answer reading
+
+    def _read(self, response: dict[str, Any]) -> tuple[Judgment | None, str, JudgeParseError | None]:
+        """(judgment or None, raw text, parse error or None) of one chat.completion JSON."""
+        usage = response.get("usage") or {}
+        in_tok, out_tok = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        choices = response.get("choices") or []
+        if not choices:
+            return None, "", JudgeParseError("The response held no choices. Reply with the JSON object.")
+        choice = choices[0]
+        message = choice.get("message") or {}
+        raw = message.get("content") or ""
+        if message.get("refusal"):
+            return None, raw, JudgeParseError(f"The model refused: {message['refusal']}")
+        try:
+            answer = parse_answer(raw)
+        except JudgeParseError as exc:
+            if choice.get("finish_reason") == "length":
+                exc = JudgeParseError(
+                    f"{exc} (the answer was cut off at the token limit: keep the rationale short)"
+                )
+            return None, raw, exc
+        probs = label_probabilities_from_logprobs((choice.get("logprobs") or {}).get("content"))
+        if probs is None:
+            probs, source = {k: float(k == answer.label) for k in ("A", "B", "tie")}, "vote"
+        else:
+            source = "logprobs"
+        judgment = Judgment(
+            label=answer.label,
+            p_a=probs["A"],
+            p_b=probs["B"],
+            p_tie=probs["tie"],
+            rationale=answer.rationale,
+            raw=raw,
+            input_tokens=in_tok,
+            output_tokens=out_tok,
+            model=response.get("model") or self.model,
+            prob_source=source,
+        )
+        return judgment, raw, None
+
+    def parse_body(self, response: dict[str, Any]) -> Judgment:
+        """A Judgment from a chat.completion JSON (e.g. a Batch API output line's ``response.body``)."""
+        judgment, raw, error = self._read(response)
+        if judgment is None:
+            assert error is not None
+            exc = JudgeParseError(f"{error} Raw answer: {raw[:300]!r}")
+            exc.raw = raw  # type: ignore[attr-defined]
+            raise exc
+        return judgment
+
+    # ------------------------------------------------------------------ calling the endpoint
+
+    def _client(self) -> Any:
+        """One AsyncOpenAI per event loop: its connection pool belongs to the loop that made it."""
+        try:
+            from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+        except ImportError as exc:  # pragma: no cover - openai is a declared extra
+            raise FatalJudgeError(
+                "the openai judge needs the 'openai' package: pip install 'densepref[openai]'"
+            ) from exc
+        loop = asyncio.get_running_loop()
+        if self._client_loop is loop and self._async_client is not None:
+            return self._async_client
+        api_key = self._api_key
+        if not api_key:
+            if self.is_openai:
+                raise FatalJudgeError(
+                    "no OpenAI API key: set OPENAI_API_KEY or pass api_key (or --base-url for a vLLM server)"
+                )
+            api_key = "EMPTY"  # vLLM and most self-hosted servers accept any key
+        # A client made on a loop that has since finished cannot be reused; replace it. The plain
+        # DefaultAsyncHttpxClient (not the SDK's default wrapper) because the wrapper's __del__
+        # schedules aclose() on whatever loop runs next, which fails noisily for a dead loop.
+        self._async_client = AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key,
+            max_retries=0,
+            timeout=self.timeout,
+            http_client=DefaultAsyncHttpxClient(timeout=self.timeout),
+        )
+        self._client_loop = loop
+        return self._async_client
+
+    def _apply_fallback(self, message: str) -> bool:
+        """Adapt to a 400 that names an unsupported parameter; True if a retry is worth it."""
+        text = message.lower()
+        if "logprobs" in text and self.logprobs and "logprobs" not in self.fallbacks:
+            self.fallbacks["logprobs"] = message
+        elif ("response_format" in text or "json_schema" in text) and (
+            "response_format" not in self.fallbacks
+        ):
+            if self.strict and "strict" not in self.fallbacks:
+                self.fallbacks["strict"] = message
+            else:
+                self.fallbacks["response_format"] = message
+        elif "max_tokens" in text and "max_tokens" not in self.fallbacks and not self.reasoning:
+            self.fallbacks["max_tokens"] = message
+        elif "temperature" in text and "temperature" not in self.fallbacks and not self.reasoning:
+            self.fallbacks["temperature"] = message
+        else:
+            return False
+        log.warning(
+            "%s (%s) refused a parameter; retrying without it from now on: %s",
+            self.base_url,
+            self.model,
+            message,
+        )
+        return True
+
+    async def _create(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        import openai
+
+        client = self._client()
+        create = client.chat.completions.create
+        # Parameters the SDK does not declare (vLLM's top_k, ...) must travel in extra_body.
+        allowed = set(inspect.signature(create).parameters)
+        while True:
+            params = self._params()
+            known = {k: v for k, v in params.items() if k in allowed}
+            extra = {k: v for k, v in params.items() if k not in allowed}
+            try:
+                response = await create(
+                    model=self.model, messages=messages, extra_body=extra or None, **known
+                )
+                return response.model_dump(mode="json")
+            except openai.BadRequestError as exc:
+                message = _server_message(exc)
+                if self._apply_fallback(message):
+                    continue
+                raise FatalJudgeError(
+                    f"{self.model} at {self.base_url} rejected the request (400): {message}"
+                ) from exc
+            except openai.RateLimitError as exc:
+                raise TransientJudgeError(
+                    f"rate limited (429): {_server_message(exc)}",
+                    retry_after=_retry_after(exc.response.headers),
+                    status=429,
+                ) from exc
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                message = _server_message(exc)
+                if status >= 500 or status in _TRANSIENT_STATUS:
+                    raise TransientJudgeError(
+                        f"server error ({status}): {message}",
+                        retry_after=_retry_after(exc.response.headers),
+                        status=status,
+                    ) from exc
+                hint = (
+                    " (check the API key)"
+                    if status in (401, 403)
+                    else " (check the model name)"
+                    if status == 404
+                    else ""
+                )
+                raise FatalJudgeError(
+                    f"{self.model} at {self.base_url}: HTTP {status}{hint}: {message}"
+                ) from exc
+            except openai.APITimeoutError as exc:
+                raise TransientJudgeError(f"no answer from {self.base_url} within {self.timeout} s") from exc
+            except openai.APIConnectionError as exc:
+                raise TransientJudgeError(f"cannot reach {self.base_url}: {exc}") from exc
+
+    async def judge(self, request: SegmentRequest) -> Judgment:
+        """Ask once; re-ask with the parse error (at most ``max_parse_retries`` times) if the answer
+        is unusable. Token usage is summed over all asks."""
+        messages = await asyncio.to_thread(self._messages, request)  # JPEG encoding off the event loop
+        in_total = out_total = 0
+        error: JudgeParseError | None = None
+        raw = ""
+        for _ in range(self.max_parse_retries + 1):
+            response = await self._create(messages)
+            judgment, raw, error = self._read(response)
+            usage = response.get("usage") or {}
+            in_total += int(usage.get("prompt_tokens") or 0)
+            out_total += int(usage.get("completion_tokens") or 0)
+            if judgment is not None:
+                return judgment.model_copy(update={"input_tokens": in_total, "output_tokens": out_total})
+            assert error is not None
+            messages = [
+                *messages,
+                {"role": "assistant", "content": raw or "(empty answer)"},
+                {"role": "user", "content": self._prompt.reask(str(error))},
+            ]
+        exc = JudgeParseError(
+            f"{self.model} gave no usable answer after {self.max_parse_retries + 1} attempts: {error} "
+            f"Last answer: {raw[:300]!r}"
+        )
+        exc.raw = raw  # type: ignore[attr-defined]
+        raise exc
+
+    async def ready(self) -> bool:
+        """Whether GET /models answers (the server is up and the key is accepted)."""
+        try:
+            await self._client().models.list()
+        except Exception:  # any failure means "not ready"; the caller reports it
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        client, self._async_client, self._client_loop = self._async_client, None, None
+        if client is not None:
+            await client.close()

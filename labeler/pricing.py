@@ -1,0 +1,194 @@
+"""What a judge request costs: text and image tokens, and USD for OpenAI models.
+
+The numbers are a small, dated, editable table — check them against the sources before
+budgeting real money:
+
+- Prices (USD per 1M tokens, standard tier; the Batch API takes 50 % off input and output):
+  https://platform.openai.com/docs/pricing (as republished at developers.openai.com/api/docs/pricing).
+- Image tokens: https://platform.openai.com/docs/guides/images-vision#calculating-costs
+  * tile models (gpt-4o, gpt-4.1, gpt-4o-mini, o1/o3, gpt-5): ``detail: low`` costs a fixed base;
+    ``high`` scales the image to fit 2048x2048, then its shortest side to 768 px, and costs
+    base + tiles x per-tile, one tile per 512 px square. The per-model base/tile pairs differ:
+    4o/4.1/4.5 85/170, 4o-mini 2833/5667, o1/o3 75/150, gpt-5 70/140.
+  * patch models (gpt-4.1-mini/nano, o4-mini, gpt-5-mini/nano): one token per 32 px patch, at most
+    1536 (the image is shrunk to fit), times a model multiplier; ``detail`` does not matter.
+  * The 768 px step only shrinks: measured bills show a 128x64 image at ``high`` costs one tile on
+    gpt-4o (https://community.openai.com/t/vision-more-than-one-way-to-send-a-request-undocumented-and-different-pricing-realized/1262691),
+    so small images are not upscaled.
+- Self-hosted models (vLLM) have no price here (``estimate_cost`` returns None), and their image
+  token counts follow their own processor; the gpt-4o tile rule is used as a rough stand-in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BATCH_DISCOUNT",
+    "PRICES",
+    "PRICES_AS_OF",
+    "chat_input_tokens",
+    "estimate_cost",
+    "image_tokens",
+    "text_tokens",
+]
+
+PRICES_AS_OF = "2025-08"
+BATCH_DISCOUNT = 0.5
+
+#: model -> (input USD per 1M tokens, output USD per 1M tokens). Longest matching prefix wins,
+#: so dated snapshots ("gpt-4o-2024-08-06") take their family's price.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "o3": (2.00, 8.00),
+    "o4-mini": (1.10, 4.40),
+    "gpt-5": (1.25, 10.00),
+    "gpt-5-mini": (0.25, 2.00),
+}
+
+
+@dataclass(frozen=True)
+class _TileRule:
+    base: int
+    tile: int
+
+
+@dataclass(frozen=True)
+class _PatchRule:
+    multiplier: float
+
+
+_IMAGE_RULES: dict[str, _TileRule | _PatchRule] = {
+    "gpt-4o": _TileRule(85, 170),
+    "chatgpt-4o": _TileRule(85, 170),
+    "gpt-4.1": _TileRule(85, 170),
+    "gpt-4.5": _TileRule(85, 170),
+    "gpt-4o-mini": _TileRule(2833, 5667),
+    "o1": _TileRule(75, 150),
+    "o3": _TileRule(75, 150),
+    "gpt-5": _TileRule(70, 140),
+    "computer-use-preview": _TileRule(65, 129),
+    "gpt-4.1-mini": _PatchRule(1.62),
+    "gpt-4.1-nano": _PatchRule(2.46),
+    "o4-mini": _PatchRule(1.72),
+    "gpt-5-mini": _PatchRule(1.62),
+    "gpt-5-nano": _PatchRule(2.46),
+}
+_DEFAULT_RULE = _IMAGE_RULES["gpt-4o"]
+_PATCH = 32
+_PATCH_BUDGET = 1536
+
+
+def _family(model: str, table: dict[str, Any]) -> str | None:
+    """The longest table key that ``model`` equals or extends with '-...' (dated snapshots)."""
+    name = model.lower().rsplit("/", 1)[-1]
+    best = None
+    for key in table:
+        if (name == key or name.startswith(key + "-")) and (best is None or len(key) > len(best)):
+            best = key
+    return best
+
+
+def _tile_tokens(width: int, height: int, rule: _TileRule) -> int:
+    w, h = float(width), float(height)
+    if max(w, h) > 2048:
+        scale = 2048 / max(w, h)
+        w, h = w * scale, h * scale
+    if min(w, h) > 768:
+        scale = 768 / min(w, h)
+        w, h = w * scale, h * scale
+    tiles = math.ceil(math.floor(w) / 512) * math.ceil(math.floor(h) / 512)
+    return rule.base + rule.tile * tiles
+
+
+def _patch_tokens(width: int, height: int, rule: _PatchRule) -> int:
+    patches = math.ceil(width / _PATCH) * math.ceil(height / _PATCH)
+    if patches > _PATCH_BUDGET:
+        # The documented shrink: fit the budget, then snap the width or height to whole patches.
+        shrink = math.sqrt(_PATCH_BUDGET * _PATCH**2 / (width * height))
+        w_p, h_p = width * shrink / _PATCH, height * shrink / _PATCH
+        shrink *= min(math.floor(w_p) / w_p, math.floor(h_p) / h_p)
+        patches = math.ceil(int(width * shrink) / _PATCH) * math.ceil(int(height * shrink) / _PATCH)
+    return math.ceil(min(patches, _PATCH_BUDGET) * rule.multiplier)
+
+
+def image_tokens(width: int, height: int, detail: str = "auto", model: str = "gpt-4o") -> int:
+    """Input tokens OpenAI bills for one image. ``detail="auto"`` is counted as "high" (an upper
+    bound: the server picks). Unknown models use the gpt-4o rule."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if detail not in ("low", "high", "auto"):
+        raise ValueError(f"detail must be 'low', 'high' or 'auto', got {detail!r}")
+    family = _family(model, _IMAGE_RULES)
+    rule = _IMAGE_RULES[family] if family else _DEFAULT_RULE
+    if isinstance(rule, _PatchRule):
+        return _patch_tokens(width, height, rule)
+    if detail == "low":
+        return rule.base
+    return _tile_tokens(width, height, rule)
+
+
+def text_tokens(text: str) -> int:
+    """Tokens of ``text``: exact with tiktoken (o200k_base) when installed, else ~4 characters per token."""
+    try:
+        import tiktoken
+    except ImportError:
+        return math.ceil(len(text) / 4)
+    return len(tiktoken.get_encoding("o200k_base").encode(text))
+
+
+def estimate_cost(model: str, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
+    """USD for a request, or None for a model without a listed price (e.g. a self-hosted VLM)."""
+    family = _family(model, PRICES)
+    if family is None:
+        return None
+    price_in, price_out = PRICES[family]
+    cost = (input_tokens * price_in + output_tokens * price_out) / 1_000_000
+    return cost * BATCH_DISCOUNT if batch else cost
+
+
+# Chat framing: a few tokens per message plus the reply primer (OpenAI cookbook's counting rule).
+_TOKENS_PER_MESSAGE = 3
+_REPLY_PRIMER = 3
+
+
+def _image_size(part: dict[str, Any]) -> tuple[int, int] | None:
+    if part.get("type") == "image":  # neutral part from labeler.prompts: an array
+        h, w = part["image"].shape[:2]
+        return int(w), int(h)
+    url = (part.get("image_url") or {}).get("url", "")
+    if url.startswith("data:"):
+        from labeler.images import data_uri_bytes, image_size
+
+        return image_size(data_uri_bytes(url))
+    return None  # a remote URL: size unknown without fetching it
+
+
+def chat_input_tokens(
+    messages: Iterable[dict[str, Any]], model: str, *, default_detail: str = "auto"
+) -> tuple[int, int]:
+    """(estimated input tokens, image count) of chat messages, OpenAI ``image_url`` parts
+    (size read from the data URI's header) or neutral ``image`` parts alike. The stand-in server
+    reports ``usage.prompt_tokens`` with this same estimate."""
+    total, images = _REPLY_PRIMER, 0
+    for message in messages:
+        total += _TOKENS_PER_MESSAGE
+        content = message.get("content")
+        if isinstance(content, str):
+            total += text_tokens(content)
+            continue
+        for part in content or []:
+            if part.get("type") == "text":
+                total += text_tokens(part.get("text", ""))
+            elif part.get("type") in ("image_url", "image"):
+                images += 1
+                size = _image_size(part) or (512, 512)
+                detail = (part.get("image_url") or {}).get("detail", default_detail)
+                total += image_tokens(size[0], size[1], detail, model)
+    return total, images

@@ -1,0 +1,210 @@
+"""Judge prompt templates: Jinja2 files rendered in a sandbox into neutral chat messages.
+
+A template (``prompts/<name>.j2`` or any file) defines these blocks:
+
+- ``system``  — the system message;
+- ``user``    — user text before the images;
+- ``caption`` — a short text before each image (variables ``video``: "A"/"B", or None for a
+  side-by-side composite; ``frame_number``: 1-based; ``time_s``);
+- ``closing`` — optional user text after the images (the answer format);
+- ``reask``   — the follow-up user message after an unusable answer (variable ``error``).
+
+Every block sees: ``prompt``, ``segment_index`` (0-based), ``segment_number`` (1-based),
+``num_segments``, ``start_s``, ``end_s``, ``duration_s``, ``fps``, ``frame_times`` (seconds),
+``frame_times_text`` ("0.06 s, 0.19 s, ..."), ``num_frames`` (per video), ``num_images``, ``layout``.
+
+Templates render in ``jinja2.sandbox.SandboxedEnvironment``: a template can format text but not
+reach Python internals, so a prompt file from a user is not code execution. The prompt id is
+``name@<first 8 hex of sha256(file bytes)>``: editing a template changes the id and so the cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from labeler.images import side_by_side
+from labeler.schemas import SegmentRequest
+
+__all__ = ["LAYOUTS", "JudgePrompt", "PromptTemplateError", "available_prompts", "load_prompt"]
+
+LAYOUTS = ("separate", "side-by-side")
+REQUIRED_BLOCKS = ("system", "user", "caption", "reask")
+Layout = Literal["separate", "side-by-side"]
+
+
+class PromptTemplateError(ValueError):
+    """A template that is missing, does not compile, lacks a block, or breaks the sandbox."""
+
+
+def _environment() -> Any:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    # StrictUndefined: a misspelt variable is an error at load time, not a silently empty prompt.
+    return SandboxedEnvironment(
+        undefined=StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+def _frame_times(request: SegmentRequest) -> list[float]:
+    k = request.frames_first.shape[0]
+    if len(request.frame_times) == k:
+        return [float(t) for t in request.frame_times]
+    # No times given: place the frames evenly inside the segment, as sample_indices does.
+    step = (request.end_s - request.start_s) / max(k, 1)
+    return [request.start_s + (i + 0.5) * step for i in range(k)]
+
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """A loaded template. ``render`` turns a SegmentRequest into neutral chat messages."""
+
+    name: str
+    prompt_id: str
+    source: str = field(repr=False, compare=False, default="")
+    path: str | None = field(repr=False, compare=False, default=None)
+    _template: Any = field(repr=False, compare=False, default=None)
+
+    def _block(self, block: str, variables: dict[str, Any]) -> str:
+        if block not in self._template.blocks:
+            return ""
+        context = self._template.new_context(variables)
+        return "".join(self._template.blocks[block](context)).strip()
+
+    def variables(self, request: SegmentRequest, layout: Layout) -> dict[str, Any]:
+        times = _frame_times(request)
+        k = request.frames_first.shape[0]
+        return {
+            "prompt": request.prompt,
+            "segment_index": request.index,
+            "segment_number": request.index + 1,
+            "num_segments": request.num_segments,
+            "start_s": float(request.start_s),
+            "end_s": float(request.end_s),
+            "duration_s": float(request.end_s - request.start_s),
+            "fps": request.fps,
+            "frame_times": times,
+            "frame_times_text": ", ".join(f"{t:.2f} s" for t in times),
+            "num_frames": k,
+            "num_images": k if layout == "side-by-side" else 2 * k,
+            "layout": layout,
+        }
+
+    def render(self, request: SegmentRequest, *, layout: Layout = "separate") -> list[dict[str, Any]]:
+        """Neutral chat messages ``[{"role", "content": [part, ...]}]``; a part is
+        ``{"type": "text", "text"}`` or ``{"type": "image", "image": [H, W, 3] uint8}``.
+
+        'separate': every frame of the first video, then every frame of the second, each after a
+        caption. 'side-by-side': one composite (first | second) per time step, half the images.
+        Reference frames are not shown: the judge compares the pair.
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        base = self.variables(request, layout)
+        times = base["frame_times"]
+        parts: list[dict[str, Any]] = [{"type": "text", "text": self._block("user", base)}]
+
+        def add(image: np.ndarray, video: str | None, i: int) -> None:
+            caption = self._block(
+                "caption", {**base, "video": video, "frame_number": i + 1, "time_s": times[i]}
+            )
+            if caption:
+                parts.append({"type": "text", "text": caption})
+            parts.append({"type": "image", "image": image})
+
+        if layout == "separate":
+            for video, frames in (("A", request.frames_first), ("B", request.frames_second)):
+                for i, frame in enumerate(frames):
+                    add(frame, video, i)
+        else:
+            for i, (first, second) in enumerate(
+                zip(request.frames_first, request.frames_second, strict=True)
+            ):
+                add(side_by_side(first, second), None, i)
+        closing = self._block("closing", base)
+        if closing:
+            parts.append({"type": "text", "text": closing})
+        return [
+            {"role": "system", "content": [{"type": "text", "text": self._block("system", base)}]},
+            {"role": "user", "content": parts},
+        ]
+
+    def reask(self, error: str) -> str:
+        """The follow-up user message after an unparseable answer: the error and the format."""
+        return self._block("reask", {"error": str(error)})
+
+
+def _templates_dir() -> Any:
+    return importlib.resources.files("prompts")
+
+
+def available_prompts() -> list[str]:
+    """Names of the templates shipped in the ``prompts`` package."""
+    return sorted(p.name[: -len(".j2")] for p in _templates_dir().iterdir() if p.name.endswith(".j2"))
+
+
+def _probe_request() -> SegmentRequest:
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    return SegmentRequest(prompt="probe", frames_first=frames, frames_second=frames, start_s=0.0, end_s=1.0)
+
+
+def _compile(name: str, data: bytes, where: str) -> JudgePrompt:
+    from jinja2 import TemplateError
+    from jinja2.exceptions import SecurityError
+
+    try:
+        source = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptTemplateError(f"prompt template {where} is not UTF-8: {exc}") from exc
+    try:
+        template = _environment().from_string(source)
+    except TemplateError as exc:
+        raise PromptTemplateError(f"prompt template {where} does not compile: {exc}") from exc
+    missing = [b for b in REQUIRED_BLOCKS if b not in template.blocks]
+    if missing:
+        raise PromptTemplateError(f"prompt template {where} lacks block(s): {', '.join(missing)}")
+    prompt = JudgePrompt(
+        name=name,
+        prompt_id=f"{name}@{hashlib.sha256(data).hexdigest()[:8]}",
+        source=source,
+        path=where,
+        _template=template,
+    )
+    # Render once now, so an undefined variable or a sandbox violation fails at load, naming the file.
+    try:
+        for layout in LAYOUTS:
+            prompt.render(_probe_request(), layout=layout)
+        prompt.reask("probe error")
+    except SecurityError as exc:
+        raise PromptTemplateError(f"prompt template {where} tried an unsafe operation: {exc}") from exc
+    except Exception as exc:  # a template can fail in many ways (range too big, bad filter args...)
+        raise PromptTemplateError(
+            f"prompt template {where} fails to render: {type(exc).__name__}: {exc}"
+        ) from exc
+    return prompt
+
+
+def load_prompt(name_or_path: str = "conservative") -> JudgePrompt:
+    """A shipped template by name ("conservative"), or a template file by path (``*.j2``)."""
+    looks_like_path = name_or_path.endswith(".j2") or "/" in name_or_path or "\\" in name_or_path
+    if looks_like_path:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise PromptTemplateError(f"prompt template file {path} does not exist")
+        return _compile(path.stem, path.read_bytes(), str(path))
+    resource = _templates_dir() / f"{name_or_path}.j2"
+    if not resource.is_file():
+        raise PromptTemplateError(
+            f"unknown prompt {name_or_path!r}; available: {', '.join(available_prompts())} (or a path to a .j2 file)"
+        )
+    return _compile(name_or_path, resource.read_bytes(), f"{name_or_path}.j2")
