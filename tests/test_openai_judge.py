@@ -13,7 +13,8 @@ from labeler.judges.openai_api import OpenAIJudge
 from labeler.parsing import ANSWER_JSON_SCHEMA
 from labeler.pricing import chat_input_tokens
 from labeler.schemas import FatalJudgeError, Judge, JudgeParseError, SegmentRequest, TransientJudgeError
-from labeler.standin import GARBAGE, StandinServer, answer_tokens, canonical_hash, decide
+from labeler.standin import StandinServer, canonical_hash
+from labeler.standin.behaviour import GARBAGE, answer_tokens, decide
 from tests.conftest import textured_frames
 
 DEFAULTS = {
@@ -289,7 +290,7 @@ def test_fingerprint_ignores_the_url_and_tracks_what_changes_answers():
 
 
 def test_parse_body_reads_batch_outputs_and_rejects_unusable_ones(request_pair):
-    from labeler.standin import build_completion
+    from labeler.standin.behaviour import build_completion
 
     judge = OpenAIJudge("standin-vlm", base_url="http://127.0.0.1:1/v1")
     tokens = answer_tokens("B is sharper", "B")

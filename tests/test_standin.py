@@ -13,15 +13,8 @@ import pytest
 
 from labeler.judges.openai_api import OpenAIJudge
 from labeler.schemas import SegmentRequest
-from labeler.standin import (
-    GARBAGE,
-    StandinServer,
-    canonical_hash,
-    decide,
-    image_digest,
-    sharpness_scores,
-    start_standin_process,
-)
+from labeler.standin import StandinServer, canonical_hash, image_digest, start_standin_process
+from labeler.standin.behaviour import GARBAGE, decide, sharpness_scores
 from tests.conftest import textured_frames
 
 DEFAULTS = {

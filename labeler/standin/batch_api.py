@@ -1,0 +1,128 @@
+"""The OpenAI Batch API of the stand-in: files, batches, and running a batch's lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from labeler.standin.state import StandinState
+
+# --------------------------------------------------------------------------- Batch API
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _file_object(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "content"}
+
+
+def _store_file(state: StandinState, content: bytes, filename: str, purpose: str) -> dict[str, Any]:
+    record = {
+        "id": "file-" + uuid.uuid4().hex[:24],
+        "object": "file",
+        "bytes": len(content),
+        "created_at": _now(),
+        "filename": filename,
+        "purpose": purpose,
+        "status": "processed",
+        "content": content,
+    }
+    state.files[record["id"]] = record
+    return record
+
+
+def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """form field -> (filename, bytes), with the standard library's MIME parser."""
+    from email import policy
+    from email.parser import BytesParser
+
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise ValueError("expected a multipart/form-data body")
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
+
+
+def _batch_line_error(line: Any, number: int) -> str | None:
+    if not isinstance(line, dict):
+        return f"line {number}: not a JSON object"
+    for key in ("custom_id", "method", "url", "body"):
+        if key not in line:
+            return f"line {number}: missing {key!r}"
+    if line["method"] != "POST" or line["url"] != "/v1/chat/completions":
+        return f"line {number}: only POST /v1/chat/completions is supported"
+    return None
+
+
+async def run_batch(state: StandinState, batch_id: str) -> None:
+    """validating -> in_progress -> finalizing -> completed (or failed / cancelled)."""
+    batch = state.batches[batch_id]
+    await asyncio.sleep(state.config.batch_delay_s)
+    raw = state.files[batch["input_file_id"]]["content"].decode("utf-8", errors="replace")
+    lines, errors = [], []
+    for number, text in enumerate(raw.splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError as exc:
+            errors.append({"code": "invalid_json_line", "message": f"line {number}: {exc}", "line": number})
+            continue
+        problem = _batch_line_error(line, number)
+        if problem:
+            errors.append({"code": "invalid_request", "message": problem, "line": number})
+        lines.append(line)
+    if errors or not lines:
+        errors = errors or [
+            {"code": "empty_file", "message": "the input file holds no requests", "line": None}
+        ]
+        batch.update(status="failed", failed_at=_now(), errors={"object": "list", "data": errors})
+        return
+    batch.update(status="in_progress", in_progress_at=_now())
+    batch["request_counts"]["total"] = len(lines)
+    outputs: list[str] = []
+    failures: list[str] = []
+
+    pending = deque(lines)
+
+    async def worker() -> None:
+        # A pool of max_concurrency workers, each checking for a cancel before its next line.
+        while pending and batch["status"] != "cancelling":
+            line = pending.popleft()
+            status, payload, _ = await state.complete(line["body"], f"Bearer {state.config.api_key}")
+            out = {
+                "id": "batch_req_" + uuid.uuid4().hex[:24],
+                "custom_id": line["custom_id"],
+                "response": {"status_code": status, "request_id": uuid.uuid4().hex, "body": payload},
+                "error": None,
+            }
+            (outputs if status == 200 else failures).append(json.dumps(out))
+            batch["request_counts"]["completed" if status == 200 else "failed"] += 1
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(state.config.max_concurrency, len(lines))))))
+    cancelled = batch["status"] == "cancelling"
+    batch.update(status="cancelling" if cancelled else "finalizing", finalizing_at=_now())
+    if outputs:
+        batch["output_file_id"] = _store_file(
+            state, ("\n".join(outputs) + "\n").encode(), "output.jsonl", "batch_output"
+        )["id"]
+    if failures:
+        batch["error_file_id"] = _store_file(
+            state, ("\n".join(failures) + "\n").encode(), "errors.jsonl", "batch_output"
+        )["id"]
+    if cancelled:
+        batch.update(status="cancelled", cancelled_at=_now())
+    else:
+        batch.update(status="completed", completed_at=_now())

@@ -1,0 +1,216 @@
+"""What the stand-in answers: policies, scripted faults' shapes, completions with logprobs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+import uuid
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+Policy = Literal["hash", "first", "second", "tie", "garbage", "sharpness"]
+GARBAGE = "Both clips look rather nice to me; it is hard to say which one I would pick, honestly."
+_LABELS = ("A", "B", "tie")
+
+
+class StandinConfig(BaseModel):
+    """Run-time settings; ``POST /_control`` accepts any subset of them (unknown keys are a 422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Policy = "hash"
+    latency_ms: float = 0.0
+    max_concurrency: int = 64
+    logprobs: bool = True
+    supports_logprobs: bool = True
+    supports_response_format: bool = True
+    api_key: str | None = None
+    models: list[str] = []
+    sharpness_margin: float = 0.05
+    batch_delay_s: float = 0.05
+    faults: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = []
+
+
+# --------------------------------------------------------------------------- request analysis
+
+
+def canonical_hash(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def image_digest(image_urls: list[str]) -> str:
+    """What ``{"image_hash": ...}`` rules match: a hash of all the request's image URLs, in order."""
+    return hashlib.sha256("".join(image_urls).encode()).hexdigest()[:16]
+
+
+def _parts(body: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(texts, image URLs) of every message, in order."""
+    texts, images = [], []
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        for part in content if isinstance(content, list) else []:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "text":
+                texts.append(str(part.get("text", "")))
+            elif part.get("type") == "image_url":
+                images.append(str((part.get("image_url") or {}).get("url", "")))
+    return texts, images
+
+
+def _sanitize(body: dict[str, Any]) -> dict[str, Any]:
+    """The body with every data URI replaced by a short hash (for the request log)."""
+
+    def fix(obj: Any) -> Any:
+        if isinstance(obj, str) and obj.startswith("data:"):
+            return "<image " + hashlib.sha256(obj.encode()).hexdigest()[:12] + ">"
+        if isinstance(obj, list):
+            return [fix(x) for x in obj]
+        if isinstance(obj, dict):
+            return {k: fix(v) for k, v in obj.items()}
+        return obj
+
+    return fix(body)
+
+
+def _sharpness(image: np.ndarray) -> float:
+    g = image.astype(np.float32).mean(axis=2)
+    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    return float(lap.var())
+
+
+def _split_composite(image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(left, right) of a side-by-side composite, found by its bright centre stripe; else None."""
+    width = image.shape[1]
+    bright = image.min(axis=(0, 2)) >= 200  # JPEG ringing keeps the white stripe above ~200
+    centre = width // 2
+    if width < 8 or not bright[centre - 1 : centre + 1].all():
+        return None
+    left, right = centre - 1, centre
+    while left > 0 and bright[left - 1]:
+        left -= 1
+    while right < width - 1 and bright[right + 1]:
+        right += 1
+    if right - left + 1 < 4 or left < 2 or right > width - 3:
+        return None
+    return image[:, :left], image[:, right + 1 :]
+
+
+def sharpness_scores(image_urls: list[str]) -> tuple[float, float, str]:
+    """Mean Laplacian variance of the first and second video's frames, and the detected layout."""
+    from labeler.images import data_uri_bytes, decode_image
+
+    images = [decode_image(data_uri_bytes(u), max_pixels=4096 * 4096) for u in image_urls]
+    if not images:
+        raise ValueError("the sharpness policy needs images")
+    halves = [_split_composite(img) for img in images]
+    if all(h is not None for h in halves):
+        first = [h[0] for h in halves if h is not None]
+        second = [h[1] for h in halves if h is not None]
+        layout = "side-by-side"
+    else:
+        if len(images) % 2:
+            raise ValueError(f"{len(images)} separate images cannot be split into two videos")
+        first, second, layout = images[: len(images) // 2], images[len(images) // 2 :], "separate"
+    return (
+        float(np.mean([_sharpness(i) for i in first])),
+        float(np.mean([_sharpness(i) for i in second])),
+        layout,
+    )
+
+
+def _softmax(logits: dict[str, float]) -> dict[str, float]:
+    top = max(logits.values())
+    exp = {k: math.exp(v - top) for k, v in logits.items()}
+    total = sum(exp.values())
+    return {k: v / total for k, v in exp.items()}
+
+
+def decide(policy: str, image_urls: list[str], margin: float = 0.05) -> tuple[dict[str, float], str]:
+    """(label probabilities, rationale) under a policy; the label is the most probable one."""
+    if policy == "first":
+        return {"A": 0.9, "B": 0.02, "tie": 0.08}, "Video A looks cleaner to me."
+    if policy == "second":
+        return {"A": 0.02, "B": 0.9, "tie": 0.08}, "Video B looks cleaner to me."
+    if policy == "tie":
+        return {"A": 0.1, "B": 0.1, "tie": 0.8}, "Both videos show similar artifacts."
+    if policy == "sharpness":
+        s1, s2, layout = sharpness_scores(image_urls)
+        rel = (s1 - s2) / max(s1, s2, 1e-9)
+        probs = _softmax({"A": rel / margin, "B": -rel / margin, "tie": 1.0})
+        return probs, f"Sharpness {s1:.1f} vs {s2:.1f} ({layout} layout)."
+    digest = int(hashlib.sha256("".join(image_urls).encode()).hexdigest(), 16)
+    order = [_LABELS[(digest + i) % 3] for i in range(3)]
+    top = 0.5 + (digest >> 8) % 45 / 100  # 0.50 .. 0.94
+    probs = {order[0]: top, order[1]: (1 - top) * 0.7, order[2]: (1 - top) * 0.3}
+    return probs, f"Deterministic answer {digest % 997} for these frames."
+
+
+def answer_tokens(rationale: str, label: str) -> list[str]:
+    """The answer JSON split the way BPE tokenizers split it, the label value its own token."""
+    words = re.findall(r"\s*\S+", json.dumps(rationale)[1:-1])
+    return ['{"', "rationale", '":', ' "', *words, '",', ' "', "label", '":', ' "', label, '"}']
+
+
+def _logprob_entry(token: str, logprob: float, alternatives: list[tuple[str, float]]) -> dict[str, Any]:
+    def one(tok: str, lp: float) -> dict[str, Any]:
+        return {"token": tok, "logprob": lp, "bytes": list(tok.encode())}
+
+    return {**one(token, logprob), "top_logprobs": [one(t, lp) for t, lp in alternatives]}
+
+
+def build_completion(
+    model: str,
+    content: str,
+    tokens: list[str],
+    probs: dict[str, float] | None,
+    top: int | None,
+    prompt_tokens: int,
+) -> dict[str, Any]:
+    """A chat.completion object; ``logprobs`` when ``top`` is not None."""
+    logprobs = None
+    if top is not None:
+        entries = []
+        for tok in tokens:
+            if probs is not None and tok in probs and entries and entries[-1]["token"] == ' "':
+                ranked = sorted(probs.items(), key=lambda kv: -kv[1])
+                alts = [(k, math.log(max(v, 1e-12))) for k, v in ranked][:top]
+                entries.append(_logprob_entry(tok, math.log(max(probs[tok], 1e-12)), alts))
+            else:
+                entries.append(_logprob_entry(tok, -0.001, [(tok, -0.001)][:top]))
+        logprobs = {"content": entries, "refusal": None}
+    return {
+        "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": logprobs,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(tokens),
+            "total_tokens": prompt_tokens + len(tokens),
+        },
+    }
+
+
+def _error(
+    status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code or str(status)}}

@@ -1,0 +1,181 @@
+"""The stand-in's run-time state: settings, counters, the request log, and answering one request."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter, deque
+from typing import Any
+
+from labeler.standin.behaviour import (
+    GARBAGE,
+    StandinConfig,
+    _error,
+    _parts,
+    _sanitize,
+    answer_tokens,
+    build_completion,
+    canonical_hash,
+    decide,
+    image_digest,
+)
+
+# --------------------------------------------------------------------------- server state
+
+
+class StandinState:
+    """Settings, fault queue, counters, and the Batch API's files and batches."""
+
+    def __init__(self, config: StandinConfig) -> None:
+        self.config = config.model_copy(update={"faults": [], "rules": list(config.rules)})
+        self.faults: deque[dict[str, Any]] = deque(config.faults)
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore_size = 0
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        self.requests_total = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.by_status: Counter[str] = Counter()
+        self.requests_by_hash: Counter[str] = Counter()
+        self.answered_by_hash: Counter[str] = Counter()
+        self.faults_served: Counter[str] = Counter()
+        self.log: deque[dict[str, Any]] = deque(maxlen=500)
+
+    @property
+    def semaphore(self) -> asyncio.Semaphore:
+        # Made lazily inside the server's loop; replaced when max_concurrency changes (requests
+        # holding the old one finish normally).
+        if self._semaphore is None or self._semaphore_size != self.config.max_concurrency:
+            self._semaphore = asyncio.Semaphore(max(1, self.config.max_concurrency))
+            self._semaphore_size = self.config.max_concurrency
+        return self._semaphore
+
+    def control(self, changes: dict[str, Any]) -> None:
+        """Apply a /_control payload: any StandinConfig fields, plus ``reset`` (clears counters, the
+        request log, faults and rules first). Unknown keys or bad values raise ValidationError."""
+        changes = dict(changes)
+        reset = bool(changes.pop("reset", False))
+        faults = changes.pop("faults", None)
+        config = StandinConfig.model_validate({**self.config.model_dump(), **changes})  # validate first
+        if reset:
+            self.reset_counters()
+            self.faults.clear()
+            if "rules" not in changes:
+                config = config.model_copy(update={"rules": []})
+        self.config = config
+        if faults is not None:
+            self.faults = deque(StandinConfig(faults=faults).faults)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests_total": self.requests_total,
+            "answered": sum(self.answered_by_hash.values()),
+            "by_status": dict(self.by_status),
+            "requests_by_hash": dict(self.requests_by_hash),
+            "answered_by_hash": dict(self.answered_by_hash),
+            "answered_twice": sorted(h for h, n in self.answered_by_hash.items() if n > 1),
+            "faults_served": sum(self.faults_served.values()),
+            "faults_by_kind": dict(self.faults_served),
+            "faults_pending": len(self.faults),
+            "in_flight": self.in_flight,
+            "max_concurrency_observed": self.max_in_flight,
+            "batches": len(self.batches),
+            "config": self.config.model_dump(exclude={"faults", "api_key"}),
+        }
+
+    def next_fault(self, text: str, image_digest: str) -> dict[str, Any] | None:
+        if self.faults:
+            return self.faults.popleft()
+        for rule in self.config.rules:
+            if ("match" in rule and rule["match"] in text) or rule.get("image_hash") == image_digest:
+                return rule
+        return None
+
+    async def complete(
+        self, body: Any, authorization: str | None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Answer one chat.completions body: (status, JSON payload, extra headers)."""
+        self.requests_total += 1
+        key = canonical_hash(body)
+        self.requests_by_hash[key] += 1
+        status, payload, headers = await self._complete(body, authorization)
+        self.by_status[str(status)] += 1
+        if status == 200:
+            self.answered_by_hash[key] += 1
+        entry = {"hash": key, "status": status, "time": time.time()}
+        if isinstance(body, dict):
+            texts, images = _parts(body)
+            entry.update(
+                text="\n".join(texts),
+                images=len(images),
+                image_hash=image_digest(images),
+                body=_sanitize(body),
+            )
+        self.log.append(entry)
+        return status, payload, headers
+
+    async def _complete(
+        self, body: Any, authorization: str | None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        cfg = self.config
+        if cfg.api_key and authorization != f"Bearer {cfg.api_key}":
+            return 401, _error(401, "Incorrect API key provided.", code="invalid_api_key"), {}
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
+            return 400, _error(400, "the body needs 'model' and a list of 'messages'"), {}
+        model = str(body["model"])
+        if cfg.models and model not in cfg.models:
+            return 404, _error(404, f"The model `{model}` does not exist.", code="model_not_found"), {}
+        if not cfg.supports_logprobs and (body.get("logprobs") or body.get("top_logprobs")):
+            return 400, _error(400, "logprobs are not supported by this model"), {}
+        if not cfg.supports_response_format and body.get("response_format"):
+            return 400, _error(400, "response_format of type json_schema is not supported"), {}
+        texts, images = _parts(body)
+        fault = self.next_fault("\n".join(texts), image_digest(images))
+        if fault and "status" in fault:
+            self.faults_served[str(fault["status"])] += 1
+            headers = {}
+            if fault.get("retry_after") is not None:
+                headers["retry-after"] = str(fault["retry_after"])
+            if fault.get("retry_after_ms") is not None:
+                headers["retry-after-ms"] = str(fault["retry_after_ms"])
+            message = fault.get("message", f"injected fault {fault['status']}")
+            return int(fault["status"]), _error(int(fault["status"]), message, kind="server_error"), headers
+        async with self.semaphore:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                if cfg.latency_ms:
+                    await asyncio.sleep(cfg.latency_ms / 1000)
+                if fault and fault.get("hang"):
+                    self.faults_served["hang"] += 1
+                    await asyncio.sleep(float(fault["hang"]))
+                garbage = cfg.policy == "garbage" or bool(fault and fault.get("garbage"))
+                if fault and fault.get("garbage"):
+                    self.faults_served["garbage"] += 1
+                if garbage:
+                    probs, tokens, content = None, re.findall(r"\s*\S+", GARBAGE), GARBAGE
+                else:
+                    try:
+                        probs, rationale = decide(cfg.policy, images, cfg.sharpness_margin)
+                    except ValueError as exc:
+                        return 400, _error(400, f"cannot judge this request: {exc}"), {}
+                    label = max(probs, key=probs.__getitem__)
+                    tokens = answer_tokens(rationale, label)
+                    content = "".join(tokens)
+                from labeler.pricing import chat_input_tokens
+
+                try:
+                    prompt_tokens = chat_input_tokens(body["messages"], model)[0]
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    return 400, _error(400, f"unreadable messages: {exc}"), {}
+                top = None
+                if cfg.logprobs and body.get("logprobs"):
+                    top = int(body.get("top_logprobs") or 0)
+                return 200, build_completion(model, content, tokens, probs, top, prompt_tokens), {}
+            finally:
+                self.in_flight -= 1
