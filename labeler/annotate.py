@@ -1,0 +1,358 @@
+"""The human annotation page and its API, served by ``labeler.app`` (``include_router(router)``).
+
+    GET  /annotate?manifest=NAME[&blind=1]     the page (static HTML + JS in labeler/static)
+    GET  /annotate/api/pairs?manifest=NAME&annotator=X[&blind=1]
+                                               pairs, segments, signed media URLs, saved answers
+    POST /annotations                          {manifest, pair_id, segment, label, annotator, note?}
+    POST /annotations/export                   {manifest, annotator} -> writes the human JSONL
+    GET  /annotations/export?manifest=NAME&annotator=X
+                                               downloads the last export
+
+``NAME`` is a manifest JSONL path relative to ``--media-root``, under the same path rules as
+``/label`` and ``/media``. Answers are always in the pair's true A/B terms: in blind mode the page
+shows a per-(annotator, pair) random side order and maps the answer back before posting.
+
+Auth, when the service has a token: the API needs ``Authorization: Bearer``. A browser cannot send
+that header when it navigates, so the page also accepts ``?token=`` once: it answers with an
+HttpOnly, SameSite=Strict cookie holding a value derived from the token (never the token), which
+lets a reload load the page again; the page's script keeps the token in sessionStorage for its API
+calls and removes it from the address bar. The static script and style sheet are public (they are
+the package's own files and hold no data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from labeler.annotation_store import (
+    DEFAULT_SEGMENT_SECONDS,
+    AnnotationError,
+    AnnotationStore,
+    Answer,
+    ManifestPlan,
+    PlannedPair,
+    check_annotator,
+    export_annotations,
+    manifest_key,
+    plan_manifest,
+)
+from labeler.media_stream import media_url
+from labeler.security import ServiceError, check_bearer, require_token, resolve_media_path
+
+__all__ = ["AnnotationIn", "ExportIn", "blind_swapped", "router"]
+
+router = APIRouter(tags=["annotation"])
+_AUTH = [Depends(require_token)]
+
+STATIC_DIR = Path(__file__).with_name("static")
+_STATIC_FILES = {
+    "annotate.js": "text/javascript",
+    "annotate_api.js": "text/javascript",
+    "synced_player.js": "text/javascript",
+    "annotate.css": "text/css",
+}
+PAGE_COOKIE = "densepref_annotate"
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    # The first visit carries ?token=: never send that URL on as a Referer.
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "media-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+}
+NOTE_MAX_CHARS = 2000
+
+
+class AnnotationIn(BaseModel):
+    """One answer, in the pair's true A/B terms (the page maps blind-mode sides back)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str = Field(min_length=1, description="Manifest path relative to the media root.")
+    pair_id: str = Field(min_length=1)
+    segment: int = Field(ge=0, description="Segment index, from 0.")
+    label: Literal["A", "B", "tie"]
+    annotator: str
+    note: str | None = Field(None, max_length=NOTE_MAX_CHARS)
+    blind: bool = Field(False, description="The page showed the sides in blind (randomly swapped) order.")
+
+
+class ExportIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str = Field(min_length=1)
+    annotator: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _settings(request: Request) -> Any:
+    return request.app.state.settings
+
+
+def _media_root(request: Request) -> Path:
+    root = _settings(request).media_root
+    if root is None:
+        raise ServiceError(400, "NoMediaRoot", "manifest: the service was started without --media-root")
+    return Path(root)
+
+
+_store_lock = threading.Lock()
+
+
+def _store(request: Request) -> AnnotationStore:
+    """One store per app: its lock must be shared by all requests (they run in worker threads)."""
+    state = request.app.state
+    with _store_lock:
+        store = getattr(state, "annotation_store", None)
+        if store is None:
+            directory = getattr(_settings(request), "annotations_dir", None)
+            store = AnnotationStore(Path(directory) if directory else _media_root(request) / ".annotations")
+            state.annotation_store = store
+    return store
+
+
+def _annotator(name: str) -> str:
+    try:
+        return check_annotator(name)
+    except AnnotationError as exc:
+        raise ServiceError(exc.status, "InvalidAnnotation", exc.message) from None
+
+
+def _plan(request: Request, manifest: str) -> ManifestPlan:
+    path = resolve_media_path(_media_root(request), manifest, field="manifest")
+    # The service's own engine decides the default segment length, as it does for POST /label.
+    engine = getattr(getattr(request.app.state, "service", None), "engine", None)
+    seconds = engine.config.segment_seconds if engine is not None else DEFAULT_SEGMENT_SECONDS
+    try:
+        return plan_manifest(path, manifest, seconds, media_root=_media_root(request))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServiceError(400, "InvalidManifest", f"manifest: {manifest!r} cannot be read: {exc}") from None
+
+
+def blind_swapped(manifest: str, annotator: str, pair_id: str) -> bool:
+    """Blind mode's side order: fixed per (manifest, annotator, pair), so a reload shows the same
+    sides, and independent of position in the manifest."""
+    digest = hashlib.sha256(f"{manifest}\0{annotator}\0{pair_id}".encode()).digest()
+    return bool(digest[0] & 1)
+
+
+def _media_rel(root: Path, video: Path) -> str:
+    """``video``'s path relative to the media root (plan_manifest keeps only videos inside it)."""
+    return Path(os.path.realpath(video)).relative_to(os.path.realpath(root)).as_posix()
+
+
+def _pair_view(
+    pair: PlannedPair,
+    root: Path,
+    token: str | None,
+    answers: dict[tuple[str, int], Answer],
+    swapped: bool,
+) -> dict[str, Any]:
+    videos = {
+        side: media_url(_media_rel(root, path), token)
+        for side, path in (("A", pair.video_a), ("B", pair.video_b))
+    }
+    saved = {
+        str(seg.index): {"label": a.label, "note": a.note}
+        for seg in pair.segments
+        if (a := answers.get((pair.pair_id, seg.index))) is not None
+    }
+    return {
+        "pair_id": pair.pair_id,
+        "prompt": pair.entry.prompt,
+        "fps": pair.fps,
+        "num_frames": pair.num_frames,
+        "duration": pair.num_frames / pair.fps,
+        "videos": videos,
+        "swapped": swapped,
+        "segments": [
+            {
+                "index": s.index,
+                "start_frame": s.start_frame,
+                "end_frame": s.end_frame,
+                "start_s": s.start_s,
+                "end_s": s.end_s,
+            }
+            for s in pair.segments
+        ],
+        "answers": saved,
+    }
+
+
+def _shown_path(path: Path, root: Path) -> str:
+    """A server path as the page may show it: relative to the media root when inside it (absolute
+    server paths stay private), else as the operator configured it (--annotations-dir)."""
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _private(message: str, root: Path) -> str:
+    """``message`` with server paths under the media root shown relative to it."""
+    for prefix in {str(root), os.path.realpath(root)}:
+        message = message.replace(prefix.rstrip("/") + "/", "")
+    return message
+
+
+def _pairs_done(plan: ManifestPlan, answers: dict[tuple[str, int], Answer]) -> int:
+    return sum(all((p.pair_id, s.index) in answers for s in p.segments) for p in plan.pairs)
+
+
+# --------------------------------------------------------------------------- page
+
+
+def _page_cookie_value(token: str) -> str:
+    return hmac.new(token.encode(), b"densepref annotate page v1", hashlib.sha256).hexdigest()
+
+
+@router.get("/annotate", response_class=FileResponse, include_in_schema=False)
+def annotate_page(request: Request, manifest: Annotated[str, Query(min_length=1)]) -> Response:
+    """The annotation page. ``manifest`` is read by the page's script; it is required here so a
+    missing one fails at once."""
+    token = _settings(request).token()
+    set_cookie = False
+    if token is not None:
+        query_token = request.query_params.get("token")
+        cookie = request.cookies.get(PAGE_COOKIE)
+        if query_token is not None and hmac.compare_digest(query_token.encode(), token.encode()):
+            set_cookie = True
+        elif not (cookie and hmac.compare_digest(cookie.encode(), _page_cookie_value(token).encode())):
+            try:
+                check_bearer(request.headers.get("authorization"), token)
+            except ServiceError as exc:
+                raise ServiceError(
+                    401, "Unauthorized", f"{exc.message}; open /annotate?manifest=...&token=<token> once"
+                ) from None
+    response = FileResponse(STATIC_DIR / "annotate.html", media_type="text/html", headers=_PAGE_HEADERS)
+    if set_cookie:
+        response.set_cookie(
+            PAGE_COOKIE,
+            _page_cookie_value(token),
+            httponly=True,
+            samesite="strict",
+            path="/annotate",
+            secure=request.url.scheme == "https",
+        )
+    return response
+
+
+@router.get("/annotate/static/{name}", include_in_schema=False)
+def annotate_static(name: str) -> FileResponse:
+    if name not in _STATIC_FILES:
+        raise ServiceError(404, "NotFound", f"no static file {name!r}")
+    return FileResponse(
+        STATIC_DIR / name, media_type=_STATIC_FILES[name], headers={"Cache-Control": "no-cache"}
+    )
+
+
+# --------------------------------------------------------------------------- API
+
+
+@router.get("/annotate/api/pairs", dependencies=_AUTH)
+def annotate_pairs(
+    request: Request,
+    manifest: Annotated[str, Query(min_length=1)],
+    annotator: str = "",
+    blind: bool = False,
+) -> dict[str, Any]:
+    """Everything the page needs: pairs with segments, media URLs, the annotator's saved answers
+    (true A/B terms) and, in blind mode, each pair's side order."""
+    name = _annotator(annotator) if annotator.strip() else ""
+    plan = _plan(request, manifest)
+    root, token = _media_root(request), _settings(request).token()
+    answers = _store(request).answers(manifest_key(manifest), name) if name else {}
+    pairs = [
+        _pair_view(pair, root, token, answers, blind and blind_swapped(manifest, name, pair.pair_id))
+        for pair in plan.pairs
+    ]
+    return {
+        "manifest": manifest,
+        "annotator": name,
+        "blind": blind,
+        "pairs": pairs,
+        "problems": [
+            {"pair_id": p.pair_id, "type": p.type, "message": _private(p.message, root)}
+            for p in plan.problems
+        ],
+        "pairs_done": _pairs_done(plan, answers),
+        "pairs_total": len(plan.pairs),
+    }
+
+
+@router.post("/annotations", dependencies=_AUTH)
+def post_annotation(request: Request, body: AnnotationIn) -> dict[str, Any]:
+    """Save one answer (the last answer per annotator, pair and segment wins)."""
+    annotator = _annotator(body.annotator)
+    plan = _plan(request, body.manifest)
+    pair = plan.pair(body.pair_id)
+    if pair is None:
+        raise ServiceError(
+            404,
+            "UnknownPair",
+            f"pair_id: {body.pair_id!r} is not a usable pair of manifest {body.manifest!r}",
+        )
+    if body.segment >= len(pair.segments):
+        raise ServiceError(
+            422,
+            "InvalidAnnotation",
+            f"segment: {body.segment} is out of range; pair {pair.pair_id!r} has segments 0..{len(pair.segments) - 1}",
+        )
+    note = (body.note or "").strip() or None
+    answer = Answer(body.pair_id, body.segment, body.label, annotator, note, body.blind)
+    store, key = _store(request), manifest_key(body.manifest)
+    store.append(key, answer)
+    answers = store.answers(key, annotator)
+    return {
+        "saved": {
+            "pair_id": answer.pair_id,
+            "segment": answer.segment,
+            "label": answer.label,
+            "note": answer.note,
+        },
+        "pairs_done": _pairs_done(plan, answers),
+        "pairs_total": len(plan.pairs),
+    }
+
+
+@router.post("/annotations/export", dependencies=_AUTH)
+def export(request: Request, body: ExportIn) -> dict[str, Any]:
+    """Write the annotator's fully answered pairs as dense preference JSONL
+    (``<annotations dir>/<manifest>.<annotator>.human.jsonl``); incomplete pairs are listed."""
+    annotator = _annotator(body.annotator)
+    plan = _plan(request, body.manifest)
+    result = export_annotations(plan, _store(request), annotator)
+    return {
+        "path": _shown_path(result.path, _media_root(request)),
+        "records": len(result.written),
+        "written": result.written,
+        "incomplete": result.incomplete,
+    }
+
+
+@router.get("/annotations/export", dependencies=_AUTH)
+def download_export(
+    request: Request, manifest: Annotated[str, Query(min_length=1)], annotator: str = ""
+) -> Response:
+    """The last export of ``annotator`` for ``manifest``, as a JSONL download."""
+    name = _annotator(annotator)
+    resolve_media_path(_media_root(request), manifest, field="manifest")
+    path = _store(request).export_path(manifest_key(manifest), name)
+    if not path.is_file():
+        raise ServiceError(
+            404, "NotExported", f"annotator: nothing exported yet for {name!r}; POST /annotations/export"
+        )
+    return FileResponse(
+        path, media_type="application/x-ndjson", filename=path.name, headers={"Cache-Control": "no-store"}
+    )
