@@ -1,0 +1,133 @@
+"""The whole loop on the tiny model: guided pairs -> metrics-judge labels (the real labeler CLI) ->
+dense training -> checkpoint -> resume; vanilla DPO on the same data; the saved LoRA loads in diffusers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanPipeline
+from safetensors.torch import load_file
+
+from labeler.schemas import read_records
+from trainer.config import parse_train_args
+from trainer.train import add_lora, main, train
+
+pytestmark = pytest.mark.slow
+
+STEP_KEYS = {"step", "loss", "implicit_acc", "reward_margin", "grad_norm", "lr", "step_time"}
+
+
+@pytest.fixture(scope="module")
+def labels(tiny_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pairs labeled by `python -m labeler.batch ... --judge metrics`, as a user would."""
+    out = tmp_path_factory.mktemp("labels") / "labels.jsonl"
+    cmd = [sys.executable, "-m", "labeler.batch", str(tiny_pairs), "--out", str(out), "--judge", "metrics",
+           "--cache-dir", str(out.parent / "judge-cache"), "--quiet"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = read_records(out)
+    assert len(records) == 4
+    assert any(s.label != "tie" for r in records for s in r.segments)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One latent cache for every run here: the VAE encodes each clip once."""
+    return tmp_path_factory.mktemp("latent-cache")
+
+
+def run(labels: Path, out: Path, cache: Path, *extra: str) -> dict:
+    argv = ["--tiny", "--prefs", str(labels), "--output-dir", str(out), "--cache-dir", str(cache), *extra]
+    return train(parse_train_args(argv), progress=False)
+
+
+def log_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_dense_training_lowers_the_loss_and_learns_the_labels(labels, cache, tmp_path):
+    summary = run(labels, tmp_path / "dense", cache, "--steps", "20")
+    before, after = summary["eval_before"], summary["eval_after"]
+    assert before["loss"] == pytest.approx(0.6931, abs=1e-3)  # LoRA B = 0: policy == reference
+    assert after["loss"] < before["loss"]
+    assert after["implicit_acc"] > 0.5
+    steps = [line for line in log_lines(tmp_path / "dense") if "eval" not in line]
+    assert [line["step"] for line in steps] == list(range(1, 21))
+    assert all(set(line) >= STEP_KEYS for line in steps)
+    assert steps[0]["lr"] < steps[-1]["lr"]  # warm-up
+    assert sorted(p.name for p in (tmp_path / "dense").glob("checkpoint-*")) == [
+        "checkpoint-10",
+        "checkpoint-20",
+    ]
+    assert (tmp_path / "dense" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_resume_continues_to_the_same_state(labels, cache, tmp_path):
+    straight = tmp_path / "straight"
+    run(labels, straight, cache, "--steps", "6", "--save-every", "3", "--eval-pairs", "0")
+    split = tmp_path / "split"
+    run(labels, split, cache, "--steps", "3", "--save-every", "3", "--eval-pairs", "0")
+    with (split / "log.jsonl").open("a") as fh:  # a step the killed run logged but never saved
+        fh.write(json.dumps({"step": 4, "loss": 99.0}) + "\n" + '{"step": 5, "lo')
+    run(labels, split, cache, "--steps", "6", "--save-every", "3", "--eval-pairs", "0", "--resume")
+    a, b = (
+        load_file(straight / "checkpoint-6" / "lora.safetensors"),
+        load_file(split / "checkpoint-6" / "lora.safetensors"),
+    )
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
+    at_3 = load_file(split / "checkpoint-3" / "lora.safetensors")
+    assert any(not torch.equal(at_3[k], b[k]) for k in b)  # it did train after resuming
+    # The log reads like one run: the unsaved step 4 and the torn line are gone, the rest match.
+    straight_log = [(line["step"], line["loss"]) for line in log_lines(straight)]
+    resumed_log = [(line["step"], line["loss"]) for line in log_lines(split)]
+    assert [s for s, _ in resumed_log] == [1, 2, 3, 4, 5, 6] == [s for s, _ in straight_log]
+    assert [v for _, v in resumed_log] == pytest.approx([v for _, v in straight_log], abs=1e-6)
+
+
+def test_vanilla_mode_runs_on_the_same_data(labels, cache, tmp_path):
+    records = read_records(labels)
+    if all(r.video_label == "tie" for r in records):
+        pytest.fail("the metrics judge gave every pair a tie video label: nothing for vanilla DPO")
+    summary = run(labels, tmp_path / "vanilla", cache, "--mode", "vanilla", "--steps", "20")
+    assert summary["skipped"].get("tie_video", 0) == sum(r.video_label == "tie" for r in records)
+    assert summary["eval_after"]["loss"] < summary["eval_before"]["loss"]
+    steps = [line for line in log_lines(tmp_path / "vanilla") if "eval" not in line]
+    assert len(steps) == 20 and all(set(line) >= STEP_KEYS for line in steps)
+
+
+def test_final_lora_loads_with_diffusers_and_matches_the_checkpoint(labels, cache, tmp_path, tiny_adapter):
+    out = tmp_path / "run"
+    run(labels, out, cache, "--steps", "4", "--eval-pairs", "0")
+    # What WanPipeline.load_lora_weights(out / "lora") does for the transformer:
+    state_dict = WanPipeline.lora_state_dict(str(out / "lora"))
+    loaded = tiny_adapter.load_transformer()
+    loaded.load_lora_adapter(state_dict, prefix="transformer", adapter_name="default")
+    trained = tiny_adapter.load_transformer()
+    add_lora(trained, 4, None, list(tiny_adapter.lora_targets), seed=0)
+    trained.load_state_dict(load_file(out / "checkpoint-4" / "lora.safetensors"), strict=False)
+    gen = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 16, 9, 8, 8, generator=gen), torch.randn(1, 32, 32, generator=gen)
+    with torch.no_grad():
+        ours = tiny_adapter.predict_velocity(trained, x, torch.tensor([0.5]), text)
+        theirs = tiny_adapter.predict_velocity(loaded, x, torch.tensor([0.5]), text)
+        base = tiny_adapter.predict_velocity(tiny_adapter.load_transformer(), x, torch.tensor([0.5]), text)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, base, atol=1e-5)
+
+
+def test_cli_runs_and_reports_bad_label_files(labels, cache, tmp_path, capsys):
+    assert main(["--tiny", "--prefs", str(labels), "--output-dir", str(tmp_path / "cli"), "--steps", "2",
+                 "--cache-dir", str(cache)]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2 and Path(summary["lora_dir"]).is_dir()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"pair_id": "x"}\n{"pair_id": "y"}\n')
+    assert main(["--tiny", "--prefs", str(bad), "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err

@@ -1,0 +1,144 @@
+"""Video files for the trainer: read, fit to a model's geometry, write, hash (PyAV + Pillow).
+
+The trainer imports nothing of the labeler but ``labeler.schemas`` (DESIGN §3), so it keeps these
+few helpers of its own. Every failure is a ``MediaError`` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["MediaError", "Video", "file_sha256", "fit_frames", "read_video", "resample_fps", "write_video"]
+
+
+class MediaError(Exception):
+    """A video that cannot be read, is too short for the requested clip, or cannot be written."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class Video:
+    frames: np.ndarray  # [F, H, W, 3] uint8 RGB
+    fps: float
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def read_video(
+    path: str | os.PathLike, max_frames: int | None = None, max_seconds: float | None = None
+) -> Video:
+    """Decode the frames of a video as RGB uint8: all, or the first ``max_frames`` / ``max_seconds``."""
+    import av
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise MediaError(path, "file not found")
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MediaError(path, "no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            if not rate:
+                raise MediaError(path, "the video stream has no frame rate")
+            if max_seconds is not None:
+                by_time = int(max_seconds * float(rate)) + 1
+                max_frames = by_time if max_frames is None else min(max_frames, by_time)
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except MediaError:
+        raise
+    except Exception as exc:  # PyAV raises many FFmpeg error subclasses
+        raise MediaError(path, f"cannot decode: {exc}") from exc
+    if not frames:
+        raise MediaError(path, "the video has zero frames")
+    return Video(np.stack(frames), float(rate))
+
+
+def resample_fps(video: Video, fps: float, num_frames: int, *, path: str = "<video>") -> np.ndarray:
+    """``num_frames`` frames at ``fps`` from the start of ``video`` (the source frame on screen at each time), so a
+    clip keeps its real speed whatever the source frame rate. Too short a video is an error."""
+    if fps <= 0 or num_frames <= 0:
+        raise ValueError(f"fps ({fps}) and num_frames ({num_frames}) must be positive")
+    # Source frame i is on screen during [i / fps_src, (i + 1) / fps_src): take the one showing at each time.
+    idx = np.floor(np.arange(num_frames) / fps * video.fps + 1e-6).astype(int)
+    if idx[-1] >= video.num_frames:
+        raise MediaError(
+            path,
+            f"too short: {video.num_frames} frames at {video.fps:g} fps, need {num_frames} frames at {fps:g} fps "
+            f"({(num_frames - 1) / fps + 1 / video.fps:.2f} s)",
+        )
+    return video.frames[idx]
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale [F, H, W, 3] frames to cover ``height`` x ``width`` (keeping the aspect) and center-crop."""
+    from PIL import Image
+
+    h, w = frames.shape[1:3]
+    if (h, w) == (height, width):
+        return frames
+    scale = max(height / h, width / w)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    top, left = (size[1] - height) // 2, (size[0] - width) // 2
+    out = [
+        np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC, reducing_gap=2.0))[
+            top : top + height, left : left + width
+        ]
+        for f in frames
+    ]
+    return np.stack(out)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 12) -> Path:
+    """Write [F, H, W, 3] uint8 RGB as H.264 MP4 (yuv420p, so H and W must be even). The file is
+    written under a temporary name and renamed, so a killed run leaves no half-written video."""
+    import av
+
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise MediaError(path, f"frames must be [F, H, W, 3] uint8, got {frames.shape} {frames.dtype}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise MediaError(path, f"H.264 needs even frame sizes, got {frames.shape[2]}x{frames.shape[1]}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium"}
+        for frame in frames:
+            container.mux(
+                stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
+            )
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes: the content identity used in cache keys."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise MediaError(path, f"cannot read: {exc.strerror}") from exc
+    return digest.hexdigest()
