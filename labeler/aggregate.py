@@ -43,7 +43,9 @@ def combine_votes(votes: list[tuple[str, Judgment]], *, decisive_margin: float =
     p_tie = sum(j.p_tie for _, j in votes) / n
     p_a, p_b, p_tie = _normalised(p_a, p_b, p_tie)
     labels = {j.label for _, j in votes}
-    vote_records = [Vote(order=order, label=j.label, p_a=j.p_a, p_b=j.p_b, p_tie=j.p_tie) for order, j in votes]
+    vote_records = [
+        Vote(order=order, label=j.label, p_a=j.p_a, p_b=j.p_b, p_tie=j.p_tie) for order, j in votes
+    ]
     if len(labels) == 1:
         label = votes[0][1].label
         consistent = True if n > 1 else None
@@ -52,6 +54,8 @@ def combine_votes(votes: list[tuple[str, Judgment]], *, decisive_margin: float =
         consistent = False
         margin = p_a - p_b
         label = ("A" if margin > 0 else "B") if abs(margin) >= decisive_margin else "tie"
-        said = "; ".join(f"{order}: {j.label}" + (f" ({j.rationale})" if j.rationale else "") for order, j in votes)
+        said = "; ".join(
+            f"{order}: {j.label}" + (f" ({j.rationale})" if j.rationale else "") for order, j in votes
+        )
         rationale = f"order-dependent answers -> {label}. {said}"
     return SegmentOutcome(label, p_a, p_b, p_tie, consistent, rationale, vote_records)

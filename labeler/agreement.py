@@ -38,10 +38,8 @@ from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, read_records
 __all__ = ["AgreementInputError", "compute_agreement", "headline", "main", "write_report"]
 
 
-
 class AgreementInputError(ValueError):
     """Inputs that cannot be compared: missing/empty files, duplicate pair ids, no pairs in common."""
-
 
 
 # --------------------------------------------------------------------------- joining

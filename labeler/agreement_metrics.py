@@ -36,7 +36,6 @@ class Joined:
     join: dict[str, Any]
 
 
-
 # --------------------------------------------------------------------------- metrics
 
 
@@ -210,7 +209,9 @@ def tie_threshold_fit(j: Joined, seed: int) -> dict[str, Any] | None:
         "threshold": threshold,
         "fit_accuracy_with_ties": float(correct[best] / ref.size),
         "heldout_accuracy_with_ties": mean_or_none((relabeled == j.seg_ref[held]).astype(float)),
-        "heldout_baseline_accuracy_with_ties": mean_or_none((j.seg_other[held] == j.seg_ref[held]).astype(float)),
+        "heldout_baseline_accuracy_with_ties": mean_or_none(
+            (j.seg_other[held] == j.seg_ref[held]).astype(float)
+        ),
         "n_fit_pairs": int((pairs.size + 1) // 2),
         "n_heldout_pairs": int(pairs.size // 2),
         "n_fit_segments": int(fit.sum()),

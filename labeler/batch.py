@@ -35,19 +35,38 @@ def build_parser() -> argparse.ArgumentParser:
         "      --base-url http://gpu-box:8000/v1 --model Qwen/Qwen2.5-VL-7B-Instruct --concurrency 32\n",
     )
     p.add_argument("manifest", nargs="?", type=Path, help="pair manifest JSONL (see README: 'Pair manifest')")
-    p.add_argument("--out", type=Path, help="dense preference JSONL to write (appended; failures go to "
-                                            "OUT.errors.jsonl)")
-    p.add_argument("--demo", type=Path, metavar="DIR",
-                   help="build the demo set into DIR if missing, label it, and score it against its ground truth")
-    p.add_argument("--workers", type=int, default=None,
-                   help="pairs processed at once (default: concurrency / 2, at least 4)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the requests, images and estimated tokens/cost, then stop without sending anything")
-    p.add_argument("--openai-batch", action="store_true",
-                   help="--judge openai: send the uncached requests through the OpenAI Batch API (half price, "
-                        "hours of latency), then write the records")
-    p.add_argument("--batch-poll-seconds", type=float, default=30.0,
-                   help="--openai-batch: seconds between status polls (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, help="dense preference JSONL to write (appended; failures go to OUT.errors.jsonl)"
+    )
+    p.add_argument(
+        "--demo",
+        type=Path,
+        metavar="DIR",
+        help="build the demo set into DIR if missing, label it, and score it against its ground truth",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="pairs processed at once (default: concurrency / 2, at least 4)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the requests, images and estimated tokens/cost, then stop without sending anything",
+    )
+    p.add_argument(
+        "--openai-batch",
+        action="store_true",
+        help="--judge openai: send the uncached requests through the OpenAI Batch API (half price, "
+        "hours of latency), then write the records",
+    )
+    p.add_argument(
+        "--batch-poll-seconds",
+        type=float,
+        default=30.0,
+        help="--openai-batch: seconds between status polls (default: %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_judge_arguments(p)
     add_engine_arguments(p)
@@ -69,7 +88,8 @@ def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
         f"segments   {result.segments}  A {_share(result.labels['A'], total)}  B {_share(result.labels['B'], total)}"
         f"  tie {_share(result.labels['tie'], total)}",
         f"time       {result.seconds:.1f} s ({rate:.1f} segment pairs/s)",
-        f"judge      {engine.judge.name}" + (f" {engine.judge.model}" if engine.judge.model else "")
+        f"judge      {engine.judge.name}"
+        + (f" {engine.judge.model}" if engine.judge.model else "")
         + f"; requests {s['requests']}, cache hits {s['cache_hits']}, retries {s['retries']}, order flips {flip}",
         f"tokens     in {s['input_tokens']}, out {s['output_tokens']}, estimated cost ${s['cost_usd']:.4f}",
         f"labels  -> {out}",
@@ -104,7 +124,13 @@ def _run_demo(args: argparse.Namespace, engine: Engine, workers: int) -> int:
 
 
 async def _label(
-    manifest: Path, out: Path, engine: Engine, workers: int, quiet: bool, *, openai_batch_poll: float | None = None
+    manifest: Path,
+    out: Path,
+    engine: Engine,
+    workers: int,
+    quiet: bool,
+    *,
+    openai_batch_poll: float | None = None,
 ) -> BatchResult:
     """One event loop for the whole job (the engine's semaphores and HTTP clients belong to it)."""
     try:
@@ -137,9 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run_demo(args, engine, workers)
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
-        result = asyncio.run(_label(args.manifest, args.out, engine, workers, args.quiet, openai_batch_poll=poll))
+        result = asyncio.run(
+            _label(args.manifest, args.out, engine, workers, args.quiet, openai_batch_poll=poll)
+        )
     except KeyboardInterrupt:
-        print("\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr)
+        print(
+            "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr
+        )
         return 130
     except ValueError as exc:  # e.g. a corrupt existing output file
         print(f"error: {exc}", file=sys.stderr)

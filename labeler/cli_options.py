@@ -15,41 +15,78 @@ from labeler.schemas import Judge
 
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("judge")
-    g.add_argument("--judge", choices=JUDGE_NAMES, default="metrics",
-                   help="metrics: embedded model-free default (no key, no GPU); openai: any OpenAI-compatible "
-                        "chat endpoint (OpenAI GPT, vllm serve); hf: a local transformers VLM (default: %(default)s)")
-    g.add_argument("--model", help="model name for --judge openai (e.g. gpt-4o-mini, Qwen/Qwen2.5-VL-7B-Instruct) "
-                                   "or a model path / hub id for --judge hf")
-    g.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://gpu-box:8000/v1 for vllm serve "
-                                      "(default: OpenAI; the key comes from OPENAI_API_KEY)")
-    g.add_argument("--prompt", default=None, help="judge prompt template name in prompts/ or a .j2 path "
-                                                  "(default: conservative)")
-    g.add_argument("--layout", choices=("separate", "side-by-side"), default=None,
-                   help="frames of A then of B as separate images, or one A|B composite per time step "
-                        "(half the images) (default: separate)")
-    g.add_argument("--detail", choices=("low", "high", "auto"), default=None,
-                   help="OpenAI image detail (default: low)")
+    g.add_argument(
+        "--judge",
+        choices=JUDGE_NAMES,
+        default="metrics",
+        help="metrics: embedded model-free default (no key, no GPU); openai: any OpenAI-compatible "
+        "chat endpoint (OpenAI GPT, vllm serve); hf: a local transformers VLM (default: %(default)s)",
+    )
+    g.add_argument(
+        "--model",
+        help="model name for --judge openai (e.g. gpt-4o-mini, Qwen/Qwen2.5-VL-7B-Instruct) "
+        "or a model path / hub id for --judge hf",
+    )
+    g.add_argument(
+        "--base-url",
+        help="OpenAI-compatible endpoint, e.g. http://gpu-box:8000/v1 for vllm serve "
+        "(default: OpenAI; the key comes from OPENAI_API_KEY)",
+    )
+    g.add_argument(
+        "--prompt",
+        default=None,
+        help="judge prompt template name in prompts/ or a .j2 path (default: conservative)",
+    )
+    g.add_argument(
+        "--layout",
+        choices=("separate", "side-by-side"),
+        default=None,
+        help="frames of A then of B as separate images, or one A|B composite per time step "
+        "(half the images) (default: separate)",
+    )
+    g.add_argument(
+        "--detail", choices=("low", "high", "auto"), default=None, help="OpenAI image detail (default: low)"
+    )
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 0)")
     g.add_argument("--max-tokens", type=int, default=None, help="answer token limit (default: 300)")
-    g.add_argument("--no-logprobs", action="store_true",
-                   help="do not ask the endpoint for logprobs (probabilities then come from votes)")
+    g.add_argument(
+        "--no-logprobs",
+        action="store_true",
+        help="do not ask the endpoint for logprobs (probabilities then come from votes)",
+    )
     g.add_argument("--device", default=None, help="torch device for --judge hf (default: cpu)")
-    g.add_argument("--tie-margin", type=float, default=None,
-                   help="metrics judge: score difference below which a segment is a tie")
-    g.add_argument("--no-reference", action="store_true",
-                   help="metrics judge: ignore the manifest's reference videos (no-reference signals only)")
+    g.add_argument(
+        "--tie-margin",
+        type=float,
+        default=None,
+        help="metrics judge: score difference below which a segment is a tie",
+    )
+    g.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="metrics judge: ignore the manifest's reference videos (no-reference signals only)",
+    )
 
 
 def build_judge_from_args(args: argparse.Namespace) -> Judge:
     if args.judge == "metrics":
-        return build_judge("metrics", tie_margin=args.tie_margin, use_reference=False if args.no_reference else None)
+        return build_judge(
+            "metrics", tie_margin=args.tie_margin, use_reference=False if args.no_reference else None
+        )
     if not args.model:
         raise SystemExit(f"--judge {args.judge} needs --model")
     common = {"prompt": args.prompt, "layout": args.layout}
     if args.judge == "openai":
         return build_judge(
-            "openai", model=args.model, base_url=args.base_url, detail=args.detail, temperature=args.temperature,
-            max_tokens=args.max_tokens, logprobs=False if args.no_logprobs else None, timeout=args.timeout, **common,
+            "openai",
+            model=args.model,
+            base_url=args.base_url,
+            detail=args.detail,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            logprobs=False if args.no_logprobs else None,
+            timeout=args.timeout,
+            **common,
         )
     return build_judge("hf", model=args.model, device=args.device, **common)
 
@@ -57,26 +94,58 @@ def build_judge_from_args(args: argparse.Namespace) -> Judge:
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("segments and engine")
     d = EngineConfig()
-    g.add_argument("--segment-seconds", type=float, default=d.segment_seconds,
-                   help="segment length; a manifest entry's segment_seconds overrides it (default: %(default)s)")
-    g.add_argument("--frames-per-segment", type=int, default=d.frames_per_segment,
-                   help="frames sampled uniformly inside each segment (default: %(default)s)")
-    g.add_argument("--max-side", type=int, default=d.max_side,
-                   help="resize frames so the long side is this many pixels (default: %(default)s)")
-    g.add_argument("--concurrency", type=int, default=d.concurrency,
-                   help="judge requests in flight (default: %(default)s)")
-    g.add_argument("--no-swap", action="store_true",
-                   help="judge each segment once, in (A, B) order only (default: both orders, to cancel position bias)")
-    g.add_argument("--cache-dir", type=Path, default=None,
-                   help=f"judgment cache folder (default: {default_cache_dir()})")
+    g.add_argument(
+        "--segment-seconds",
+        type=float,
+        default=d.segment_seconds,
+        help="segment length; a manifest entry's segment_seconds overrides it (default: %(default)s)",
+    )
+    g.add_argument(
+        "--frames-per-segment",
+        type=int,
+        default=d.frames_per_segment,
+        help="frames sampled uniformly inside each segment (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-side",
+        type=int,
+        default=d.max_side,
+        help="resize frames so the long side is this many pixels (default: %(default)s)",
+    )
+    g.add_argument(
+        "--concurrency",
+        type=int,
+        default=d.concurrency,
+        help="judge requests in flight (default: %(default)s)",
+    )
+    g.add_argument(
+        "--no-swap",
+        action="store_true",
+        help="judge each segment once, in (A, B) order only (default: both orders, to cancel position bias)",
+    )
+    g.add_argument(
+        "--cache-dir", type=Path, default=None, help=f"judgment cache folder (default: {default_cache_dir()})"
+    )
     g.add_argument("--no-cache", action="store_true", help="do not read or write the judgment cache")
-    g.add_argument("--timeout", type=float, default=d.request_timeout,
-                   help="seconds per judge request before it is retried (default: %(default)s)")
-    g.add_argument("--max-attempts", type=int, default=d.max_attempts,
-                   help="attempts per judge request on 429/5xx/timeouts (default: %(default)s)")
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=d.request_timeout,
+        help="seconds per judge request before it is retried (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max-attempts",
+        type=int,
+        default=d.max_attempts,
+        help="attempts per judge request on 429/5xx/timeouts (default: %(default)s)",
+    )
     g.add_argument("--max-requests", type=int, default=None, help="stop after sending this many requests")
-    g.add_argument("--max-cost", type=float, default=None,
-                   help="stop once the estimated spend reaches this many USD (priced models only)")
+    g.add_argument(
+        "--max-cost",
+        type=float,
+        default=None,
+        help="stop once the estimated spend reaches this many USD (priced models only)",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -87,9 +156,15 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
     return EngineConfig(
-        segment_seconds=args.segment_seconds, frames_per_segment=args.frames_per_segment, max_side=args.max_side,
-        swap=not args.no_swap, concurrency=args.concurrency, request_timeout=args.timeout,
-        max_attempts=args.max_attempts, max_requests=args.max_requests, max_cost=args.max_cost,
+        segment_seconds=args.segment_seconds,
+        frames_per_segment=args.frames_per_segment,
+        max_side=args.max_side,
+        swap=not args.no_swap,
+        concurrency=args.concurrency,
+        request_timeout=args.timeout,
+        max_attempts=args.max_attempts,
+        max_requests=args.max_requests,
+        max_cost=args.max_cost,
     )
 
 

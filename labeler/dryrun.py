@@ -18,8 +18,16 @@ def _resized(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 def dry_run(manifest: str | Path, engine: Engine) -> str:
     judge, cfg = engine.judge, engine.config
-    totals = {"pairs": 0, "bad_pairs": 0, "segments": 0, "requests": 0, "cached": 0, "images": 0,
-              "input_tokens": 0, "output_tokens": 0}
+    totals = {
+        "pairs": 0,
+        "bad_pairs": 0,
+        "segments": 0,
+        "requests": 0,
+        "cached": 0,
+        "images": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+    }
     estimates: dict[tuple[int, int, int], JudgeEstimate] = {}
     problems: list[str] = []
     for entry in iter_manifest(manifest):
@@ -42,8 +50,13 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
             if shape not in estimates:
                 estimator = getattr(judge, "estimate", None)
                 blank = np.zeros((*shape, 3), np.uint8)
-                request = SegmentRequest(prompt=entry.prompt, frames_first=blank, frames_second=blank,
-                                         start_s=seg.start_s, end_s=seg.end_s)
+                request = SegmentRequest(
+                    prompt=entry.prompt,
+                    frames_first=blank,
+                    frames_second=blank,
+                    start_s=seg.start_s,
+                    end_s=seg.end_s,
+                )
                 estimates[shape] = estimator(request) if estimator else JudgeEstimate()
             est = estimates[shape]
             for key in seg.keys.values():

@@ -187,7 +187,9 @@ class Engine:
         for i, (start, end) in enumerate(video.plan_segments(info_a.num_frames, fps, seconds)):
             indices = video.sample_indices(start, end, self.config.frames_per_segment)
             keys = {o: self._key(content, indices, o, entry.prompt) for o in self._orders()}
-            segments.append(SegmentPlan(i, start, end, round(start / fps, 4), round(end / fps, 4), indices, keys))
+            segments.append(
+                SegmentPlan(i, start, end, round(start / fps, 4), round(end / fps, 4), indices, keys)
+            )
         return PairPlan(entry, fps, info_a.num_frames, segments, use_ref)
 
     # ------------------------------------------------------------------ judging
@@ -201,9 +203,13 @@ class Engine:
     def _check_budget(self) -> None:
         cfg = self.config
         if cfg.max_requests is not None and self.stats.requests >= cfg.max_requests:
-            raise BudgetExceeded(f"request budget spent ({self.stats.requests} of --max-requests {cfg.max_requests})")
+            raise BudgetExceeded(
+                f"request budget spent ({self.stats.requests} of --max-requests {cfg.max_requests})"
+            )
         if cfg.max_cost is not None and self.stats.cost_usd >= cfg.max_cost:
-            raise BudgetExceeded(f"cost budget spent (${self.stats.cost_usd:.4f} of --max-cost ${cfg.max_cost})")
+            raise BudgetExceeded(
+                f"cost budget spent (${self.stats.cost_usd:.4f} of --max-cost ${cfg.max_cost})"
+            )
 
     async def _call_once(self, request: SegmentRequest) -> Judgment:
         loop = asyncio.get_running_loop()
@@ -215,7 +221,9 @@ class Engine:
             try:
                 return await asyncio.wait_for(self.judge.judge(request), self.config.request_timeout)
             except asyncio.TimeoutError as exc:
-                raise TransientJudgeError(f"judge gave no answer within {self.config.request_timeout:g} s") from exc
+                raise TransientJudgeError(
+                    f"judge gave no answer within {self.config.request_timeout:g} s"
+                ) from exc
             except TransientJudgeError as exc:
                 if exc.retry_after:
                     self._pause_until = max(self._pause_until, loop.time() + exc.retry_after)
@@ -250,7 +258,9 @@ class Engine:
             from labeler.pricing import estimate_cost
         except ImportError:  # pricing is optional for budgets
             return
-        cost = estimate_cost(judgment.model or self.judge.model or "", judgment.input_tokens, judgment.output_tokens)
+        cost = estimate_cost(
+            judgment.model or self.judge.model or "", judgment.input_tokens, judgment.output_tokens
+        )
         self.stats.cost_usd += cost or 0.0
 
     @staticmethod
@@ -262,13 +272,26 @@ class Engine:
         first, second = (fa, fb) if order == "ab" else (fb, fa)
         times = tuple(round(i / fps, 4) for i in seg.frame_indices) if fps else ()
         return SegmentRequest(
-            prompt=prompt, frames_first=first, frames_second=second, start_s=seg.start_s, end_s=seg.end_s,
-            index=seg.index, num_segments=n_segments, frame_times=times, reference=ref, fps=fps,
+            prompt=prompt,
+            frames_first=first,
+            frames_second=second,
+            start_s=seg.start_s,
+            end_s=seg.end_s,
+            index=seg.index,
+            num_segments=n_segments,
+            frame_times=times,
+            reference=ref,
+            fps=fps,
         )
 
     async def _judge_segment(
-        self, prompt: str, seg: SegmentPlan, get_frames: Callable[[], Awaitable[tuple]],
-        n_segments: int, fps: float | None, tally: dict[str, int],
+        self,
+        prompt: str,
+        seg: SegmentPlan,
+        get_frames: Callable[[], Awaitable[tuple]],
+        n_segments: int,
+        fps: float | None,
+        tally: dict[str, int],
     ) -> list[tuple[str, Judgment]]:
         async def one(order: str) -> tuple[str, Judgment]:
             cached = self.cache.get(seg.keys[order])
@@ -294,7 +317,9 @@ class Engine:
     async def decode_segments(self, plan: PairPlan, missing: list[SegmentPlan]) -> dict[int, tuple]:
         """Frames (A, B, reference or None) of the given segments, reading each video once."""
         wanted = sorted({i for seg in missing for i in seg.frame_indices})
-        paths = [plan.entry.video_a, plan.entry.video_b] + ([plan.entry.reference] if plan.use_reference else [])
+        paths = [plan.entry.video_a, plan.entry.video_b] + (
+            [plan.entry.reference] if plan.use_reference else []
+        )
         async with self._decodes:
             t0 = time.perf_counter()
             arrays = await asyncio.to_thread(
@@ -326,7 +351,12 @@ class Engine:
             return get
 
         return await self._label(
-            plan.segments, frames_of, entry, plan.fps, plan.num_frames, frame_fps=plan.fps,
+            plan.segments,
+            frames_of,
+            entry,
+            plan.fps,
+            plan.num_frames,
+            frame_fps=plan.fps,
             seconds=entry.segment_seconds or self.config.segment_seconds,
         )
 
@@ -336,10 +366,16 @@ class Engine:
         """Label segments whose frames the caller holds; the cache keys on the pixels."""
         plans, frames, start = [], {}, 0
         for i, seg in enumerate(segments):
-            fa = video.resize_max_side(np.ascontiguousarray(seg.frames_a, dtype=np.uint8), self.config.max_side)
-            fb = video.resize_max_side(np.ascontiguousarray(seg.frames_b, dtype=np.uint8), self.config.max_side)
+            fa = video.resize_max_side(
+                np.ascontiguousarray(seg.frames_a, dtype=np.uint8), self.config.max_side
+            )
+            fb = video.resize_max_side(
+                np.ascontiguousarray(seg.frames_b, dtype=np.uint8), self.config.max_side
+            )
             if fa.shape != fb.shape:
-                raise ValueError(f"segments[{i}]: frames_a {fa.shape} and frames_b {fb.shape} differ in shape")
+                raise ValueError(
+                    f"segments[{i}]: frames_a {fa.shape} and frames_b {fb.shape} differ in shape"
+                )
             content = {"a": _array_digest(fa), "b": _array_digest(fb)}
             indices = list(range(start, start + len(fa)))
             keys = {o: self._key(content, indices, o, prompt) for o in self._orders()}
@@ -360,14 +396,24 @@ class Engine:
         )
 
     async def _label(
-        self, plans: list[SegmentPlan], frames_of: Callable[[SegmentPlan], Callable[[], Awaitable[tuple]]],
-        entry: ManifestEntry, fps: float, num_frames: int, *, frame_fps: float | None, seconds: float | None,
+        self,
+        plans: list[SegmentPlan],
+        frames_of: Callable[[SegmentPlan], Callable[[], Awaitable[tuple]]],
+        entry: ManifestEntry,
+        fps: float,
+        num_frames: int,
+        *,
+        frame_fps: float | None,
+        seconds: float | None,
     ) -> DensePreferenceRecord:
         if not plans:
             raise ValueError("nothing to label: no segments")
         tally = {"cache_hits": 0, "requests": 0, "input_tokens": 0, "output_tokens": 0}
         results = await asyncio.gather(
-            *(self._judge_segment(entry.prompt, s, frames_of(s), len(plans), frame_fps, tally) for s in plans),
+            *(
+                self._judge_segment(entry.prompt, s, frames_of(s), len(plans), frame_fps, tally)
+                for s in plans
+            ),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -381,9 +427,18 @@ class Engine:
                 self.stats.flips += outcome.consistent is False
             segments.append(
                 Segment(
-                    index=seg.index, start_frame=seg.start_frame, end_frame=seg.end_frame, start_s=seg.start_s,
-                    end_s=seg.end_s, label=outcome.label, p_a=outcome.p_a, p_b=outcome.p_b, p_tie=outcome.p_tie,
-                    votes=outcome.votes, consistent=outcome.consistent, rationale=outcome.rationale,
+                    index=seg.index,
+                    start_frame=seg.start_frame,
+                    end_frame=seg.end_frame,
+                    start_s=seg.start_s,
+                    end_s=seg.end_s,
+                    label=outcome.label,
+                    p_a=outcome.p_a,
+                    p_b=outcome.p_b,
+                    p_tie=outcome.p_tie,
+                    votes=outcome.votes,
+                    consistent=outcome.consistent,
+                    rationale=outcome.rationale,
                 )
             )
         video_label, video_score = video_level(segments)
@@ -393,13 +448,24 @@ class Engine:
         if seconds is not None:
             extra["segment_seconds"] = seconds
         return DensePreferenceRecord(
-            pair_id=entry.pair_id, prompt=entry.prompt, video_a=entry.video_a, video_b=entry.video_b,
-            reference=entry.reference, fps=fps, num_frames=num_frames, segments=segments,
-            video_label=video_label, video_score=video_score,
+            pair_id=entry.pair_id,
+            prompt=entry.prompt,
+            video_a=entry.video_a,
+            video_b=entry.video_b,
+            reference=entry.reference,
+            fps=fps,
+            num_frames=num_frames,
+            segments=segments,
+            video_label=video_label,
+            video_score=video_score,
             labeler=LabelerInfo(
-                judge=self.judge.name, model=self.judge.model, prompt_id=self.judge.prompt_id,
-                frames_per_segment=self.config.frames_per_segment, swap=self.config.swap,
-                densepref_version=__version__, **extra,
+                judge=self.judge.name,
+                model=self.judge.model,
+                prompt_id=self.judge.prompt_id,
+                frames_per_segment=self.config.frames_per_segment,
+                swap=self.config.swap,
+                densepref_version=__version__,
+                **extra,
             ),
             usage=Usage(**tally),
             meta=entry.meta,

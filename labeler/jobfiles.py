@@ -90,9 +90,13 @@ def compact_errors(path: str | Path, done: set[str]) -> int:
     return len(remaining)
 
 
-def error_record(pair_id: str, exc: BaseException | tuple[str, str], attempts: int, line: int | None = None) -> ErrorRecord:
+def error_record(
+    pair_id: str, exc: BaseException | tuple[str, str], attempts: int, line: int | None = None
+) -> ErrorRecord:
     etype, message = exc if isinstance(exc, tuple) else (type(exc).__name__, str(exc) or repr(exc))
-    return ErrorRecord(pair_id=pair_id, error=ErrorInfo(type=etype, message=message), attempts=attempts, line=line)
+    return ErrorRecord(
+        pair_id=pair_id, error=ErrorInfo(type=etype, message=message), attempts=attempts, line=line
+    )
 
 
 class JsonlAppender:

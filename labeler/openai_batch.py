@@ -48,8 +48,12 @@ MAX_BYTES_PER_BATCH = 190 * 2**20
 
 
 async def write_batch_files(
-    entries: list[ManifestEntry], engine: Engine, stem: Path, *,
-    max_lines: int = MAX_LINES_PER_BATCH, max_bytes: int = MAX_BYTES_PER_BATCH,
+    entries: list[ManifestEntry],
+    engine: Engine,
+    stem: Path,
+    *,
+    max_lines: int = MAX_LINES_PER_BATCH,
+    max_bytes: int = MAX_BYTES_PER_BATCH,
 ) -> list[dict[str, Any]]:
     """Stream one Batch API line per uncached (segment, order) into input files of at most
     ``max_lines`` lines / ``max_bytes`` bytes (``custom_id`` = cache key). Pairs that cannot be
@@ -82,12 +86,18 @@ async def write_batch_files(
                     request = engine.segment_request(
                         entry.prompt, seg, frames[seg.index], order, len(plan.segments), plan.fps
                     )
-                    line = {"custom_id": key, "method": "POST", "url": "/v1/chat/completions",
-                            "body": judge.build_body(request)}  # type: ignore[attr-defined]
+                    line = {
+                        "custom_id": key,
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": judge.build_body(request),
+                    }  # type: ignore[attr-defined]
                     text = json.dumps(line, separators=(",", ":")) + "\n"
                     current = files[-1] if files else None
-                    if current is None or current["requests"] >= max_lines or (
-                        current["requests"] and current["bytes"] + len(text) > max_bytes
+                    if (
+                        current is None
+                        or current["requests"] >= max_lines
+                        or (current["requests"] and current["bytes"] + len(text) > max_bytes)
                     ):
                         if fh is not None:
                             fh.close()
@@ -112,7 +122,9 @@ async def _submit(client: Any, item: dict[str, Any]) -> str:
     with open(item["path"], "rb") as fh:
         uploaded = await client.files.create(file=(Path(item["path"]).name, fh), purpose="batch")
     batch = await client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
         metadata={"source": "densepref"},
     )
     return batch.id
@@ -161,7 +173,11 @@ async def _collect(client: Any, batch: Any, engine: Engine, report: BatchApiRepo
 
 
 async def prefill_with_batch_api(
-    manifest: str | Path, out: str | Path, engine: Engine, *, poll_seconds: float = 30.0,
+    manifest: str | Path,
+    out: str | Path,
+    engine: Engine,
+    *,
+    poll_seconds: float = 30.0,
     max_lines: int = MAX_LINES_PER_BATCH,
 ) -> BatchApiReport:
     """Answer the manifest's uncached requests through the Batch API into the engine's cache."""
@@ -178,7 +194,9 @@ async def prefill_with_batch_api(
         print(f"resuming the OpenAI batch job recorded in {state_path}")
     else:
         done = jobfiles.prepare_output(out)
-        entries = [e for e in iter_manifest(manifest) if isinstance(e, ManifestEntry) and e.pair_id not in done]
+        entries = [
+            e for e in iter_manifest(manifest) if isinstance(e, ManifestEntry) and e.pair_id not in done
+        ]
         state = {"files": await write_batch_files(entries, engine, state_path, max_lines=max_lines)}
         if not state["files"]:
             print("openai batch: every request is already cached; nothing to submit")

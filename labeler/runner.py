@@ -42,7 +42,9 @@ class BatchResult:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="pair", desc="labeling", disable=not enabled, dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=initial, unit="pair", desc="labeling", disable=not enabled, dynamic_ncols=True
+    )
 
 
 async def run_batch(

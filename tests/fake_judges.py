@@ -40,8 +40,14 @@ class BrightnessJudge:
         label = "A" if diff > 0 else "B"
         p_win = 0.85
         return Judgment(
-            label=label, p_a=p_win if label == "A" else 0.05, p_b=p_win if label == "B" else 0.05, p_tie=0.1,
-            rationale=f"brightness differs by {diff:.1f}", input_tokens=10, output_tokens=2, prob_source="score",
+            label=label,
+            p_a=p_win if label == "A" else 0.05,
+            p_b=p_win if label == "B" else 0.05,
+            p_tie=0.1,
+            rationale=f"brightness differs by {diff:.1f}",
+            input_tokens=10,
+            output_tokens=2,
+            prob_source="score",
         )
 
 
@@ -71,4 +77,10 @@ def frames_with_level(n: int, level: int, h: int = 48, w: int = 64) -> np.ndarra
     return np.clip(level + noise, 0, 255).astype(np.uint8)
 
 
-__all__ = ["BrightnessJudge", "FatalJudgeError", "ScriptedFailures", "TransientJudgeError", "frames_with_level"]
+__all__ = [
+    "BrightnessJudge",
+    "FatalJudgeError",
+    "ScriptedFailures",
+    "TransientJudgeError",
+    "frames_with_level",
+]

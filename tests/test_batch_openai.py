@@ -32,7 +32,9 @@ def manifest(tmp_path_factory) -> Path:
         b = np.concatenate([frames_with_level(8, 130 - 10 * i + k, h=32, w=48) for k in range(3)])
         video.write_video(root / f"p{i}_a.mp4", a, FPS)
         video.write_video(root / f"p{i}_b.mp4", b, FPS)
-        lines.append({"pair_id": f"p{i}", "prompt": f"scene {i}", "video_a": f"p{i}_a.mp4", "video_b": f"p{i}_b.mp4"})
+        lines.append(
+            {"pair_id": f"p{i}", "prompt": f"scene {i}", "video_a": f"p{i}_a.mp4", "video_b": f"p{i}_b.mp4"}
+        )
     path = root / "manifest.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
@@ -46,9 +48,24 @@ def server():
 
 def batch_args(manifest: Path, out: Path, server: StandinServer, cache: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "labeler.batch", str(manifest), "--out", str(out), "--judge", "openai",
-        "--model", "standin-vlm", "--base-url", server.base_url, "--cache-dir", str(cache), "--quiet",
-        "--frames-per-segment", "4", *extra,
+        sys.executable,
+        "-m",
+        "labeler.batch",
+        str(manifest),
+        "--out",
+        str(out),
+        "--judge",
+        "openai",
+        "--model",
+        "standin-vlm",
+        "--base-url",
+        server.base_url,
+        "--cache-dir",
+        str(cache),
+        "--quiet",
+        "--frames-per-segment",
+        "4",
+        *extra,
     ]
 
 
@@ -63,12 +80,20 @@ def strip(records):
 
 def test_faults_are_survived_and_a_failing_pair_fails_alone(manifest, server, tmp_path):
     server.control(
-        faults=[{"status": 429, "retry_after": 0.05}, {"status": 500}, {"hang": 4}, {"garbage": True},
-                {"status": 503}, {"status": 429, "retry_after_ms": 20}],
+        faults=[
+            {"status": 429, "retry_after": 0.05},
+            {"status": 500},
+            {"hang": 4},
+            {"garbage": True},
+            {"status": 503},
+            {"status": 429, "retry_after_ms": 20},
+        ],
         rules=[{"match": "scene 4", "status": 500}],
     )
     out = tmp_path / "out.jsonl"
-    proc = run_cli(batch_args(manifest, out, server, tmp_path / "cache", "--timeout", "2.5", "--max-attempts", "4"))
+    proc = run_cli(
+        batch_args(manifest, out, server, tmp_path / "cache", "--timeout", "2.5", "--max-attempts", "4")
+    )
     assert proc.returncode == 1, proc.stderr  # one pair failed
     records = read_records(out)
     assert sorted(r.pair_id for r in records) == ["p0", "p1", "p2", "p3", "p5"]
@@ -115,8 +140,13 @@ def test_kill_9_and_resume_gives_the_uninterrupted_result(manifest, server, tmp_
 
     out, cache = tmp_path / "out.jsonl", tmp_path / "cache"
     args = batch_args(manifest, out, server, cache, "--concurrency", "2", "--workers", "2")
-    proc = subprocess.Popen(args, cwd=REPO, env={**os.environ, "OPENAI_API_KEY": "k"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env={**os.environ, "OPENAI_API_KEY": "k"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
         time.sleep(0.05)
@@ -126,7 +156,9 @@ def test_kill_9_and_resume_gives_the_uninterrupted_result(manifest, server, tmp_
     done_before = len(out.read_text().splitlines())
     assert 2 <= done_before < 6, "the kill must land mid-job"
     time.sleep(0.5)  # let the server finish what was in flight
-    answered_before = {e["hash"] for e in server.state.log if e["status"] == 200 and e["time"] < killed_at - 0.3}
+    answered_before = {
+        e["hash"] for e in server.state.log if e["status"] == 200 and e["time"] < killed_at - 0.3
+    }
 
     server.control(latency_ms=0)
     proc2 = run_cli(args)
@@ -162,7 +194,9 @@ def test_dry_run_sends_nothing_and_counts(manifest, server, tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_openai_batch_interrupted_while_waiting_resumes_the_same_batch(manifest, server, tmp_path, monkeypatch):
+def test_openai_batch_interrupted_while_waiting_resumes_the_same_batch(
+    manifest, server, tmp_path, monkeypatch
+):
     import asyncio
 
     from labeler import openai_batch
@@ -205,7 +239,9 @@ def test_openai_batch_splits_large_jobs(manifest, server, tmp_path):
     judge = OpenAIJudge("standin-vlm", base_url=server.base_url, api_key="k")
     eng = Engine(judge, EngineConfig(frames_per_segment=4), JudgmentCache(tmp_path / "cache"))
     report = asyncio.run(
-        openai_batch.prefill_with_batch_api(manifest, tmp_path / "o.jsonl", eng, poll_seconds=0.01, max_lines=10)
+        openai_batch.prefill_with_batch_api(
+            manifest, tmp_path / "o.jsonl", eng, poll_seconds=0.01, max_lines=10
+        )
     )
     assert len(report.batch_ids) == 4 and report.requests == 36 and report.answered == 36
     assert server.stats()["batches"] == 4

@@ -149,7 +149,9 @@ def test_transient_failures_retry_and_honor_retry_after(pair):
 
 def test_gives_up_after_max_attempts(pair):
     judge = ScriptedFailures([TransientJudgeError("503", status=503)] * 100)
-    engine = Engine(judge, EngineConfig(max_attempts=3, backoff_initial=0.001, backoff_max=0.002, concurrency=1))
+    engine = Engine(
+        judge, EngineConfig(max_attempts=3, backoff_initial=0.001, backoff_max=0.002, concurrency=1)
+    )
     with pytest.raises(TransientJudgeError):
         run(engine.label_pair(pair))
     assert engine.stats.judge_errors >= 1

@@ -60,9 +60,14 @@ def test_bad_pairs_fail_alone_with_clear_errors(manifest, tmp_path):
     errors = {e.pair_id: e for e in jobfiles.read_errors(jobfiles.errors_path_for(out)).values()}
     assert errors["short"].error.type == "VideoMismatchError" and "10 frames" in errors["short"].error.message
     assert errors["fps"].error.type == "VideoMismatchError" and "fps" in errors["fps"].error.message
-    assert errors["corrupt"].error.type == "VideoReadError" and "corrupt.mp4" in errors["corrupt"].error.message
+    assert (
+        errors["corrupt"].error.type == "VideoReadError" and "corrupt.mp4" in errors["corrupt"].error.message
+    )
     assert errors["missing"].error.type == "VideoReadError" and "not found" in errors["missing"].error.message
-    assert errors["nofields"].error.type == "ManifestValidationError" and "video_a" in errors["nofields"].error.message
+    assert (
+        errors["nofields"].error.type == "ManifestValidationError"
+        and "video_a" in errors["nofields"].error.message
+    )
     bad_json = [e for pid, e in errors.items() if pid.startswith("<line")]
     assert len(bad_json) == 1 and bad_json[0].line == 10 and bad_json[0].error.type == "ManifestJSONError"
     assert all(e.attempts == 1 for e in errors.values())
