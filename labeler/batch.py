@@ -119,7 +119,7 @@ def _run_demo(args: argparse.Namespace, engine: Engine, workers: int) -> int:
     paths = write_report(agreement, report_dir)
     print("\nagreement with the demo's injected ground truth:")
     print(headline(agreement))
-    print(f"report  -> {paths.get('report.md', report_dir)}")
+    print(f"report  -> {paths.get('report', report_dir)}")
     return EXIT_OK if result.complete else (EXIT_STOPPED if result.stopped else EXIT_FAILED_PAIRS)
 
 
