@@ -37,7 +37,7 @@ from labeler.api_models import (
     LabelResponse,
     ReadyResponse,
 )
-from labeler.cli_options import add_engine_arguments, add_judge_arguments, engine_from_args
+from labeler.cli_options import UsageError, add_engine_arguments, add_judge_arguments, engine_from_args
 from labeler.engine import BudgetExceeded, Engine
 from labeler.media_stream import router as media_router
 from labeler.schemas import DensePreferenceRecord, JudgeError, ManifestEntry
@@ -226,7 +226,7 @@ def engine_from_settings(settings: ServiceSettings) -> Engine:
     try:
         args = build_engine_parser().parse_args(settings.engine_args)
         return engine_from_args(args)
-    except SystemExit as exc:  # argparse/cli_options report on stderr and exit; a factory must raise
+    except (SystemExit, UsageError) as exc:  # argparse exits on bad options; a factory must raise
         raise ValueError(f"invalid engine_args {settings.engine_args}: {exc}") from None
 
 

@@ -14,9 +14,10 @@ import asyncio
 import sys
 from pathlib import Path
 
-from labeler.cli_options import add_engine_arguments, add_judge_arguments, engine_from_args
+from labeler.cli_options import UsageError, add_engine_arguments, add_judge_arguments, engine_from_args
 from labeler.engine import Engine
 from labeler.runner import BatchResult, run_batch
+from labeler.schemas import JudgeError
 
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
@@ -152,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"manifest not found: {args.manifest}")
     if args.openai_batch and args.judge != "openai":
         parser.error("--openai-batch needs --judge openai")
-    engine = engine_from_args(args)
+    try:
+        engine = engine_from_args(args)
+    except (UsageError, ValueError, JudgeError) as exc:  # bad options, unknown prompt, missing model...
+        parser.error(str(exc))
     workers = args.workers or max(4, engine.config.concurrency // 2)
     if args.dry_run:
         from labeler.dryrun import dry_run

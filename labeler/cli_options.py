@@ -13,6 +13,10 @@ from labeler.judges import JUDGE_NAMES, build_judge
 from labeler.schemas import Judge
 
 
+class UsageError(ValueError):
+    """Options that do not fit together; entry points report it as a usage error (exit 2)."""
+
+
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("judge")
     g.add_argument(
@@ -55,6 +59,14 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not ask the endpoint for logprobs (probabilities then come from votes)",
     )
     g.add_argument("--device", default=None, help="torch device for --judge hf (default: cpu)")
+    g.add_argument("--dtype", default=None, help="torch dtype for --judge hf, e.g. bfloat16 (default: auto)")
+    g.add_argument(
+        "--rationale-tokens",
+        type=int,
+        default=None,
+        help="--judge hf: let the model write a rationale of up to N tokens before the label is "
+        "scored (default: 0, score the label directly)",
+    )
     g.add_argument(
         "--tie-margin",
         type=float,
@@ -74,7 +86,7 @@ def build_judge_from_args(args: argparse.Namespace) -> Judge:
             "metrics", tie_margin=args.tie_margin, use_reference=False if args.no_reference else None
         )
     if not args.model:
-        raise SystemExit(f"--judge {args.judge} needs --model")
+        raise UsageError(f"--judge {args.judge} needs --model")
     common = {"prompt": args.prompt, "layout": args.layout}
     if args.judge == "openai":
         return build_judge(
@@ -88,7 +100,14 @@ def build_judge_from_args(args: argparse.Namespace) -> Judge:
             timeout=args.timeout,
             **common,
         )
-    return build_judge("hf", model=args.model, device=args.device, **common)
+    return build_judge(
+        "hf",
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        rationale_tokens=args.rationale_tokens,
+        **common,
+    )
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,10 +170,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     for name in ("segment_seconds", "max_side", "timeout"):
         if getattr(args, name) <= 0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive")
+            raise UsageError(f"--{name.replace('_', '-')} must be positive")
     for name in ("frames_per_segment", "concurrency", "max_attempts"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1")
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     return EngineConfig(
         segment_seconds=args.segment_seconds,
         frames_per_segment=args.frames_per_segment,
