@@ -33,9 +33,8 @@ from labeler.schemas import (
     LabelerInfo,
     ManifestEntry,
     ManifestLineError,
-    Segment,
     iter_manifest,
-    video_level,
+    one_hot_segment,
 )
 from labeler.video import VideoError, VideoInfo, check_aligned, plan_segments, probe
 
@@ -336,39 +335,24 @@ def human_record(pair: PlannedPair, answers: Mapping[int, Answer], annotator: st
     for seg in pair.segments:
         answer = answers[seg.index]
         segments.append(
-            Segment(
+            one_hot_segment(
+                answer.label,  # type: ignore[arg-type]
                 index=seg.index,
                 start_frame=seg.start_frame,
                 end_frame=seg.end_frame,
                 start_s=seg.start_s,
                 end_s=seg.end_s,
-                label=answer.label,  # type: ignore[arg-type]
-                p_a=float(answer.label == "A"),
-                p_b=float(answer.label == "B"),
-                p_tie=float(answer.label == "tie"),
                 note=answer.note or None,
             )
         )
-    video_label, video_score = video_level(segments)
-    entry = pair.entry
-    return DensePreferenceRecord(
-        pair_id=entry.pair_id,
-        prompt=entry.prompt,
-        video_a=entry.video_a,
-        video_b=entry.video_b,
-        reference=entry.reference,
-        fps=pair.fps,
-        num_frames=pair.num_frames,
-        segments=segments,
-        video_label=video_label,
-        video_score=video_score,
-        labeler=LabelerInfo(
-            judge="human",
-            annotator=annotator,
-            densepref_version=__version__,
-            segment_seconds=pair.segment_seconds,  # type: ignore[call-arg]  # LabelerInfo keeps extras
-        ),
-        meta=entry.meta,
+    labeler = LabelerInfo(
+        judge="human",
+        annotator=annotator,
+        densepref_version=__version__,
+        segment_seconds=pair.segment_seconds,  # type: ignore[call-arg]  # LabelerInfo keeps extras
+    )
+    return DensePreferenceRecord.for_entry(
+        pair.entry, segments, fps=pair.fps, num_frames=pair.num_frames, labeler=labeler
     )
 
 

