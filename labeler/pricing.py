@@ -21,6 +21,7 @@ budgeting real money:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -134,13 +135,24 @@ def image_tokens(width: int, height: int, detail: str = "auto", model: str = "gp
     return _tile_tokens(width, height, rule)
 
 
-def text_tokens(text: str) -> int:
-    """Tokens of ``text``: exact with tiktoken (o200k_base) when installed, else ~4 characters per token."""
+@functools.lru_cache(maxsize=1)
+def _tiktoken_encoding() -> Any:
+    """tiktoken's o200k_base, or None without tiktoken. Looked up once: Python does not remember a
+    failed import, so trying it on every call searched sys.path each time (~76 file lookups per
+    16-image request on the stand-in server; benchmarks/throughput.py)."""
     try:
         import tiktoken
     except ImportError:
+        return None
+    return tiktoken.get_encoding("o200k_base")
+
+
+def text_tokens(text: str) -> int:
+    """Tokens of ``text``: exact with tiktoken (o200k_base) when installed, else ~4 characters per token."""
+    encoding = _tiktoken_encoding()
+    if encoding is None:
         return math.ceil(len(text) / 4)
-    return len(tiktoken.get_encoding("o200k_base").encode(text))
+    return len(encoding.encode(text))
 
 
 def estimate_cost(model: str, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
@@ -158,6 +170,9 @@ _TOKENS_PER_MESSAGE = 3
 _REPLY_PRIMER = 3
 
 
+_HEADER_CHARS = 16384  # a multiple of 4: whole base64 quanta
+
+
 def _image_size(part: dict[str, Any]) -> tuple[int, int] | None:
     if part.get("type") == "image":  # neutral part from labeler.prompts: an array
         h, w = part["image"].shape[:2]
@@ -166,7 +181,13 @@ def _image_size(part: dict[str, Any]) -> tuple[int, int] | None:
     if url.startswith("data:"):
         from labeler.images import data_uri_bytes, image_size
 
-        return image_size(data_uri_bytes(url))
+        # The size sits in the header: decoding the first 16 KiB of base64 is enough, and far
+        # cheaper than the whole image (the stand-in counts tokens of every request this way).
+        head = url[: url.find(",") + 1 + _HEADER_CHARS]
+        try:
+            return image_size(data_uri_bytes(head))
+        except ValueError:
+            return image_size(data_uri_bytes(url))
     return None  # a remote URL: size unknown without fetching it
 
 

@@ -18,7 +18,11 @@ from labeler.standin.state import StandinState
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not the default 0: asyncio turns Nagle off (TCP_NODELAY) only on connections
+    # whose socket says it is TCP, and accepted sockets inherit the listener's proto. With Nagle on,
+    # the response body (written after the headers) waited for the client's delayed ACK: +40 ms on
+    # every request of a kept-alive connection (benchmarks/throughput.py, rows at L > 0).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
