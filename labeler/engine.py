@@ -212,6 +212,9 @@ class Engine:
 
     async def _call_once(self, request: SegmentRequest) -> Judgment:
         loop = asyncio.get_running_loop()
+        prepare = getattr(self.judge, "prepare", None)
+        if prepare is not None:  # encode frames before taking a slot: slots are for requests on the wire
+            await prepare(request)
         while (delay := self._pause_until - loop.time()) > 0:
             await asyncio.sleep(delay)
         async with self._requests:

@@ -224,3 +224,35 @@ def test_inline_frames(tmp_path):
     assert again.usage.cache_hits == 4
     with pytest.raises(ValueError, match="differ in shape"):
         run(engine.label_frames("p", [FrameSegment(frames_with_level(4, 1), frames_with_level(3, 1), 0, 1)]))
+
+
+def test_judge_prepare_runs_before_a_request_slot_is_taken(pair):
+    """A judge's prepare() (frame encoding) must not hold one of the engine's request slots: with
+    one slot, the other requests get prepared while the first one is being judged."""
+
+    class Preparing(BrightnessJudge):
+        def __init__(self):
+            super().__init__(delay=0.05)
+            self.in_judge = 0
+            self.prepared_while_judging = 0
+            self.prepares = 0
+            self.started = asyncio.Event()
+
+        async def prepare(self, request):
+            self.prepares += 1
+            if self.prepares > 1:
+                await self.started.wait()  # resumes while judge() sleeps, unless prepare needs a slot
+            self.prepared_while_judging += self.in_judge > 0
+
+        async def judge(self, request):
+            self.in_judge += 1
+            self.started.set()
+            try:
+                return await super().judge(request)
+            finally:
+                self.in_judge -= 1
+
+    judge = Preparing()
+    record = run(Engine(judge, EngineConfig(concurrency=1)).label_pair(pair))
+    assert record.labels == ["A", "tie", "B"]
+    assert judge.prepares == 6 and judge.prepared_while_judging == 5

@@ -25,6 +25,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any
@@ -188,6 +189,11 @@ class OpenAIJudge:
         self._async_client: Any = None
         self._client_loop: Any = None
         self._jpeg = _JpegMemo()
+        # Messages built by prepare(), until judge() takes them; weak, so a request dropped between
+        # the two (a cancelled pair, a spent budget) takes its encoded frames with it.
+        self._prepared: weakref.WeakKeyDictionary[SegmentRequest, list[dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # ------------------------------------------------------------------ identity
 
@@ -448,7 +454,9 @@ class OpenAIJudge:
     async def judge(self, request: SegmentRequest) -> Judgment:
         """Ask once; re-ask with the parse error (at most ``max_parse_retries`` times) if the answer
         is unusable. Token usage is summed over all asks."""
-        messages = await asyncio.to_thread(self._messages, request)  # JPEG encoding off the event loop
+        messages = self._prepared.pop(request, None)
+        if messages is None:
+            messages = await asyncio.to_thread(self._messages, request)  # JPEG encoding off the event loop
         in_total = out_total = 0
         error: JudgeParseError | None = None
         raw = ""
@@ -472,6 +480,12 @@ class OpenAIJudge:
         )
         exc.raw = raw  # type: ignore[attr-defined]
         raise exc
+
+    async def prepare(self, request: SegmentRequest) -> None:
+        """Encode the request's frames ahead of ``judge`` (the engine calls this before it takes one
+        of its request slots, so a slot is held only while the request is on the wire)."""
+        if request not in self._prepared:
+            self._prepared[request] = await asyncio.to_thread(self._messages, request)
 
     async def ready(self) -> bool:
         """Whether GET /models answers (the server is up and the key is accepted)."""

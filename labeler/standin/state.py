@@ -148,9 +148,8 @@ class StandinState:
         async with self.semaphore:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            started = time.perf_counter()
             try:
-                if cfg.latency_ms:
-                    await asyncio.sleep(cfg.latency_ms / 1000)
                 if fault and fault.get("hang"):
                     self.faults_served["hang"] += 1
                     await asyncio.sleep(float(fault["hang"]))
@@ -176,6 +175,12 @@ class StandinState:
                 top = None
                 if cfg.logprobs and body.get("logprobs"):
                     top = int(body.get("top_logprobs") or 0)
-                return 200, build_completion(model, content, tokens, probs, top, prompt_tokens), {}
+                completion = build_completion(model, content, tokens, probs, top, prompt_tokens)
+                # latency_ms is the whole service time of a request in its slot, the stand-in's own
+                # work included, like a GPU server whose answer takes L: sleep for what is left.
+                left = cfg.latency_ms / 1000 - (time.perf_counter() - started)
+                if left > 0:
+                    await asyncio.sleep(left)
+                return 200, completion, {}
             finally:
                 self.in_flight -= 1
