@@ -1,4 +1,5 @@
-"""Image helpers shared by the judges and the HTTP service: composites, JPEG encoding, safe decoding.
+"""Image helpers shared by the judges and the HTTP service: composites, JPEG encoding (with a
+thread-safe cache of data URIs), safe decoding.
 
 Pillow is imported inside the functions so ``import labeler.images`` stays cheap.
 """
@@ -7,11 +8,16 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "GAP_VALUE",
+    "JpegUriCache",
     "data_uri_bytes",
     "decode_image",
     "encode_jpeg",
@@ -64,6 +70,53 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
 def jpeg_data_uri(image: np.ndarray, quality: int = 90) -> str:
     """``data:image/jpeg;base64,...`` for an OpenAI-style ``image_url`` part."""
     return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image, quality)).decode("ascii")
+
+
+class JpegUriCache:
+    """JPEG data URIs of recently encoded frames, so that a frame sent twice is encoded once (the
+    engine sends the two orders of a segment, "ab" and "ba", at once, built from the very same
+    frame arrays).
+
+    Keyed by the frame's memory (data address, shape, strides) and the quality, not its content:
+    hashing the pixels would cost about as much as encoding them. An entry holds the frame itself,
+    so that memory cannot be freed and reused by another frame while the entry lives; callers must
+    not modify a frame in place after asking for it (SegmentRequest is frozen, the engine only
+    slices). The ``size`` most recently used entries are kept. A second thread asking for a frame
+    being encoded waits for that encoding instead of repeating it; a failed encoding is raised to
+    every waiter and not cached.
+    """
+
+    def __init__(self, size: int = 128) -> None:
+        if size < 1:
+            raise ValueError(f"JpegUriCache size must be >= 1, got {size}")
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[Any, ...], tuple[np.ndarray, Future[str]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def data_uri(self, image: np.ndarray, quality: int = 90) -> str:
+        """``jpeg_data_uri(image, quality)``, encoded only if this frame is not cached yet."""
+        key = (image.__array_interface__["data"][0], image.shape, image.strides, quality)
+        with self._lock:
+            entry = self._entries.get(key)
+            owner = entry is None
+            if entry is None:
+                entry = self._entries[key] = (image, Future())
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.move_to_end(key)
+        future = entry[1]
+        if owner:
+            try:
+                future.set_result(jpeg_data_uri(image, quality))
+            except BaseException as exc:
+                future.set_exception(exc)
+                with self._lock:
+                    self._entries.pop(key, None)
+        return future.result()
 
 
 def data_uri_bytes(uri: str) -> bytes:
