@@ -1,13 +1,19 @@
-"""Shared fixtures: small real videos written in code. Module-specific fixtures live beside their tests."""
+"""Shared fixtures: small real videos written in code, and the stand-in OpenAI-compatible server.
+Module-specific fixtures live beside their tests."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from labeler.standin import StandinServer
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -40,3 +46,34 @@ def make_video(tmp_path: Path) -> Callable[..., Path]:
         return write_video(tmp_path / name, frames, fps, crf=10)
 
     return _make
+
+
+#: The stand-in settings every test starts from (``standin`` restores them): deterministic
+#: "hash" answers with logprobs, no latency, no auth, every model and parameter accepted, and a
+#: short Batch API delay so batch tests finish quickly.
+STANDIN_DEFAULTS: dict[str, Any] = {
+    "policy": "hash", "latency_ms": 0, "max_concurrency": 64, "logprobs": True, "supports_logprobs": True,
+    "supports_response_format": True, "api_key": None, "models": [], "batch_delay_s": 0.02,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def standin_server() -> Iterator[StandinServer]:
+    """One stand-in server on loopback per test module (starting one per test would be slow)."""
+    from labeler.standin import StandinServer
+
+    with StandinServer() as server:
+        yield server
+
+
+@pytest.fixture
+def standin(standin_server: StandinServer) -> StandinServer:
+    """The module's stand-in server, with counters, faults and rules cleared and STANDIN_DEFAULTS set."""
+    # A request an earlier test abandoned (a hang past the client's timeout) must finish before the
+    # counters are reset, or its late answer would be counted in this test.
+    for _ in range(500):
+        if standin_server.stats()["in_flight"] == 0:
+            break
+        time.sleep(0.01)
+    standin_server.control(reset=True, **STANDIN_DEFAULTS)
+    return standin_server

@@ -16,7 +16,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from labeler.judges import build_judge
-from labeler.judges.hf_local import LABEL_PREFIX, HFJudge, resolve_label_tokens
+from labeler.judges.hf_helpers import LABEL_PREFIX, json_string_body, resolve_label_tokens
+from labeler.judges.hf_local import HFJudge
 from labeler.parsing import parse_answer
 from labeler.prompts import load_prompt
 from labeler.schemas import FatalJudgeError, Judge, JudgeError, Judgment, SegmentRequest
@@ -420,6 +421,4 @@ def test_engine_labels_a_pair_with_the_hf_judge(tiny_dir: Path, make_video, tmp_
     ],
 )
 def test_rationale_string_body(generated: str, body: str) -> None:
-    from labeler.judges.hf_local import _string_body
-
-    assert _string_body(generated) == body
+    assert json_string_body(generated) == body

@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import threading
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import labeler.images
 from labeler.images import (
     GAP_VALUE,
+    JpegUriCache,
     data_uri_bytes,
     decode_image,
     encode_jpeg,
@@ -141,3 +144,114 @@ def test_decode_image_refuses_decompression_bomb_header():
     with pytest.raises(ValueError, match="exceeds the limit of 1000000 pixels"):
         decode_image(moderate, max_pixels=1_000_000)
     assert image_size(moderate) == (9_000, 9_000)  # the header alone is cheap to read
+
+
+@pytest.fixture
+def encodes(monkeypatch) -> list[tuple[int, int]]:
+    """Every real JPEG encoding JpegUriCache asks for, as (id of the array, quality)."""
+    calls: list[tuple[int, int]] = []
+    real = labeler.images.jpeg_data_uri
+
+    def counting(image: np.ndarray, quality: int = 90) -> str:
+        calls.append((id(image), quality))
+        return real(image, quality)
+
+    monkeypatch.setattr(labeler.images, "jpeg_data_uri", counting)
+    return calls
+
+
+def test_jpeg_uri_cache_encodes_each_frame_once_per_quality(encodes):
+    cache = JpegUriCache()
+    frame = _rgb(16, 24, seed=1)
+    uri = cache.data_uri(frame, 80)
+    assert uri == jpeg_data_uri(frame, 80)
+    assert cache.data_uri(frame, 80) == uri and len(encodes) == 1
+    assert cache.data_uri(frame, 60) != uri and len(encodes) == 2  # the quality is part of the key
+    # Keyed by memory, not content: an equal copy elsewhere and a view of the same memory with
+    # another shape are other frames.
+    assert cache.data_uri(frame.copy(), 80) == uri and len(encodes) == 3
+    assert cache.data_uri(frame[:8], 80) == jpeg_data_uri(frame[:8], 80) and len(encodes) == 4
+
+
+def test_jpeg_uri_cache_evicts_the_least_recently_used(encodes):
+    cache = JpegUriCache(size=2)
+    a, b, c = (_rgb(8, 8, seed=s) for s in range(3))
+    cache.data_uri(a)
+    cache.data_uri(b)
+    cache.data_uri(a)  # a hit: a becomes the most recently used
+    cache.data_uri(c)  # evicts b
+    assert len(cache) == 2 and len(encodes) == 3
+    cache.data_uri(a)
+    assert len(encodes) == 3
+    cache.data_uri(b)
+    assert len(encodes) == 4 and encodes[-1][0] == id(b)
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        JpegUriCache(size=0)
+
+
+def test_jpeg_uri_cache_does_not_keep_failed_encodings(monkeypatch):
+    cache = JpegUriCache()
+    frame = _rgb(8, 8)
+    failures = [RuntimeError("disk full")]
+    real = labeler.images.jpeg_data_uri
+
+    def flaky(image: np.ndarray, quality: int = 90) -> str:
+        if failures:
+            raise failures.pop()
+        return real(image, quality)
+
+    monkeypatch.setattr(labeler.images, "jpeg_data_uri", flaky)
+    with pytest.raises(RuntimeError, match="disk full"):
+        cache.data_uri(frame)
+    assert len(cache) == 0
+    assert cache.data_uri(frame) == real(frame)
+    with pytest.raises(ValueError, match="JPEG quality"):
+        cache.data_uri(frame, quality=0)
+
+
+class _WatchedLock:
+    """The cache's lock, reporting when a given number of critical sections have finished."""
+
+    def __init__(self, after: int) -> None:
+        self._lock = threading.Lock()
+        self._left = after
+        self.passed = threading.Event()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self.passed.set()
+        self._lock.release()
+
+
+def test_jpeg_uri_cache_second_thread_waits_for_the_first_encoding(monkeypatch):
+    cache = JpegUriCache()
+    frame = _rgb(16, 16)
+    started, release = threading.Event(), threading.Event()
+    calls = []
+    real = labeler.images.jpeg_data_uri
+
+    def slow(image: np.ndarray, quality: int = 90) -> str:
+        calls.append(id(image))
+        started.set()
+        release.wait(10)  # held until the second thread has looked the frame up
+        return real(image, quality)
+
+    monkeypatch.setattr(labeler.images, "jpeg_data_uri", slow)
+    # Both threads' lookups (one critical section each) must be done before the encoding ends,
+    # so the second thread finds the frame in flight rather than finished.
+    cache._lock = watched = _WatchedLock(after=2)  # type: ignore[assignment]
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.data_uri(frame))) for _ in range(2)]
+    threads[0].start()
+    assert started.wait(10)
+    threads[1].start()
+    assert watched.passed.wait(10)
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert calls == [id(frame)]
+    assert results == [real(frame)] * 2

@@ -3,42 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import socket
 import time
 
+import httpx
+import openai
 import pytest
 
 from labeler.judges.openai_api import OpenAIJudge
+from labeler.judges.openai_errors import retry_after, status_error
 from labeler.parsing import ANSWER_JSON_SCHEMA
 from labeler.pricing import chat_input_tokens
 from labeler.schemas import FatalJudgeError, Judge, JudgeParseError, SegmentRequest, TransientJudgeError
-from labeler.standin import StandinServer, canonical_hash
+from labeler.standin import canonical_hash
 from labeler.standin.behaviour import GARBAGE, answer_tokens, decide
 from tests.conftest import textured_frames
-
-DEFAULTS = {
-    "policy": "hash", "latency_ms": 0, "max_concurrency": 64, "logprobs": True, "supports_logprobs": True,
-    "supports_response_format": True, "api_key": None, "models": [],
-}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server():
-    with StandinServer() as s:
-        yield s
-
-
-@pytest.fixture
-def standin(server):
-    # A request an earlier test abandoned (a hang past the client's timeout) must finish before the
-    # counters are reset, or its late answer would be counted in this test.
-    for _ in range(500):
-        if server.stats()["in_flight"] == 0:
-            break
-        time.sleep(0.01)
-    server.control(reset=True, **DEFAULTS)
-    return server
 
 
 @pytest.fixture
@@ -334,3 +315,35 @@ def test_invalid_settings_are_refused():
         OpenAIJudge("m", detail="ultra")
     with pytest.raises(ValueError, match="unknown prompt"):
         OpenAIJudge("m", prompt="nope")
+
+
+def test_retry_after_reads_milliseconds_seconds_and_http_dates():
+    assert retry_after(None) is None and retry_after(httpx.Headers()) is None
+    assert retry_after(httpx.Headers({"retry-after-ms": "1500", "retry-after": "9"})) == 1.5
+    assert retry_after(httpx.Headers({"retry-after-ms": "soon", "retry-after": "9"})) == 9.0
+    assert retry_after(httpx.Headers({"retry-after": "-3"})) == 0.0
+    assert retry_after(httpx.Headers({"retry-after": "whenever"})) is None
+    future = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    assert 3000 < retry_after(httpx.Headers({"retry-after": future})) <= 3600
+    past = email.utils.formatdate(time.time() - 3600, usegmt=True)
+    assert retry_after(httpx.Headers({"retry-after": past})) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "text"),
+    [
+        (408, TransientJudgeError, "server error (408): slow"),
+        (409, TransientJudgeError, "server error (409): slow"),
+        (403, FatalJudgeError, "m at u: HTTP 403 (check the API key): slow"),
+        (422, FatalJudgeError, "m at u: HTTP 422: slow"),
+    ],
+)
+def test_status_errors_map_to_transient_or_fatal(status, kind, text):
+    response = httpx.Response(
+        status, headers={"retry-after": "2"}, request=httpx.Request("POST", "http://u/v1/chat/completions")
+    )
+    exc = openai.APIStatusError("fallback", response=response, body={"error": {"message": "slow"}})
+    error = status_error(exc, "m at u")
+    assert type(error) is kind and str(error) == text
+    if kind is TransientJudgeError:
+        assert (error.status, error.retry_after) == (status, 2.0)

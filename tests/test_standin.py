@@ -17,29 +17,6 @@ from labeler.standin import StandinServer, canonical_hash, image_digest, start_s
 from labeler.standin.behaviour import GARBAGE, decide, sharpness_scores
 from tests.conftest import textured_frames
 
-DEFAULTS = {
-    "policy": "hash", "latency_ms": 0, "max_concurrency": 64, "logprobs": True, "supports_logprobs": True,
-    "supports_response_format": True, "api_key": None, "models": [], "batch_delay_s": 0.02,
-}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server():
-    with StandinServer() as s:
-        yield s
-
-
-@pytest.fixture
-def standin(server):
-    # A request an earlier test abandoned (a hang past the client's timeout) must finish before the
-    # counters are reset, or its late answer would be counted in this test.
-    for _ in range(500):
-        if server.stats()["in_flight"] == 0:
-            break
-        time.sleep(0.01)
-    server.control(reset=True, **DEFAULTS)
-    return server
-
 
 def _body(text: str = "hello", **extra) -> dict:
     return {"model": "standin-vlm", "messages": [{"role": "user", "content": text}], **extra}

@@ -21,131 +21,34 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import json
 import logging
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from labeler.judges.hf_helpers import (
+    AFTER_RATIONALE,
+    LABEL_PREFIX,
+    LABELS,
+    RATIONALE_PREFIX,
+    checkpoint_identity,
+    is_local_path,
+    json_string_body,
+    json_unescape,
+    resolve_label_tokens,
+)
 from labeler.prompts import load_prompt
 from labeler.schemas import FatalJudgeError, JudgeError, Judgment, SegmentRequest
 
-__all__ = ["LABEL_PREFIX", "RATIONALE_PREFIX", "HFJudge", "LabelTokens", "resolve_label_tokens"]
+__all__ = ["HFJudge"]
 
 log = logging.getLogger(__name__)
 
-LABELS = ("A", "B", "tie")
-#: The answer start written for the model when it gives no rationale: the next token is the label.
-LABEL_PREFIX = '{"label": "'
-#: The answer start when the model writes a rationale first (the prompt's own key order).
-RATIONALE_PREFIX = '{"rationale": "'
-_AFTER_RATIONALE = '", "label": "'
 _INSTALL_HINT = "the hf judge needs torch and transformers: pip install -e '.[hf]'"
-# Files up to this size are content-hashed for the fingerprint; bigger ones (weight shards) are
-# identified by size and mtime, since hashing gigabytes at every start would be too slow.
-_HASH_LIMIT = 64 * 1024 * 1024
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class LabelTokens:
-    """Where to score and which token stands for each label.
-
-    ``text`` is the prompt to run (possibly a few characters shorter than asked, see
-    ``resolve_label_tokens``); ``ids`` are the token ids of "A", "B", "tie" at the next position;
-    ``last_id`` is the token ``text`` ends with (to check the processor tokenized it the same way).
-    """
-
-    text: str
-    ids: tuple[int, int, int]
-    last_id: int
-
-
-def resolve_label_tokens(tokenizer: Any, text: str, *, max_backoff: int = 4) -> LabelTokens:
-    """Find the next-token ids that spell each label right after ``text``.
-
-    ``text`` ends where the label value starts (after its opening quote). Usually tokenizing
-    ``text + label`` just appends the label's first token. Some tokenizers merge the label with
-    the characters before it (``"A`` as one token); then ``text`` is cut back a character at a
-    time (at most ``max_backoff``) until every label's tokenization extends the cut text's
-    tokenization by a token that differs between the labels, and those tokens are scored at the
-    cut. Multi-token labels ("tie" as "t"+"ie") are scored by their first token.
-    """
-
-    def encode(s: str) -> list[int]:
-        return list(tokenizer(s, add_special_tokens=False)["input_ids"])
-
-    tried: list[str] = []
-    for back in range(0, max_backoff + 1):
-        cut = len(text) - back
-        if cut <= 0:
-            break
-        base = encode(text[:cut])
-        firsts: list[int] = []
-        for label in LABELS:
-            ids = encode(text + label)
-            if len(ids) <= len(base) or ids[: len(base)] != base:
-                break
-            firsts.append(ids[len(base)])
-        else:
-            if len(set(firsts)) == len(LABELS):
-                return LabelTokens(text[:cut], (firsts[0], firsts[1], firsts[2]), base[-1])
-        tried.append(repr(text[max(0, cut - 12) : cut]))
-    raise FatalJudgeError(
-        "the tokenizer gives the labels A, B, tie no distinct single next token after the answer prefix "
-        f"(tried text ending in {', '.join(tried)}); this model cannot be scored from logits"
-    )
-
-
-def _is_local_path(model: str) -> bool:
-    """A path (rather than a hub id like ``org/name``): it exists, or it can only be a path."""
-    if Path(model).expanduser().exists():
-        return True
-    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
-
-
-def _dir_identity(directory: Path) -> str:
-    """A hash of a checkpoint folder's files: contents of small files (config, tokenizer, chat
-    template, small weights), size + mtime of big ones. Any change to the weights or to what the
-    processor does changes it, so the cache never serves answers of a different model."""
-    h = hashlib.sha256()
-    for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or path.suffix == ".md" or not path.is_file():
-            continue
-        stat = path.stat()
-        h.update(f"{path.name}\0{stat.st_size}\0".encode())
-        if stat.st_size <= _HASH_LIMIT:
-            with path.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    h.update(block)
-        else:
-            h.update(str(stat.st_mtime_ns).encode())
-    return h.hexdigest()[:16]
-
-
-def _json_unescape(fragment: str) -> str:
-    """The text of a JSON string body the model wrote (``\\n`` -> newline), verbatim if invalid."""
-    try:
-        value = json.loads(f'"{fragment}"')
-    except json.JSONDecodeError:
-        return fragment
-    return value if isinstance(value, str) else fragment
-
-
-def _string_body(generated: str) -> str:
-    """The generated text up to the first unescaped double quote (the end of the JSON string)."""
-    escaped = False
-    for i, ch in enumerate(generated):
-        if ch == '"' and not escaped:
-            return generated[:i]
-        escaped = ch == "\\" and not escaped
-    # Cut short (token limit, or a stop on an escaped quote): drop a dangling escape character,
-    # or it would escape the quote the judge appends to close the string.
-    return generated[:-1] if escaped else generated
 
 
 class HFJudge:
@@ -175,7 +78,7 @@ class HFJudge:
         model = str(model)
         if not model.strip():
             raise FatalJudgeError("the hf judge needs a model: a checkpoint folder or a hub id")
-        if _is_local_path(model) and not Path(model).expanduser().is_dir():
+        if is_local_path(model) and not Path(model).expanduser().is_dir():
             raise FatalJudgeError(f"hf judge model path {model!r} does not exist or is not a folder")
         if layout not in ("separate", "side-by-side"):
             raise ValueError(f"layout must be 'separate' or 'side-by-side', got {layout!r}")
@@ -205,14 +108,14 @@ class HFJudge:
     def _weights_identity(self) -> str | None:
         path = Path(self.model).expanduser()
         if path.is_dir():
-            return _dir_identity(path)
+            return checkpoint_identity(path)
         try:  # a hub id: identify the snapshot already in the local hub cache, without network
             from huggingface_hub import try_to_load_from_cache
 
             cached = try_to_load_from_cache(self.model, "config.json")
         except Exception:
             cached = None
-        return _dir_identity(Path(cached).parent) if isinstance(cached, str) else None
+        return checkpoint_identity(Path(cached).parent) if isinstance(cached, str) else None
 
     def fingerprint(self) -> dict[str, Any]:
         """Model + weights identity + everything that changes the answer (enters the cache key).
@@ -269,9 +172,9 @@ class HFJudge:
             from transformers import AutoModelForImageTextToText, AutoProcessor
         except ImportError as exc:
             raise FatalJudgeError(f"{_INSTALL_HINT} ({exc})") from exc
-        if _is_local_path(self.model) and not Path(self.model).expanduser().is_dir():
+        if is_local_path(self.model) and not Path(self.model).expanduser().is_dir():
             raise FatalJudgeError(f"hf judge model path {self.model!r} does not exist or is not a folder")
-        source = str(Path(self.model).expanduser()) if _is_local_path(self.model) else self.model
+        source = str(Path(self.model).expanduser()) if is_local_path(self.model) else self.model
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -434,7 +337,7 @@ class HFJudge:
             )
         new_tokens = out[0, n_prompt:]
         text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return _string_body(text), n_prompt, int(new_tokens.shape[0])
+        return json_string_body(text), n_prompt, int(new_tokens.shape[0])
 
     def _judge_locked(self, request: SegmentRequest) -> Judgment:
         import torch
@@ -444,7 +347,7 @@ class HFJudge:
         rationale_body, n_prompt, n_generated = "", 0, 0
         if self.rationale_tokens > 0:
             rationale_body, n_prompt, n_generated = self._generate_rationale(prompt_text, images)
-            scoring_text = prompt_text + RATIONALE_PREFIX + rationale_body + _AFTER_RATIONALE
+            scoring_text = prompt_text + RATIONALE_PREFIX + rationale_body + AFTER_RATIONALE
         else:
             scoring_text = prompt_text + LABEL_PREFIX
         labels = resolve_label_tokens(self._processor.tokenizer, scoring_text)
@@ -462,7 +365,7 @@ class HFJudge:
         label_logits = logits[list(labels.ids)].double()
         probs = torch.softmax(label_logits, dim=0).tolist()
         label = LABELS[int(torch.argmax(label_logits))]
-        rationale = _json_unescape(rationale_body)
+        rationale = json_unescape(rationale_body)
         raw = (
             json.dumps({"rationale": rationale, "label": label})
             if self.rationale_tokens > 0

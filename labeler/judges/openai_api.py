@@ -18,20 +18,16 @@ instead of "logprobs") and per run (``fallbacks``, for the labeler info of the o
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import os
 import re
-import threading
-import time
 import weakref
-from collections import OrderedDict
-from concurrent.futures import Future
 from typing import Any
 from urllib.parse import urlparse
 
-from labeler.images import jpeg_data_uri
+from labeler.images import JpegUriCache
+from labeler.judges.openai_errors import server_message, status_error
 from labeler.parsing import ANSWER_JSON_SCHEMA, label_probabilities_from_logprobs, parse_answer
 from labeler.pricing import chat_input_tokens, estimate_cost
 from labeler.prompts import LAYOUTS, load_prompt
@@ -52,80 +48,10 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: A typical answer: one or two sentences of rationale plus the label, in tokens.
 EXPECTED_ANSWER_TOKENS = 60
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
-_TRANSIENT_STATUS = {408, 409, 429}
 
 
 def _is_reasoning_model(model: str) -> bool:
     return bool(_REASONING_MODEL.match(model.lower().rsplit("/", 1)[-1]))
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or HTTP date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-
-
-def _server_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(exc, "message", None) or exc)
-
-
-class _JpegMemo:
-    """Data URIs of recently encoded frames, so that the two orders of a segment (the engine sends "ab"
-    and "ba" at once, built from the very same frame arrays) encode each frame once, not twice.
-
-    Keyed by the frame's memory (data address, shape, strides) and the quality. An entry holds the
-    frame itself, so that memory cannot be freed and reused by another frame while the entry lives;
-    frames are never modified in place (SegmentRequest is frozen, the engine only slices). A second
-    thread asking for a frame being encoded waits for that encoding instead of repeating it.
-    """
-
-    def __init__(self, size: int = 128) -> None:
-        self.size = size
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, Future[str]]] = OrderedDict()
-
-    def data_uri(self, image: Any, quality: int) -> str:
-        key = (image.__array_interface__["data"][0], image.shape, image.strides, quality)
-        with self._lock:
-            entry = self._entries.get(key)
-            owner = entry is None
-            if entry is None:
-                entry = self._entries[key] = (image, Future())
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
-            else:
-                self._entries.move_to_end(key)
-        future = entry[1]
-        if owner:
-            try:
-                future.set_result(jpeg_data_uri(image, quality))
-            except BaseException as exc:
-                future.set_exception(exc)
-                with self._lock:
-                    self._entries.pop(key, None)
-        return future.result()
 
 
 class OpenAIJudge:
@@ -188,7 +114,7 @@ class OpenAIJudge:
         self.fallbacks: dict[str, str] = {}
         self._async_client: Any = None
         self._client_loop: Any = None
-        self._jpeg = _JpegMemo()
+        self._jpeg = JpegUriCache()
         # Messages built by prepare(), until judge() takes them; weak, so a request dropped between
         # the two (a cancelled pair, a spent budget) takes its encoded frames with it.
         self._prepared: weakref.WeakKeyDictionary[SegmentRequest, list[dict[str, Any]]] = (
@@ -415,37 +341,14 @@ class OpenAIJudge:
                     )
                 return response
             except openai.BadRequestError as exc:
-                message = _server_message(exc)
+                message = server_message(exc)
                 if self._apply_fallback(message):
                     continue
                 raise FatalJudgeError(
                     f"{self.model} at {self.base_url} rejected the request (400): {message}"
                 ) from exc
-            except openai.RateLimitError as exc:
-                raise TransientJudgeError(
-                    f"rate limited (429): {_server_message(exc)}",
-                    retry_after=_retry_after(exc.response.headers),
-                    status=429,
-                ) from exc
-            except openai.APIStatusError as exc:
-                status = exc.status_code
-                message = _server_message(exc)
-                if status >= 500 or status in _TRANSIENT_STATUS:
-                    raise TransientJudgeError(
-                        f"server error ({status}): {message}",
-                        retry_after=_retry_after(exc.response.headers),
-                        status=status,
-                    ) from exc
-                hint = (
-                    " (check the API key)"
-                    if status in (401, 403)
-                    else " (check the model name)"
-                    if status == 404
-                    else ""
-                )
-                raise FatalJudgeError(
-                    f"{self.model} at {self.base_url}: HTTP {status}{hint}: {message}"
-                ) from exc
+            except openai.APIStatusError as exc:  # RateLimitError (429) included
+                raise status_error(exc, f"{self.model} at {self.base_url}") from exc
             except openai.APITimeoutError as exc:
                 raise TransientJudgeError(f"no answer from {self.base_url} within {self.timeout} s") from exc
             except openai.APIConnectionError as exc:
