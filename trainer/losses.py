@@ -50,6 +50,27 @@ def _masked_mean(terms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return kept.sum() / mask.sum().clamp(min=1)
 
 
+def _differences(
+    model_err_a: torch.Tensor,
+    model_err_b: torch.Tensor,
+    ref_err_a: torch.Tensor,
+    ref_err_b: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ndim: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked inputs -> (d_a, d_b, labels as floats), d_X = policy error - reference error."""
+    errs = {
+        "model_err_a": model_err_a,
+        "model_err_b": model_err_b,
+        "ref_err_a": ref_err_a,
+        "ref_err_b": ref_err_b,
+    }
+    _check_shapes({**errs, "labels": labels}, ndim)
+    _check_labels(labels)
+    return model_err_a - ref_err_a, model_err_b - ref_err_b, labels.to(model_err_a.dtype)
+
+
 def _dpo_terms(d_a: torch.Tensor, d_b: torch.Tensor, labels: torch.Tensor, beta: float) -> torch.Tensor:
     return -F.logsigmoid(-0.5 * beta * labels * (d_a - d_b))
 
@@ -70,16 +91,7 @@ def dense_dpo_loss(
     latent frame lies in; negative = in no single segment). Within a pair all labeled frames of a
     segment must carry the same label.
     """
-    errs = {
-        "model_err_a": model_err_a,
-        "model_err_b": model_err_b,
-        "ref_err_a": ref_err_a,
-        "ref_err_b": ref_err_b,
-    }
-    _check_shapes({**errs, "labels": labels}, 2)
-    _check_labels(labels)
-    labels = labels.to(model_err_a.dtype)
-    d_a, d_b = model_err_a - ref_err_a, model_err_b - ref_err_b
+    d_a, d_b, labels = _differences(model_err_a, model_err_b, ref_err_a, ref_err_b, labels, ndim=2)
     if reduction == "frame":
         return _masked_mean(_dpo_terms(d_a, d_b, labels, beta), labels != 0)
     if reduction != "segment":
@@ -130,16 +142,8 @@ def vanilla_dpo_loss(
 ) -> torch.Tensor:
     """Video-level DPO over ``[batch]`` errors (already averaged over all latent frames) and video
     labels in {+1, -1, 0}; tie pairs contribute nothing."""
-    errs = {
-        "model_err_a": model_err_a,
-        "model_err_b": model_err_b,
-        "ref_err_a": ref_err_a,
-        "ref_err_b": ref_err_b,
-    }
-    _check_shapes({**errs, "labels": labels}, 1)
-    _check_labels(labels)
-    labels = labels.to(model_err_a.dtype)
-    terms = _dpo_terms(model_err_a - ref_err_a, model_err_b - ref_err_b, labels, beta)
+    d_a, d_b, labels = _differences(model_err_a, model_err_b, ref_err_a, ref_err_b, labels, ndim=1)
+    terms = _dpo_terms(d_a, d_b, labels, beta)
     return _masked_mean(terms, labels != 0)
 
 
