@@ -294,9 +294,10 @@ class Engine:
         n_segments: int,
         fps: float | None,
         tally: dict[str, int],
+        hits: dict[str, Judgment],
     ) -> list[tuple[str, Judgment]]:
         async def one(order: str) -> tuple[str, Judgment]:
-            cached = self.cache.get(seg.keys[order])
+            cached = hits.get(seg.keys[order])
             if cached is not None:
                 tally["cache_hits"] += 1
                 self.stats.cache_hits += 1
@@ -315,6 +316,12 @@ class Engine:
         if errors:
             raise errors[0]
         return list(results)  # type: ignore[arg-type]
+
+    def cached_judgments(self, plans: list[SegmentPlan]) -> dict[str, Judgment]:
+        """The cached judgments of these segments, each key read once: what is found here is what
+        the record uses, and only the segments with a miss get decoded."""
+        found = {key: self.cache.get(key) for seg in plans for key in seg.keys.values()}
+        return {key: judgment for key, judgment in found.items() if judgment is not None}
 
     async def decode_segments(self, plan: PairPlan, missing: list[SegmentPlan]) -> dict[int, tuple]:
         """Frames (A, B, reference or None) of the given segments, reading each video once."""
@@ -341,13 +348,12 @@ class Engine:
     async def label_pair(self, entry: ManifestEntry) -> DensePreferenceRecord:
         """Label one manifest pair (paths already resolved). Raises VideoError or JudgeError."""
         plan = await asyncio.to_thread(self.plan_pair, entry)
-        missing = [s for s in plan.segments if any(k not in self.cache for k in s.keys.values())]
+        hits = self.cached_judgments(plan.segments)
+        missing = [s for s in plan.segments if any(k not in hits for k in s.keys.values())]
         decoded = await self.decode_segments(plan, missing) if missing else {}
 
         def frames_of(seg: SegmentPlan) -> Callable[[], Awaitable[tuple]]:
             async def get() -> tuple:
-                if seg.index not in decoded:  # evicted from the cache since planning: decode just this one
-                    decoded.update(await self.decode_segments(plan, [seg]))
                 return decoded[seg.index]
 
             return get
@@ -355,6 +361,7 @@ class Engine:
         return await self._label(
             plan.segments,
             frames_of,
+            hits,
             entry,
             plan.fps,
             plan.num_frames,
@@ -394,13 +401,21 @@ class Engine:
             return get
 
         return await self._label(
-            plans, frames_of, entry, round(start / duration, 4), start, frame_fps=None, seconds=None
+            plans,
+            frames_of,
+            self.cached_judgments(plans),
+            entry,
+            round(start / duration, 4),
+            start,
+            frame_fps=None,
+            seconds=None,
         )
 
     async def _label(
         self,
         plans: list[SegmentPlan],
         frames_of: Callable[[SegmentPlan], Callable[[], Awaitable[tuple]]],
+        hits: dict[str, Judgment],
         entry: ManifestEntry,
         fps: float,
         num_frames: int,
@@ -413,7 +428,7 @@ class Engine:
         tally = {"cache_hits": 0, "requests": 0, "input_tokens": 0, "output_tokens": 0}
         results = await asyncio.gather(
             *(
-                self._judge_segment(entry.prompt, s, frames_of(s), len(plans), frame_fps, tally)
+                self._judge_segment(entry.prompt, s, frames_of(s), len(plans), frame_fps, tally, hits)
                 for s in plans
             ),
             return_exceptions=True,

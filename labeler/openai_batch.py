@@ -74,13 +74,14 @@ async def write_batch_files(
             except (VideoError, ValueError) as exc:
                 log.warning("%s: skipped in the batch (%s)", entry.pair_id, exc)
                 continue
-            missing = [s for s in plan.segments if any(k not in engine.cache for k in s.keys.values())]
+            hits = engine.cached_judgments(plan.segments)
+            missing = [s for s in plan.segments if any(k not in hits for k in s.keys.values())]
             if not missing:
                 continue
             frames = await engine.decode_segments(plan, missing)
             for seg in missing:
                 for order, key in seg.keys.items():
-                    if key in engine.cache or key in seen:
+                    if key in hits or key in seen:
                         continue
                     seen.add(key)
                     request = engine.segment_request(
