@@ -105,23 +105,16 @@ def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _run_demo(args: argparse.Namespace, engine: Engine, workers: int) -> int:
+def _report_demo(out: Path, ground_truth: Path, report_dir: Path) -> None:
+    """Score the demo's labels against its injected ground truth and print the headline."""
     from labeler.agreement import compute_agreement, headline, write_report
-    from labeler.demo import build_demo
     from labeler.schemas import read_records
 
-    demo = build_demo(args.demo)
-    out = args.out or Path(args.demo) / "labels.jsonl"
-    print(f"demo set   {demo.pairs} pairs, {demo.segments} segments -> {demo.manifest}", file=sys.stderr)
-    result = asyncio.run(_label(demo.manifest, out, engine, workers, args.quiet))
-    print(format_summary(result, engine, out))
-    report_dir = Path(args.demo) / "agreement"
-    agreement = compute_agreement(read_records(out), [read_records(demo.ground_truth)])
+    agreement = compute_agreement(read_records(out), [read_records(ground_truth)])
     paths = write_report(agreement, report_dir)
     print("\nagreement with the demo's injected ground truth:")
     print(headline(agreement))
     print(f"report  -> {paths.get('report', report_dir)}")
-    return EXIT_OK if result.complete else (EXIT_STOPPED if result.stopped else EXIT_FAILED_PAIRS)
 
 
 async def _label(
@@ -158,18 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, JudgeError) as exc:  # bad options, unknown prompt, missing model...
         parser.error(str(exc))
     workers = args.workers or max(4, engine.config.concurrency // 2)
+    manifest, out, demo = args.manifest, args.out, None
+    if args.demo is not None:
+        from labeler.demo import build_demo
+
+        demo = build_demo(args.demo)
+        manifest, out = demo.manifest, args.out or Path(args.demo) / "labels.jsonl"
+        print(f"demo set   {demo.pairs} pairs, {demo.segments} segments -> {demo.manifest}", file=sys.stderr)
     if args.dry_run:
         from labeler.dryrun import dry_run
 
-        print(dry_run(args.manifest or build_demo_manifest(args.demo), engine))
+        print(dry_run(manifest, engine))
         return EXIT_OK
-    if args.demo is not None:
-        return _run_demo(args, engine, workers)
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
-        result = asyncio.run(
-            _label(args.manifest, args.out, engine, workers, args.quiet, openai_batch_poll=poll)
-        )
+        result = asyncio.run(_label(manifest, out, engine, workers, args.quiet, openai_batch_poll=poll))
     except KeyboardInterrupt:
         print(
             "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr
@@ -178,16 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # e.g. a corrupt existing output file
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(format_summary(result, engine, args.out))
+    print(format_summary(result, engine, out))
+    if demo is not None:
+        _report_demo(out, demo.ground_truth, Path(args.demo) / "agreement")
     if result.stopped:
         return EXIT_STOPPED
     return EXIT_FAILED_PAIRS if result.failed else EXIT_OK
-
-
-def build_demo_manifest(directory: Path) -> Path:
-    from labeler.demo import build_demo
-
-    return build_demo(directory).manifest
 
 
 if __name__ == "__main__":
