@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler import video
 from labeler.engine import Engine
 from labeler.schemas import JudgeEstimate, ManifestLineError, SegmentRequest, iter_manifest
 
@@ -37,7 +36,7 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
             continue
         try:
             plan = engine.plan_pair(entry)
-            info = video.probe(entry.video_a)
+            info, _ = engine.video_meta(entry.video_a)  # remembered by plan_pair: no second probe
         except Exception as exc:  # the real run would write an error record for this pair
             totals["bad_pairs"] += 1
             problems.append(f"{entry.pair_id}: {exc}")

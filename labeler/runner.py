@@ -34,10 +34,6 @@ class BatchResult:
     errors_file: Path | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)  # (pair_id, "Type: message")
 
-    @property
-    def complete(self) -> bool:
-        return self.stopped is None and self.failed == 0
-
 
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
