@@ -176,7 +176,7 @@ def video_manifest(manifest: str | Path | None, work_dir: Path) -> Path:
         if not path.is_file():
             raise BenchmarkError(f"manifest {path} does not exist")
         return path
-    from labeler.demo import build_demo
+    from labeler.demo.build import build_demo
 
     return build_demo(work_dir / "demo").manifest
 

@@ -3,9 +3,9 @@
 The engine builds the real requests for a demo segment (``engine.plan_pair`` -> ``decode_segments`` ->
 ``segment_request`` in both orders) and the ``openai`` judge turns them into the exact chat bodies it
 would send (``build_body``: JPEG data URIs, prompt text, sampling parameters). Images and input
-tokens are counted from those bodies with ``labeler.pricing.chat_input_tokens`` (OpenAI's published
+tokens are counted from those bodies with ``labeler.judges.pricing.chat_input_tokens`` (OpenAI's published
 image-token rules, per model; the stand-in server bills the same way); output tokens are the judge's
-own estimate of an answer. Prices come from ``labeler.pricing`` — a small dated table to edit when
+own estimate of an answer. Prices come from ``labeler.judges.pricing`` — a small dated table to edit when
 prices change — with its Batch API discount.
 
 Two frame geometries: the demo clips as they are (320x180), and a Wan 480p clip (832x480, the
@@ -106,7 +106,7 @@ def sample_requests(manifest: Path) -> dict[str, dict[str, list[Any]]]:
 
 def measure(requests: list[Any], model: str, layout: str, detail: str) -> dict[str, Any]:
     """Images, input and output tokens and USD of a list of requests (one segment pair: both orders)."""
-    from labeler.pricing import chat_input_tokens, estimate_cost
+    from labeler.judges.pricing import chat_input_tokens, estimate_cost
 
     judge = _judge(model, layout, detail)
     images = input_tokens = output_tokens = 0
@@ -140,7 +140,7 @@ def measure(requests: list[Any], model: str, layout: str, detail: str) -> dict[s
 
 def run(*, quick: bool = False, manifest: Path | None = None, work: Path | None = None) -> dict[str, Any]:
     """Every (geometry, model, layout, detail): per segment pair, then the 10k-pairs scenario."""
-    from labeler.pricing import BATCH_DISCOUNT, PRICES, PRICES_AS_OF
+    from labeler.judges.pricing import BATCH_DISCOUNT, PRICES, PRICES_AS_OF
 
     started = time.perf_counter()
     work = work or default_work_dir()

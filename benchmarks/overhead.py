@@ -72,7 +72,7 @@ def profile_parts(
     A last pass under cProfile (which slows what it watches, so it is not timed) lists the busiest
     functions of the call."""
     from labeler.judges.openai_api import OpenAIJudge
-    from labeler.prompts import load_prompt
+    from labeler.judges.prompts import load_prompt
     from labeler.schemas import read_manifest
 
     server.control(latency_ms=0, max_concurrency=64, reset=True)

@@ -107,7 +107,7 @@ def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
 
 def _report_demo(out: Path, ground_truth: Path, report_dir: Path) -> None:
     """Score the demo's labels against its injected ground truth and print the headline."""
-    from labeler.agreement import compute_agreement, headline, write_report
+    from labeler.agreement.compute import compute_agreement, headline, write_report
     from labeler.schemas import read_records
 
     agreement = compute_agreement(read_records(out), [read_records(ground_truth)])
@@ -129,7 +129,7 @@ async def _label(
     """One event loop for the whole job (the engine's semaphores and HTTP clients belong to it)."""
     try:
         if openai_batch_poll is not None:
-            from labeler.openai_batch import prefill_with_batch_api
+            from labeler.judges.openai_batch import prefill_with_batch_api
 
             await prefill_with_batch_api(manifest, out, engine, poll_seconds=openai_batch_poll)
         return await run_batch(manifest, out, engine, workers=workers, progress=not quiet)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers or max(4, engine.config.concurrency // 2)
     manifest, out, demo = args.manifest, args.out, None
     if args.demo is not None:
-        from labeler.demo import build_demo
+        from labeler.demo.build import build_demo
 
         demo = build_demo(args.demo)
         manifest, out = demo.manifest, args.out or Path(args.demo) / "labels.jsonl"

@@ -10,7 +10,7 @@ from pathlib import Path
 from labeler.cache import JudgmentCache, default_cache_dir
 from labeler.engine import Engine, EngineConfig
 from labeler.judges import JUDGE_NAMES, build_judge
-from labeler.schemas import Judge
+from labeler.judges.base import Judge
 
 
 class UsageError(ValueError):

@@ -47,7 +47,6 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
             totals["segments"] += 1
             shape = (len(seg.frame_indices), h, w)
             if shape not in estimates:
-                estimator = getattr(judge, "estimate", None)
                 blank = np.zeros((*shape, 3), np.uint8)
                 request = SegmentRequest(
                     prompt=entry.prompt,
@@ -56,7 +55,7 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
                     start_s=seg.start_s,
                     end_s=seg.end_s,
                 )
-                estimates[shape] = estimator(request) if estimator else JudgeEstimate()
+                estimates[shape] = judge.estimate(request)
             est = estimates[shape]
             for key in seg.keys.values():
                 if key in engine.cache:
@@ -69,7 +68,7 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
     lines = [f"dry run: {judge.name}" + (f" {judge.model}" if judge.model else "") + " - nothing was sent"]
     lines += [f"  {k:<14}{v}" for k, v in totals.items()]
     try:
-        from labeler.pricing import estimate_cost
+        from labeler.judges.pricing import estimate_cost
     except ImportError:
         estimate_cost = None
     if estimate_cost and judge.model:

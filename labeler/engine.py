@@ -23,9 +23,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from labeler import __version__, video
 from labeler.aggregate import combine_votes
 from labeler.cache import JudgmentCache, cache_key
+from labeler.judges.base import Judge
 from labeler.schemas import (
     DensePreferenceRecord,
-    Judge,
     Judgment,
     LabelerInfo,
     ManifestEntry,
@@ -52,7 +52,7 @@ class EngineConfig:
     backoff_max: float = 30.0
     decisive_margin: float = 0.3  # see labeler.aggregate
     max_requests: int | None = None  # budget: stop sending after this many requests
-    max_cost: float | None = None  # budget in USD, from token usage and labeler.pricing
+    max_cost: float | None = None  # budget in USD, from token usage and labeler.judges.pricing
 
 
 class BudgetExceeded(RuntimeError):
@@ -134,7 +134,6 @@ class Engine:
         self._decodes = asyncio.Semaphore(self.config.decode_workers)
         self._pause_until = 0.0  # a 429's Retry-After pauses every request, not just the one that got it
         self._fingerprint = judge.fingerprint()
-        self._uses_reference = bool(getattr(judge, "uses_reference", False))
         self._backoff = _exponential_jitter(self.config.backoff_initial, self.config.backoff_max)
 
     # ------------------------------------------------------------------ planning
@@ -175,7 +174,7 @@ class Engine:
         info_a, hash_a = self.video_meta(entry.video_a)
         info_b, hash_b = self.video_meta(entry.video_b)
         video.check_aligned(info_a, info_b, role="video_b")
-        use_ref = bool(entry.reference) and self._uses_reference
+        use_ref = bool(entry.reference) and self.judge.uses_reference
         content = {"a": hash_a, "b": hash_b}
         if use_ref:
             info_ref, content["ref"] = self.video_meta(entry.reference)
@@ -212,9 +211,9 @@ class Engine:
 
     async def _call_once(self, request: SegmentRequest) -> Judgment:
         loop = asyncio.get_running_loop()
-        prepare = getattr(self.judge, "prepare", None)
-        if prepare is not None:  # encode frames before taking a slot: slots are for requests on the wire
-            await prepare(request)
+        await self.judge.prepare(
+            request
+        )  # encode frames before taking a slot: slots are for requests on the wire
         while (delay := self._pause_until - loop.time()) > 0:
             await asyncio.sleep(delay)
         async with self._requests:
@@ -257,7 +256,7 @@ class Engine:
         self.stats.input_tokens += judgment.input_tokens
         self.stats.output_tokens += judgment.output_tokens
         try:
-            from labeler.pricing import estimate_cost
+            from labeler.judges.pricing import estimate_cost
         except ImportError:  # pricing is optional for budgets
             return
         cost = estimate_cost(
@@ -477,7 +476,5 @@ class Engine:
         )
 
     async def aclose(self) -> None:
-        closer = getattr(self.judge, "aclose", None)
-        if closer is not None:
-            await closer()
+        await self.judge.aclose()
         self.cache.close()

@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,7 +24,6 @@ __all__ = [
     "ErrorInfo",
     "ErrorRecord",
     "FatalJudgeError",
-    "Judge",
     "JudgeError",
     "JudgeEstimate",
     "JudgeParseError",
@@ -476,24 +475,6 @@ class JudgeParseError(JudgeError):
 
 class FatalJudgeError(JudgeError):
     """Retrying cannot help: bad credentials, unknown model, a request the server rejects."""
-
-
-@runtime_checkable
-class Judge(Protocol):
-    """A judge compares two aligned segments. It knows nothing of caching, swapping, retries or
-    files: the engine does those (DESIGN §2.4)."""
-
-    name: str
-    model: str | None
-    prompt_id: str | None
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Everything besides the frames that changes the answer (model, prompt id, sampling
-        parameters, image layout...). It enters the cache key, so two judges with equal
-        fingerprints must answer alike."""
-        ...
-
-    async def judge(self, request: SegmentRequest) -> Judgment: ...
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 FPS_TOLERANCE = 1e-3
+ASPECT_TOLERANCE = 0.01  # relative; 1920x1080 vs 1280x720 pass, 1080x1920 (rotated) does not
 
 
 class VideoError(Exception):
@@ -106,7 +107,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def check_aligned(a: VideoInfo, b: VideoInfo, *, role: str = "video_b") -> None:
-    """Raise VideoMismatchError unless ``b`` has the fps and frame count of ``a`` (no silent truncation)."""
+    """Raise VideoMismatchError unless ``b`` has the fps and frame count of ``a`` (no silent
+    truncation), and its size (``video_b``) or aspect ratio (``reference``)."""
     if abs(a.fps - b.fps) > FPS_TOLERANCE:
         raise VideoMismatchError(
             b.path, f"{role} has {b.fps:.4f} fps but video_a ({a.path}) has {a.fps:.4f} fps"
@@ -115,6 +117,16 @@ def check_aligned(a: VideoInfo, b: VideoInfo, *, role: str = "video_b") -> None:
         raise VideoMismatchError(
             b.path, f"{role} has {b.num_frames} frames but video_a ({a.path}) has {a.num_frames}"
         )
+    size_a, size_b = f"{a.width}x{a.height}", f"{b.width}x{b.height}"
+    if role == "reference":
+        # A reference may be stored at another resolution (it is resized like A and B), but not
+        # another shape: a rotated or cropped reference would compare different content.
+        if abs(b.width * a.height - a.width * b.height) > ASPECT_TOLERANCE * a.width * b.height:
+            raise VideoMismatchError(
+                b.path, f"{role} is {size_b}, another aspect ratio than video_a ({a.path}, {size_a})"
+            )
+    elif (a.width, a.height) != (b.width, b.height):
+        raise VideoMismatchError(b.path, f"{role} is {size_b} but video_a ({a.path}) is {size_a}")
 
 
 # --------------------------------------------------------------------------- segmentation (§2.2)

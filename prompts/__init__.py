@@ -1,1 +1,1 @@
-"""Judge prompt templates (``*.j2``); ``labeler.prompts`` loads them. prompt_id = name@content-hash."""
+"""Judge prompt templates (``*.j2``); ``labeler.judges.prompts`` loads them. prompt_id = name@content-hash."""

@@ -8,16 +8,16 @@ from typing import Any
 
 import numpy as np
 
+from labeler.judges.base import Judge
 from labeler.schemas import FatalJudgeError, Judgment, SegmentRequest, TransientJudgeError
 
 
-class BrightnessJudge:
+class BrightnessJudge(Judge):
     """Prefers the brighter segment (a stand-in for 'better'); ties within ``margin`` gray levels.
     Records every request it answers."""
 
     name = "test-brightness"
     model = "brightness-v1"
-    prompt_id = None
 
     def __init__(self, margin: float = 2.0, position_bias: bool = False, delay: float = 0.0):
         self.margin = margin

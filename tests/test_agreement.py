@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from labeler.agreement import AgreementInputError, compute_agreement
-from labeler.agreement_metrics import coverage_accuracy, forced_choice_credit, krippendorff_alpha
+from labeler.agreement.compute import AgreementInputError, compute_agreement
+from labeler.agreement.metrics import coverage_accuracy, forced_choice_credit, krippendorff_alpha
 from labeler.schemas import DensePreferenceRecord, video_level
 
 SEG_LEN = 10

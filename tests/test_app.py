@@ -23,7 +23,7 @@ from labeler import video
 from labeler.engine import Engine, EngineConfig, FrameSegment
 from labeler.judges import build_judge
 from labeler.schemas import DensePreferenceRecord, Judgment, ManifestEntry
-from labeler.settings import ServiceSettings
+from labeler.service.settings import ServiceSettings
 from labeler.standin import StandinServer
 from tests.conftest import textured_frames
 from tests.service_helpers import REPO_ROOT, inline_body, metric_value, running_service, service_env

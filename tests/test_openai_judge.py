@@ -12,11 +12,12 @@ import httpx
 import openai
 import pytest
 
+from labeler.judges.base import Judge
 from labeler.judges.openai_api import OpenAIJudge
 from labeler.judges.openai_errors import retry_after, status_error
-from labeler.parsing import ANSWER_JSON_SCHEMA
-from labeler.pricing import chat_input_tokens
-from labeler.schemas import FatalJudgeError, Judge, JudgeParseError, SegmentRequest, TransientJudgeError
+from labeler.judges.parsing import ANSWER_JSON_SCHEMA
+from labeler.judges.pricing import chat_input_tokens
+from labeler.schemas import FatalJudgeError, JudgeParseError, SegmentRequest, TransientJudgeError
 from labeler.standin import canonical_hash
 from labeler.standin.behaviour import GARBAGE, answer_tokens, decide
 from tests.conftest import textured_frames

@@ -1,4 +1,4 @@
-"""labeler.parsing: the tolerant answer parser and label probabilities from OpenAI-format logprobs."""
+"""labeler.judges.parsing: the tolerant answer parser and label probabilities from OpenAI-format logprobs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from labeler.parsing import (
+from labeler.judges.parsing import (
     ANSWER_JSON_SCHEMA,
     JudgeAnswer,
     label_probabilities_from_logprobs,

@@ -1,4 +1,4 @@
-"""labeler.pricing against hand computations from OpenAI's documented rules (see the module docstring)."""
+"""labeler.judges.pricing against hand computations from OpenAI's documented rules (see the module docstring)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from labeler.images import jpeg_data_uri
-from labeler.pricing import (
+from labeler.judges.pricing import (
     BATCH_DISCOUNT,
     PRICES_AS_OF,
     chat_input_tokens,

@@ -1,4 +1,4 @@
-"""labeler.prompts: shipped templates, prompt ids, both image layouts, and the Jinja sandbox."""
+"""labeler.judges.prompts: shipped templates, prompt ids, both image layouts, and the Jinja sandbox."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from labeler.images import side_by_side
-from labeler.prompts import PromptTemplateError, available_prompts, load_prompt
+from labeler.judges.prompts import PromptTemplateError, available_prompts, load_prompt
 from labeler.schemas import SegmentRequest
 
 SHIPPED = Path(__file__).resolve().parents[1] / "prompts"

@@ -117,7 +117,7 @@ def test_logprobs_split_the_answer_so_the_label_is_its_own_token(standin):
 
 
 def test_usage_reports_prompt_and_completion_tokens(standin):
-    from labeler.pricing import chat_input_tokens
+    from labeler.judges.pricing import chat_input_tokens
 
     body = _body("x" * 400)
     data = _post(standin, body).json()

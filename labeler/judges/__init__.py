@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labeler.schemas import Judge
+from labeler.judges.base import Judge
 
 JUDGE_NAMES = ("metrics", "openai", "hf")
 

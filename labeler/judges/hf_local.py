@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from labeler.judges.base import Judge
 from labeler.judges.hf_helpers import (
     AFTER_RATIONALE,
     LABEL_PREFIX,
@@ -40,7 +41,7 @@ from labeler.judges.hf_helpers import (
     json_unescape,
     resolve_label_tokens,
 )
-from labeler.prompts import load_prompt
+from labeler.judges.prompts import load_prompt
 from labeler.schemas import FatalJudgeError, JudgeError, Judgment, SegmentRequest
 
 __all__ = ["HFJudge"]
@@ -51,7 +52,7 @@ _INSTALL_HINT = "the hf judge needs torch and transformers: pip install -e '.[hf
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class HFJudge:
+class HFJudge(Judge):
     """An in-process transformers VLM judge, probabilities from the label tokens' logits.
 
     ``model`` is a checkpoint folder or a hub id (hub ids load through the usual hub cache; only

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from labeler.judges import metrics_signals as sig
+from labeler.judges.base import Judge
 from labeler.schemas import FatalJudgeError, Judgment, SegmentRequest
 
 __all__ = ["DEFAULT_WEIGHTS", "MetricsJudge"]
@@ -123,7 +124,7 @@ def _pooled_text(a: sig.Pooled, b: sig.Pooled, region: int | None) -> str:
     return text
 
 
-class MetricsJudge:
+class MetricsJudge(Judge):
     """Model-free judge from image-quality and temporal-consistency signals (see module doc).
 
     Args:
@@ -137,7 +138,6 @@ class MetricsJudge:
 
     name = "metrics"
     model = "metrics-v1"
-    prompt_id = None
 
     def __init__(self, tie_margin: float = 0.3, use_reference: bool = True, **weights: float):
         if isinstance(tie_margin, bool) or not (
@@ -155,7 +155,7 @@ class MetricsJudge:
             ):
                 raise ValueError(f"metrics judge: weight {key}={value!r} must be a finite number >= 0")
         self.tie_margin = float(tie_margin)
-        self.use_reference = bool(use_reference)
+        self.uses_reference = bool(use_reference)
         self.weights = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
 
     def fingerprint(self) -> dict[str, Any]:
@@ -163,7 +163,7 @@ class MetricsJudge:
             "judge": self.name,
             "model": self.model,
             "tie_margin": self.tie_margin,
-            "use_reference": self.use_reference,
+            "use_reference": self.uses_reference,
             "weights": dict(sorted(self.weights.items())),
         }
 
@@ -205,7 +205,7 @@ class MetricsJudge:
 
     def _reference_for(self, request: SegmentRequest) -> np.ndarray | None:
         ref = request.reference
-        if ref is None or not self.use_reference:
+        if ref is None or not self.uses_reference:
             return None
         shape = request.frames_first.shape
         if ref.ndim != 4 or ref.shape[-1] != 3:

@@ -27,10 +27,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from labeler.images import JpegUriCache
+from labeler.judges.base import Judge
 from labeler.judges.openai_errors import server_message, status_error
-from labeler.parsing import ANSWER_JSON_SCHEMA, label_probabilities_from_logprobs, parse_answer
-from labeler.pricing import chat_input_tokens, estimate_cost
-from labeler.prompts import LAYOUTS, load_prompt
+from labeler.judges.parsing import ANSWER_JSON_SCHEMA, label_probabilities_from_logprobs, parse_answer
+from labeler.judges.pricing import chat_input_tokens, estimate_cost
+from labeler.judges.prompts import LAYOUTS, load_prompt
 from labeler.schemas import (
     FatalJudgeError,
     JudgeEstimate,
@@ -54,10 +55,11 @@ def _is_reasoning_model(model: str) -> bool:
     return bool(_REASONING_MODEL.match(model.lower().rsplit("/", 1)[-1]))
 
 
-class OpenAIJudge:
+class OpenAIJudge(Judge):
     """Judge one segment with a chat model over the OpenAI API (see the module docstring)."""
 
     name = "openai"
+    supports_batch_api = True
 
     def __init__(
         self,
@@ -264,6 +266,9 @@ class OpenAIJudge:
         return judgment
 
     # ------------------------------------------------------------------ calling the endpoint
+
+    def batch_client(self) -> Any:
+        return self._client()
 
     def _client(self) -> Any:
         """One AsyncOpenAI per event loop: its connection pool belongs to the loop that made it."""

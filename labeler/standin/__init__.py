@@ -24,7 +24,7 @@ Counters (``GET /_stats``): requests, answers per canonical body hash (so a test
 request was answered twice), faults served, the highest concurrency seen. ``POST /_control``
 changes any setting at run time (``reset: true`` also clears counters, log, faults and rules);
 ``GET /_requests`` returns recent request bodies with images replaced by their hashes.
-``usage.prompt_tokens`` uses labeler.pricing.chat_input_tokens, the judges' own estimator.
+``usage.prompt_tokens`` uses labeler.judges.pricing.chat_input_tokens, the judges' own estimator.
 
 Run it in-process with ``StandinServer`` or as ``python -m labeler.standin --port 0`` (prints its URL).
 """

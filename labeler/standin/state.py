@@ -166,7 +166,7 @@ class StandinState:
                     label = max(probs, key=probs.__getitem__)
                     tokens = answer_tokens(rationale, label)
                     content = "".join(tokens)
-                from labeler.pricing import chat_input_tokens
+                from labeler.judges.pricing import chat_input_tokens
 
                 try:
                     prompt_tokens = chat_input_tokens(body["messages"], model)[0]

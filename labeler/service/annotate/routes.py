@@ -1,6 +1,6 @@
 """The human annotation page and its API, served by ``labeler.app`` (``include_router(router)``).
 
-    GET  /annotate?manifest=NAME[&blind=1]     the page (static HTML + JS in labeler/static)
+    GET  /annotate?manifest=NAME[&blind=1]     the page (static HTML + JS in labeler/service/annotate/static)
     GET  /annotate/api/pairs?manifest=NAME&annotator=X[&blind=1]
                                                pairs, segments, signed media URLs, saved answers
     POST /annotations                          {manifest, pair_id, segment, label, annotator, note?}
@@ -33,7 +33,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from labeler.annotation_store import (
+from labeler.service.annotate.store import (
     DEFAULT_SEGMENT_SECONDS,
     AnnotationError,
     AnnotationStore,
@@ -45,8 +45,8 @@ from labeler.annotation_store import (
     manifest_key,
     plan_manifest,
 )
-from labeler.media_stream import media_url
-from labeler.security import ServiceError, check_bearer, require_token, resolve_media_path
+from labeler.service.media_stream import media_url
+from labeler.service.security import ServiceError, check_bearer, require_token, resolve_media_path
 
 __all__ = ["AnnotationIn", "ExportIn", "blind_swapped", "router"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from labeler.agreement_metrics import (
+from labeler.agreement.metrics import (
     STREAM_SEGMENT,
     STREAM_VIDEO,
     Joined,
@@ -32,7 +32,7 @@ from labeler.agreement_metrics import (
     segment_position,
     tie_threshold_fit,
 )
-from labeler.agreement_report import headline, write_report
+from labeler.agreement.report import headline, write_report
 from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, read_records
 
 __all__ = ["AgreementInputError", "compute_agreement", "headline", "main", "write_report"]
@@ -367,7 +367,3 @@ def main(argv: list[str] | None = None) -> int:
     print(headline(result))
     print(f"\nreport: {paths['report']}  (json: {paths['json']})")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

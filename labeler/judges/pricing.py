@@ -174,7 +174,7 @@ _HEADER_CHARS = 16384  # a multiple of 4: whole base64 quanta
 
 
 def _image_size(part: dict[str, Any]) -> tuple[int, int] | None:
-    if part.get("type") == "image":  # neutral part from labeler.prompts: an array
+    if part.get("type") == "image":  # neutral part from labeler.judges.prompts: an array
         h, w = part["image"].shape[:2]
         return int(w), int(h)
     url = (part.get("image_url") or {}).get("url", "")

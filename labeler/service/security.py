@@ -25,8 +25,10 @@ import numpy as np
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from labeler.engine import FrameSegment
+
 # The error shape and its handlers live with the response models; re-exported for routers.
-from labeler.api_models import (
+from labeler.service.models import (
     LabelInlineRequest,
     ServiceError,
     error_body,
@@ -34,8 +36,7 @@ from labeler.api_models import (
     format_validation_errors,
     install_error_handlers,
 )
-from labeler.engine import FrameSegment
-from labeler.settings import ServiceSettings
+from labeler.service.settings import ServiceSettings
 from labeler.video import VideoInfo
 
 __all__ = [

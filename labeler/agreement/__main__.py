@@ -1,0 +1,3 @@
+from labeler.agreement.compute import main
+
+raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""The judge interface, declared in one place.
+
+A judge compares two aligned segments. It knows nothing of caching, swapping, retries or files:
+the engine does those (docs/contracts.md, "Judges"). Every capability the engine, the service, dry
+runs or the Batch API may use is a member of :class:`Judge` with a default here, so callers call it
+directly and never probe a judge with ``getattr``/``hasattr``: a misspelt override is caught by the
+type checker, and a capability a judge lacks has one documented behaviour.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from labeler.schemas import JudgeEstimate, Judgment, SegmentRequest
+
+
+class BatchApiUnsupported(NotImplementedError):
+    """The judge cannot build or read OpenAI Batch API lines."""
+
+
+class Judge(abc.ABC):
+    """Base class of every judge.
+
+    Required: ``name``, ``model``, ``prompt_id``, :meth:`fingerprint` and :meth:`judge`.
+    Optional capabilities, with their defaults:
+
+    ========================  ==============================================================
+    ``uses_reference``        False: the engine neither decodes nor checks reference videos
+    :meth:`prepare`           nothing to do before a request slot is taken
+    :meth:`ready`             True: in-process judges are ready once built
+    :meth:`aclose`            nothing to release
+    :meth:`estimate`          no images, no tokens (a model-free judge costs nothing)
+    ``supports_batch_api``    False; then :meth:`build_body` / :meth:`parse_body` /
+                              :meth:`batch_client` raise :class:`BatchApiUnsupported`
+    ========================  ==============================================================
+    """
+
+    name: ClassVar[str]
+    model: str | None = None
+    prompt_id: str | None = None
+    #: Whether the judge reads ``SegmentRequest.reference``. When True the engine probes, checks
+    #: (fps, frame count, aspect ratio) and decodes a pair's reference video, and the reference's
+    #: content hash enters the cache key; a missing or mismatched reference fails that pair.
+    uses_reference: bool = False
+    supports_batch_api: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything besides the frames that changes the answer (model, prompt id, sampling
+        parameters, image layout...). It enters the cache key, so two judges with equal
+        fingerprints must answer alike."""
+
+    @abc.abstractmethod
+    async def judge(self, request: SegmentRequest) -> Judgment:
+        """Compare ``request.frames_first`` with ``request.frames_second``."""
+
+    async def prepare(self, request: SegmentRequest) -> None:  # noqa: B027 - optional hook
+        """CPU work (encoding frames) done before the engine takes a request slot, so slots are
+        held only by requests on the wire."""
+
+    async def ready(self) -> bool:
+        """Whether the judge can answer now (the service's ``/readyz``)."""
+        return True
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release clients, models and threads."""
+
+    def estimate(self, request: SegmentRequest) -> JudgeEstimate:
+        """What one request would send and cost, for ``--dry-run`` (frames may be blank)."""
+        return JudgeEstimate()
+
+    # ---------------------------------------------------------------- OpenAI Batch API
+
+    def build_body(self, request: SegmentRequest) -> dict[str, Any]:
+        """The ``/v1/chat/completions`` body of one Batch API line."""
+        raise BatchApiUnsupported(f"the {self.name!r} judge cannot use the Batch API")
+
+    def parse_body(self, response: dict[str, Any]) -> Judgment:
+        """Read one Batch API answer body into a judgment."""
+        raise BatchApiUnsupported(f"the {self.name!r} judge cannot use the Batch API")
+
+    def batch_client(self) -> Any:
+        """The OpenAI client whose Files and Batches APIs run a batch job."""
+        raise BatchApiUnsupported(f"the {self.name!r} judge cannot use the Batch API")
