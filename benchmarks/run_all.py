@@ -1,11 +1,13 @@
 """Run every benchmark, write their JSON files into one folder, and regenerate the README's tables.
 
     python -m benchmarks.run_all --out benchmarks/results/            # a few minutes on 2 cores
-    python -m benchmarks.run_all --out DIR --quick --no-readme        # the smoke test's settings
+    python -m benchmarks.run_all --out DIR --quick                    # the smoke test's settings
     python -m benchmarks.run_all --out benchmarks/results/ --readme-only   # tables from existing JSON
 
 The README's numbers come only from here: each table sits between ``<!-- BEGIN name -->`` and
-``<!-- END name -->`` and is rewritten from ``DIR/name.json`` by the benchmark's own ``table()``.
+``<!-- END name -->`` and is rewritten from ``benchmarks/results/name.json`` by the benchmark's own
+``table()``. Only a run whose ``--out`` is ``benchmarks/results/`` rewrites the tracked README, so a
+benchmark run elsewhere leaves the checkout clean; ``--readme FILE`` names another README to write.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from benchmarks.common import BenchmarkError, add_common_args, load_module, repo
 #: In running order: torch (trainer_step) is imported last, after the timing-sensitive ones.
 BENCHMARKS = ("throughput", "cache", "cost", "decode", "trainer_step")
 DEFAULT_README = Path(__file__).with_name("README.md")
+RESULTS_DIR = Path(__file__).with_name("results")
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -114,14 +117,27 @@ def update_readme(readme: Path, results_dir: Path) -> list[str]:
     return list(results)
 
 
+def readme_to_update(readme: Path | None, out: Path, no_readme: bool) -> Path | None:
+    """The README to rewrite: the one named, else the tracked one when ``out`` is its results folder."""
+    if no_readme:
+        return None
+    if readme is not None:
+        return readme
+    return DEFAULT_README if Path(out).resolve() == RESULTS_DIR.resolve() else None
+
+
 @report_errors
 def main(argv: list[str] | None = None) -> int:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument(
-        "--readme", type=Path, default=DEFAULT_README, help="README whose tables to regenerate"
+        "--readme",
+        type=Path,
+        default=None,
+        help="README whose tables to regenerate from --out's JSON (default: benchmarks/README.md, "
+        "and only when --out is benchmarks/results/)",
     )
-    parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    parser.add_argument("--no-readme", action="store_true", help="leave every README alone")
     parser.add_argument(
         "--readme-only", action="store_true", help="only regenerate the tables from --out's JSON"
     )
@@ -145,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
             print(module.table(result))
             print(f"-> {write_result(args.out, name, result)} ({result.get('seconds', '?')} s)", flush=True)
         print(f"\nall benchmarks: {time.perf_counter() - started:.0f} s")
-    if not args.no_readme:
-        updated = update_readme(args.readme, args.out)
-        print(f"{args.readme}: tables regenerated from {', '.join(updated) or 'nothing'}")
+    readme = readme_to_update(args.readme, args.out, args.no_readme)
+    if readme is not None:
+        updated = update_readme(readme, args.out)
+        print(f"{readme}: tables regenerated from {', '.join(updated) or 'nothing'}")
+    elif not args.no_readme:
+        print(f"{DEFAULT_README} left alone: its tables come from {RESULTS_DIR} only (or pass --readme FILE)")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -143,3 +143,14 @@ def test_replicated_manifest_gives_every_copy_its_own_id_and_prompt(
 def test_markdown_table_formats_and_marks_missing_values() -> None:
     table = markdown_table([{"a": 1.234, "b": None}], [("a", "A", ".1f"), ("b", "B", "")])
     assert table.splitlines() == ["| A | B |", "|---:|---|", "| 1.2 | – |"]
+
+
+def test_a_run_elsewhere_leaves_the_tracked_readme_alone(tmp_path: Path) -> None:
+    # Only benchmarks/results/ feeds the tracked README; any other --out needs an explicit --readme.
+    assert run_all.readme_to_update(None, tmp_path / "elsewhere", no_readme=False) is None
+    assert run_all.readme_to_update(None, run_all.RESULTS_DIR, no_readme=False) == run_all.DEFAULT_README
+    assert run_all.readme_to_update(tmp_path / "R.md", tmp_path, no_readme=False) == tmp_path / "R.md"
+    assert run_all.readme_to_update(None, run_all.RESULTS_DIR, no_readme=True) is None
+    before = run_all.DEFAULT_README.read_bytes()
+    code = run_all.main(["--readme-only", "--out", str(tmp_path)])
+    assert code == 0 and run_all.DEFAULT_README.read_bytes() == before
