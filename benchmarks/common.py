@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 __all__ = [
     "Column",
@@ -208,6 +208,10 @@ def replicate_manifest(source: Path, dest: Path, *, pairs: int, tag: str = "") -
 # --------------------------------------------------------------------------- CPU clocks
 
 
+@overload
+def process_cpu_seconds(pid: None = None) -> float: ...
+@overload
+def process_cpu_seconds(pid: int) -> float | None: ...
 def process_cpu_seconds(pid: int | None = None) -> float | None:
     """User + system CPU seconds of a process (all its threads): ours when ``pid`` is None, another's
     read from /proc (None where /proc is unavailable)."""
@@ -283,7 +287,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def report_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+def report_errors(main: Callable[[list[str] | None], int]) -> Callable[..., int]:
     """Wrap a benchmark's ``main``: a BenchmarkError (bad settings, no video set...) becomes a one-line
     ``error:`` message and exit status 2 instead of a traceback."""
 

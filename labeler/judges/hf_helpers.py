@@ -5,6 +5,7 @@ folder for the cache key. Kept apart so they import nothing heavy and are tested
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ def checkpoint_identity(directory: Path) -> str:
         h.update(f"{path.name}\0{stat.st_size}\0".encode())
         if stat.st_size <= _HASH_LIMIT:
             with path.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                for block in iter(functools.partial(fh.read, 1 << 20), b""):
                     h.update(block)
         else:
             h.update(str(stat.st_mtime_ns).encode())

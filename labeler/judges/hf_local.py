@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -41,8 +41,8 @@ from labeler.judges.hf_helpers import (
     json_unescape,
     resolve_label_tokens,
 )
-from labeler.judges.prompts import load_prompt
-from labeler.schemas import FatalJudgeError, JudgeError, Judgment, SegmentRequest
+from labeler.judges.prompts import Layout, load_prompt
+from labeler.schemas import FatalJudgeError, JudgeError, Judgment, Label, SegmentRequest
 
 __all__ = ["HFJudge"]
 
@@ -63,13 +63,14 @@ class HFJudge(Judge):
     """
 
     name = "hf"
+    model: str  # a checkpoint folder or a hub id, never None
 
     def __init__(
         self,
         model: str,
         *,
         prompt: str = "conservative",
-        layout: str = "separate",
+        layout: Layout = "separate",
         device: str = "cpu",
         dtype: str = "auto",
         max_side: int | None = None,
@@ -182,7 +183,7 @@ class HFJudge(Judge):
         dtype: Any = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
         try:
             processor = AutoProcessor.from_pretrained(source, trust_remote_code=self.trust_remote_code)
-            net = AutoModelForImageTextToText.from_pretrained(
+            net: Any = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=dtype, trust_remote_code=self.trust_remote_code
             )
             net = net.to(device).eval()
@@ -365,7 +366,7 @@ class HFJudge(Judge):
             logits = self._net(**inputs, logits_to_keep=1).logits[0, -1]
         label_logits = logits[list(labels.ids)].double()
         probs = torch.softmax(label_logits, dim=0).tolist()
-        label = LABELS[int(torch.argmax(label_logits))]
+        label = cast(Label, LABELS[int(torch.argmax(label_logits))])
         rationale = json_unescape(rationale_body)
         raw = (
             json.dumps({"rationale": rationale, "label": label})
