@@ -12,10 +12,14 @@ import cProfile
 import json
 import os
 import pstats
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from benchmarks.common import StandinProcess, process_cpu_seconds
+
+if TYPE_CHECKING:
+    from labeler.judges.prompts import Layout
 
 
 def make_engine(base_url: str, concurrency: int, judge_options: dict[str, Any]) -> Any:
@@ -55,6 +59,94 @@ def _count_images(body: dict[str, Any]) -> int:
     )
 
 
+class _PartProfiler:
+    """The passes of :func:`profile_parts` over one set of requests, sharing one event loop."""
+
+    def __init__(self, server: StandinProcess, source: Path, pairs: int, judge_options: dict[str, Any]):
+        from labeler.judges.openai_api import OpenAIJudge
+        from labeler.judges.prompts import load_prompt
+        from labeler.schemas import read_manifest
+
+        self.server = server
+        self.engine = make_engine(server.base_url, 8, judge_options)
+        self.build_judge = OpenAIJudge(base_url=server.base_url, **judge_options)
+        self.prompt = load_prompt(judge_options.get("prompt", "conservative"))
+        entries = [e.model_copy(update={"prompt": e.prompt + " (profile)"}) for e in read_manifest(source)]
+        self.entries = [entries[i % len(entries)] for i in range(pairs)]
+        self.orders = ("ab", "ba") if self.engine.config.swap else ("ab",)
+        self.cpu: dict[str, float] = {}
+        self.requests: list[Any] = []
+        self.segment_pairs = 0
+        self.profile = cProfile.Profile()
+        self.encoded: list[str] = []
+        self.images = 0
+
+    async def decode_all(self) -> None:
+        engine = self.engine
+        for entry in self.entries:
+            plan = engine.plan_pair(entry)
+            frames = await engine.decode_segments(plan, plan.segments)
+            self.segment_pairs += len(plan.segments)
+            for seg in plan.segments:
+                for order in self.orders:
+                    self.requests.append(
+                        engine.segment_request(
+                            entry.prompt, seg, frames[seg.index], order, len(plan.segments), plan.fps
+                        )
+                    )
+
+    async def judge_all(self, profiled: bool = False) -> None:
+        for request in self.requests:
+            if profiled:
+                self.profile.enable()
+            await self.engine.judge.judge(request)
+            if profiled:
+                self.profile.disable()
+
+    def timed(self, part: str, fn: Callable[[], Any]) -> Any:
+        start = process_cpu_seconds()
+        value = fn()
+        self.cpu[part] = process_cpu_seconds() - start
+        return value
+
+    async def timed_async(self, part: str, coro: Awaitable[None]) -> None:
+        start = process_cpu_seconds()
+        await coro
+        self.cpu[part] = process_cpu_seconds() - start
+
+    async def measure(self) -> None:
+        # One event loop for every pass: the judge's HTTP client belongs to the loop that made it.
+        layout = cast("Layout", self.build_judge.layout)  # the same options as the engine's judge
+        await self.timed_async("decode", self.decode_all())
+        self.timed("render", lambda: [self.prompt.render(r, layout=layout) for r in self.requests])
+        bodies = self.timed("build", lambda: [self.build_judge.build_body(r) for r in self.requests])
+        self.encoded = self.timed("json_encode", lambda: [json.dumps(b) for b in bodies])
+        self.images = sum(_count_images(b) for b in bodies)
+        server0 = self.server.cpu_seconds()
+        await self.timed_async("call", self.judge_all())
+        server1 = self.server.cpu_seconds()
+        if server0 is not None and server1 is not None:
+            self.cpu["server"] = server1 - server0
+        await self.judge_all(profiled=True)
+        await self.engine.aclose()
+
+    def result(self) -> dict[str, Any]:
+        cpu = dict(self.cpu)
+        build, call = cpu.pop("build"), cpu.pop("call")
+        cpu["jpeg_encode"] = max(0.0, build - cpu["render"])
+        cpu["sdk_and_http"] = max(0.0, call - build - cpu["json_encode"])
+        order = ("decode", "render", "jpeg_encode", "json_encode", "sdk_and_http", "server")
+        n, requests = max(self.segment_pairs, 1), max(len(self.requests), 1)
+        return {
+            "segment_pairs": self.segment_pairs,
+            "requests": len(self.requests),
+            "images_per_request": round(self.images / requests, 2),
+            "body_kb_per_request": round(sum(map(len, self.encoded)) / requests / 1024, 1),
+            "cpu_ms_per_pair": {k: round(cpu[k] / n * 1000, 2) for k in order if k in cpu},
+            "profile_top": _profile_top(self.profile, requests),
+        }
+
+
 def profile_parts(
     server: StandinProcess, source: Path, *, pairs: int, judge_options: dict[str, Any]
 ) -> dict[str, Any]:
@@ -71,87 +163,10 @@ def profile_parts(
 
     A last pass under cProfile (which slows what it watches, so it is not timed) lists the busiest
     functions of the call."""
-    from labeler.judges.openai_api import OpenAIJudge
-    from labeler.judges.prompts import load_prompt
-    from labeler.schemas import read_manifest
-
     server.control(latency_ms=0, max_concurrency=64, reset=True)
-    engine = make_engine(server.base_url, 8, judge_options)
-    judge = engine.judge
-    build_judge = OpenAIJudge(base_url=server.base_url, **judge_options)
-    prompt = load_prompt(judge_options.get("prompt", "conservative"))
-    entries = [e.model_copy(update={"prompt": e.prompt + " (profile)"}) for e in read_manifest(source)]
-    entries = [entries[i % len(entries)] for i in range(pairs)]
-    orders = ("ab", "ba") if engine.config.swap else ("ab",)
-    cpu: dict[str, float] = {}
-    requests: list[Any] = []
-    segment_pairs = 0
-    profile = cProfile.Profile()
-    encoded: list[str] = []
-    images: list[int] = []
-
-    async def decode_all() -> None:
-        nonlocal segment_pairs
-        for entry in entries:
-            plan = engine.plan_pair(entry)
-            frames = await engine.decode_segments(plan, plan.segments)
-            segment_pairs += len(plan.segments)
-            for seg in plan.segments:
-                for order in orders:
-                    requests.append(
-                        engine.segment_request(
-                            entry.prompt, seg, frames[seg.index], order, len(plan.segments), plan.fps
-                        )
-                    )
-
-    async def judge_all(use: Any, profiled: bool = False) -> None:
-        for request in requests:
-            if profiled:
-                profile.enable()
-            await use.judge(request)
-            if profiled:
-                profile.disable()
-
-    def timed(part: str, fn: Any) -> Any:
-        start = process_cpu_seconds()
-        value = fn()
-        cpu[part] = process_cpu_seconds() - start
-        return value
-
-    async def timed_async(part: str, coro: Any) -> None:
-        start = process_cpu_seconds()
-        await coro
-        cpu[part] = process_cpu_seconds() - start
-
-    async def measure() -> None:
-        # One event loop for every pass: the judge's HTTP client belongs to the loop that made it.
-        await timed_async("decode", decode_all())
-        timed("render", lambda: [prompt.render(r, layout=judge.layout) for r in requests])
-        bodies = timed("build", lambda: [build_judge.build_body(r) for r in requests])
-        encoded.extend(timed("json_encode", lambda: [json.dumps(b) for b in bodies]))
-        images.append(sum(_count_images(b) for b in bodies))
-        server0 = server.cpu_seconds()
-        await timed_async("call", judge_all(judge))
-        server1 = server.cpu_seconds()
-        if server0 is not None and server1 is not None:
-            cpu["server"] = server1 - server0
-        await judge_all(judge, profiled=True)
-        await engine.aclose()
-
-    asyncio.run(measure())
-    build, call = cpu.pop("build"), cpu.pop("call")
-    cpu["jpeg_encode"] = max(0.0, build - cpu["render"])
-    cpu["sdk_and_http"] = max(0.0, call - build - cpu["json_encode"])
-    order = ("decode", "render", "jpeg_encode", "json_encode", "sdk_and_http", "server")
-    n = max(segment_pairs, 1)
-    return {
-        "segment_pairs": segment_pairs,
-        "requests": len(requests),
-        "images_per_request": round(images[0] / max(len(requests), 1), 2),
-        "body_kb_per_request": round(sum(map(len, encoded)) / max(len(requests), 1) / 1024, 1),
-        "cpu_ms_per_pair": {k: round(cpu[k] / n * 1000, 2) for k in order if k in cpu},
-        "profile_top": _profile_top(profile, max(len(requests), 1)),
-    }
+    profiler = _PartProfiler(server, source, pairs, judge_options)
+    asyncio.run(profiler.measure())
+    return profiler.result()
 
 
 def overhead_summary(row: dict[str, Any], parts: dict[str, Any]) -> dict[str, Any]:
