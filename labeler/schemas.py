@@ -176,9 +176,13 @@ def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineErro
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
     """All entries of a manifest; raises ValueError listing every bad line."""
-    entries, errors = [], []
+    entries: list[ManifestEntry] = []
+    errors: list[ManifestLineError] = []
     for item in iter_manifest(path):
-        (errors if isinstance(item, ManifestLineError) else entries).append(item)
+        if isinstance(item, ManifestLineError):
+            errors.append(item)
+        else:
+            entries.append(item)
     if errors:
         raise ValueError(f"{path}: " + " | ".join(e.message for e in errors))
     return entries
