@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,11 @@ from labeler.schemas import Judgment
 
 #: Bump when the meaning of a key part changes, so old entries are never misread.
 KEY_VERSION = 1
+
+
+class CacheUnusableError(ValueError):
+    """The cache folder cannot be used (a file, not writable, a cache.db that is not diskcache's);
+    entry points report it in one line before any work starts."""
 
 
 def default_cache_dir() -> Path:
@@ -38,10 +44,33 @@ class JudgmentCache:
         self._cache = None
         self._memo: dict[str, dict[str, Any]] = {}  # meta facts when there is no directory
         if self.directory is not None:
-            import diskcache
+            self._cache = self._open(self.directory, size_limit_gb)
 
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._cache = diskcache.Cache(str(self.directory), size_limit=int(size_limit_gb * 2**30))
+    @staticmethod
+    def _open(directory: Path, size_limit_gb: float) -> Any:
+        """Open the diskcache and prove it can be written, so a bad folder fails now, not after the
+        first judgment was paid for."""
+        import diskcache
+
+        where = f"--cache-dir {directory}"
+        if directory.exists() and not directory.is_dir():
+            raise CacheUnusableError(f"{where} is a file, not a folder")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            cache = diskcache.Cache(str(directory), size_limit=int(size_limit_gb * 2**30))
+        except sqlite3.DatabaseError as exc:  # garbage, or another program's SQLite schema
+            raise CacheUnusableError(
+                f"{where}: cache.db is not a densepref cache ({exc}); use another folder"
+            ) from None
+        except OSError as exc:
+            raise CacheUnusableError(f"{where}: cannot create the cache ({exc.strerror})") from None
+        try:
+            cache.set("densepref:write-check", 1)  # a read-only folder or file fails here
+            cache.delete("densepref:write-check")
+        except (sqlite3.Error, OSError) as exc:
+            cache.close()
+            raise CacheUnusableError(f"{where}: not a writable densepref cache ({exc})") from None
+        return cache
 
     def get(self, key: str) -> Judgment | None:
         if self._cache is None:
@@ -66,7 +95,11 @@ class JudgmentCache:
         if self._cache is None:
             return self._memo.get(key)
         value = self._cache.get(key)
-        return json.loads(value) if isinstance(value, str) else None
+        try:
+            meta = json.loads(value) if isinstance(value, str) else None
+        except ValueError:  # corrupt: a miss, recomputed and overwritten like a corrupt judgment
+            return None
+        return meta if isinstance(meta, dict) else None
 
     def set_meta(self, key: str, value: dict[str, Any]) -> None:
         if self._cache is None:

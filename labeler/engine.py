@@ -13,9 +13,9 @@ import hashlib
 import inspect
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -24,6 +24,7 @@ from labeler import __version__, video
 from labeler.aggregate import combine_votes
 from labeler.cache import JudgmentCache, cache_key
 from labeler.judges.base import Judge
+from labeler.judges.pricing import estimate_cost
 from labeler.schemas import (
     DensePreferenceRecord,
     Judgment,
@@ -36,6 +37,7 @@ from labeler.schemas import (
 )
 
 ORDERS = ("ab", "ba")
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +55,8 @@ class EngineConfig:
     decisive_margin: float = 0.3  # see labeler.aggregate
     max_requests: int | None = None  # budget: stop sending after this many requests
     max_cost: float | None = None  # budget in USD, from token usage and labeler.judges.pricing
+    max_retry_after: float = 60.0  # longest Retry-After honoured; a longer one is a failed attempt
+    decode_window: int = 16  # segments decoded (and held in memory) at once per pair
 
 
 class BudgetExceeded(RuntimeError):
@@ -111,6 +115,28 @@ class PairPlan:
     use_reference: bool
 
 
+@dataclass
+class _PairContext:
+    """What every segment of one pair shares while it is judged."""
+
+    prompt: str
+    n_segments: int
+    fps: float | None  # None for inline frames (no frame times to show)
+    hits: dict[str, Judgment]  # the cached judgments found for this pair
+    tally: dict[str, int] = field(
+        default_factory=lambda: {"cache_hits": 0, "requests": 0, "input_tokens": 0, "output_tokens": 0}
+    )
+
+
+async def _gather_or_raise(coros: Iterable[Awaitable[T]]) -> list[T]:
+    """Run all to the end (no request is abandoned half-way), then raise the first failure."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results  # type: ignore[return-value]
+
+
 def _array_digest(frames: np.ndarray) -> str:
     h = hashlib.sha256(str(frames.shape).encode())
     h.update(np.ascontiguousarray(frames).tobytes())
@@ -155,47 +181,57 @@ class Engine:
         return ORDERS if self.config.swap else ORDERS[:1]
 
     def video_meta(self, path: str) -> tuple[video.VideoInfo, str]:
-        """Probe result and content hash of a video, remembered in the cache by (path, size, mtime),
-        so a rerun over cached judgments neither opens nor hashes the videos again."""
+        """Probe result and content hash of a video. The hash decides (judgments are keyed by it);
+        it is remembered by the file's identity (path, size, mtime, inode, ctime: see
+        video.file_identity), and the probe by the hash, so a rerun over cached judgments neither
+        hashes nor opens the videos again. A corrupt memo entry is a miss."""
         try:
-            st = os.stat(path)
-        except OSError:
+            identity = video.file_identity(path)
+        except video.VideoReadError:
             return video.probe(path), ""  # probe raises the typed error naming the file
-        key = f"video-meta:{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
-        meta = self.cache.get_meta(key)
-        if meta is None:
+        hashed = self.cache.get_meta(f"video-hash:{identity}")
+        digest = hashed.get("sha256") if hashed else None
+        if not isinstance(digest, str):
+            digest = video.file_hash(path)
+            self.cache.set_meta(f"video-hash:{identity}", {"sha256": digest})
+        info = self._cached_info(f"video-info:{digest}", path)
+        if info is None:
             info = video.probe(path)
-            meta = {"info": asdict(info), "sha256": video.file_hash(path)}
-            self.cache.set_meta(key, meta)
-        return video.VideoInfo(**{**meta["info"], "path": path}), meta["sha256"]
+            self.cache.set_meta(f"video-info:{digest}", asdict(info))
+        return info, digest
+
+    def _cached_info(self, key: str, path: str) -> video.VideoInfo | None:
+        meta = self.cache.get_meta(key)
+        try:
+            return video.VideoInfo(**{**meta, "path": path}) if meta else None
+        except TypeError:  # written by another version, or corrupt: probe again
+            return None
 
     def plan_pair(self, entry: ManifestEntry) -> PairPlan:
         """Probe, check alignment, segment, and compute cache keys, without decoding a frame."""
         info_a, hash_a = self.video_meta(entry.video_a)
         info_b, hash_b = self.video_meta(entry.video_b)
         video.check_aligned(info_a, info_b, role="video_b")
-        use_ref = bool(entry.reference) and self.judge.uses_reference
+        use_ref = entry.reference is not None and self.judge.uses_reference
         content = {"a": hash_a, "b": hash_b}
-        if use_ref:
+        if entry.reference is not None and use_ref:
             info_ref, content["ref"] = self.video_meta(entry.reference)
             video.check_aligned(info_a, info_ref, role="reference")
-        seconds = entry.segment_seconds or self.config.segment_seconds
-        fps = info_a.fps
         segments = []
-        for i, (start, end) in enumerate(video.plan_segments(info_a.num_frames, fps, seconds)):
-            indices = video.sample_indices(start, end, self.config.frames_per_segment)
+        for span in video.segment_spans(info_a, entry.segment_seconds or self.config.segment_seconds):
+            indices = video.sample_indices(span.start, span.end, self.config.frames_per_segment)
             keys = {o: self._key(content, indices, o, entry.prompt) for o in self._orders()}
             segments.append(
-                SegmentPlan(i, start, end, round(start / fps, 4), round(end / fps, 4), indices, keys)
+                SegmentPlan(span.index, span.start, span.end, span.start_s, span.end_s, indices, keys)
             )
-        return PairPlan(entry, fps, info_a.num_frames, segments, use_ref)
+        return PairPlan(entry, info_a.fps, info_a.num_frames, segments, use_ref)
 
     # ------------------------------------------------------------------ judging
 
     def _wait(self, retry_state: Any) -> float:
         backoff = self._backoff(retry_state)
         exc = retry_state.outcome.exception() if retry_state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)
+        retry_after = exc.retry_after if isinstance(exc, TransientJudgeError) else None
         return max(backoff, retry_after) if retry_after else backoff
 
     def _check_budget(self) -> None:
@@ -226,6 +262,13 @@ class Engine:
                     f"judge gave no answer within {self.config.request_timeout:g} s"
                 ) from exc
             except TransientJudgeError as exc:
+                if exc.retry_after and exc.retry_after > self.config.max_retry_after:
+                    # Not honoured: a failed attempt, retried after the ordinary backoff.
+                    raise TransientJudgeError(
+                        f"{exc} (asked to retry after {exc.retry_after:g} s, over "
+                        f"--max-retry-after {self.config.max_retry_after:g} s)",
+                        status=exc.status,
+                    ) from exc
                 if exc.retry_after:
                     self._pause_until = max(self._pause_until, loop.time() + exc.retry_after)
                 raise
@@ -255,10 +298,6 @@ class Engine:
     def _account(self, judgment: Judgment) -> None:
         self.stats.input_tokens += judgment.input_tokens
         self.stats.output_tokens += judgment.output_tokens
-        try:
-            from labeler.judges.pricing import estimate_cost
-        except ImportError:  # pricing is optional for budgets
-            return
         cost = estimate_cost(
             judgment.model or self.judge.model or "", judgment.input_tokens, judgment.output_tokens
         )
@@ -286,35 +325,32 @@ class Engine:
         )
 
     async def _judge_segment(
-        self,
-        prompt: str,
-        seg: SegmentPlan,
-        get_frames: Callable[[], Awaitable[tuple]],
-        n_segments: int,
-        fps: float | None,
-        tally: dict[str, int],
-        hits: dict[str, Judgment],
+        self, ctx: _PairContext, seg: SegmentPlan, frames: tuple | None
     ) -> list[tuple[str, Judgment]]:
+        """Both votes of a segment (cache hits or judge calls), mapped back to A/B order."""
+
         async def one(order: str) -> tuple[str, Judgment]:
-            cached = hits.get(seg.keys[order])
+            cached = ctx.hits.get(seg.keys[order])
             if cached is not None:
-                tally["cache_hits"] += 1
+                ctx.tally["cache_hits"] += 1
                 self.stats.cache_hits += 1
                 judgment = cached
             else:
-                request = self.segment_request(prompt, seg, await get_frames(), order, n_segments, fps)
+                assert frames is not None, "a segment with a cache miss is always decoded"
+                request = self.segment_request(ctx.prompt, seg, frames, order, ctx.n_segments, ctx.fps)
                 judgment = await self.ask(request)
                 self.cache.set(seg.keys[order], judgment)
-                tally["requests"] += 1
-            tally["input_tokens"] += judgment.input_tokens
-            tally["output_tokens"] += judgment.output_tokens
+                ctx.tally["requests"] += 1
+            ctx.tally["input_tokens"] += judgment.input_tokens
+            ctx.tally["output_tokens"] += judgment.output_tokens
             return order, (judgment if order == "ab" else judgment.swapped())
 
-        results = await asyncio.gather(*(one(o) for o in self._orders()), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
-        return list(results)  # type: ignore[arg-type]
+        return list(await _gather_or_raise(one(o) for o in self._orders()))
+
+    async def _judge_segments(
+        self, ctx: _PairContext, plans: list[SegmentPlan], frames: dict[int, tuple]
+    ) -> list[list[tuple[str, Judgment]]]:
+        return list(await _gather_or_raise(self._judge_segment(ctx, s, frames.get(s.index)) for s in plans))
 
     def cached_judgments(self, plans: list[SegmentPlan]) -> dict[str, Judgment]:
         """The cached judgments of these segments, each key read once: what is found here is what
@@ -325,9 +361,8 @@ class Engine:
     async def decode_segments(self, plan: PairPlan, missing: list[SegmentPlan]) -> dict[int, tuple]:
         """Frames (A, B, reference or None) of the given segments, reading each video once."""
         wanted = sorted({i for seg in missing for i in seg.frame_indices})
-        paths = [plan.entry.video_a, plan.entry.video_b] + (
-            [plan.entry.reference] if plan.use_reference else []
-        )
+        ref_path = plan.entry.reference if plan.use_reference else None
+        paths = [plan.entry.video_a, plan.entry.video_b] + ([ref_path] if ref_path is not None else [])
         async with self._decodes:
             t0 = time.perf_counter()
             arrays = await asyncio.to_thread(
@@ -338,40 +373,38 @@ class Engine:
         out = {}
         for seg in missing:
             rows = [row[i] for i in seg.frame_indices]
-            ref = arrays[2][rows] if plan.use_reference else None
+            ref = arrays[2][rows] if ref_path is not None else None
             out[seg.index] = (arrays[0][rows], arrays[1][rows], ref)
         return out
 
     # ------------------------------------------------------------------ public
 
     async def label_pair(self, entry: ManifestEntry) -> DensePreferenceRecord:
-        """Label one manifest pair (paths already resolved). Raises VideoError or JudgeError."""
+        """Label one manifest pair (paths already resolved). Raises VideoError, InputError or
+        JudgeError.
+
+        Segments go through in windows of ``decode_window``: a window's missing frames are decoded,
+        judged and dropped before the next window is decoded, so the frames held for a pair are
+        bounded by the settings (window x frames per segment x max_side), not the video's length.
+        """
         plan = await asyncio.to_thread(self.plan_pair, entry)
-        hits = self.cached_judgments(plan.segments)
-        missing = [s for s in plan.segments if any(k not in hits for k in s.keys.values())]
-        decoded = await self.decode_segments(plan, missing) if missing else {}
-
-        def frames_of(seg: SegmentPlan) -> Callable[[], Awaitable[tuple]]:
-            async def get() -> tuple:
-                return decoded[seg.index]
-
-            return get
-
-        return await self._label(
-            plan.segments,
-            frames_of,
-            hits,
-            entry,
-            plan.fps,
-            plan.num_frames,
-            frame_fps=plan.fps,
-            seconds=entry.segment_seconds or self.config.segment_seconds,
-        )
+        ctx = _PairContext(entry.prompt, len(plan.segments), plan.fps, self.cached_judgments(plan.segments))
+        votes: list[list[tuple[str, Judgment]]] = []
+        step = max(1, self.config.decode_window)
+        for k in range(0, len(plan.segments), step):
+            window = plan.segments[k : k + step]
+            missing = [s for s in window if any(key not in ctx.hits for key in s.keys.values())]
+            frames = await self.decode_segments(plan, missing) if missing else {}
+            votes += await self._judge_segments(ctx, window, frames)
+        seconds = entry.segment_seconds or self.config.segment_seconds
+        return self._record(plan.segments, votes, ctx, entry, plan.fps, plan.num_frames, seconds=seconds)
 
     async def label_frames(
         self, prompt: str, segments: Sequence[FrameSegment], *, pair_id: str = "inline"
     ) -> DensePreferenceRecord:
         """Label segments whose frames the caller holds; the cache keys on the pixels."""
+        if not segments:
+            raise ValueError("nothing to label: no segments")
         plans, frames, start = [], {}, 0
         for i, seg in enumerate(segments):
             fa = video.resize_max_side(
@@ -390,55 +423,35 @@ class Engine:
             plans.append(SegmentPlan(i, start, start + len(fa), seg.start_s, seg.end_s, indices, keys))
             frames[i] = (fa, fb, None)
             start += len(fa)
-        duration = max(segments[-1].end_s - segments[0].start_s, 1e-6) if segments else 1.0
-        entry = ManifestEntry(pair_id=pair_id, prompt=prompt, video_a="<inline>", video_b="<inline>")
-
-        def frames_of(seg: SegmentPlan) -> Callable[[], Awaitable[tuple]]:
-            async def get() -> tuple:
-                return frames[seg.index]
-
-            return get
-
-        return await self._label(
-            plans,
-            frames_of,
-            self.cached_judgments(plans),
-            entry,
-            round(start / duration, 4),
-            start,
-            frame_fps=None,
-            seconds=None,
+        duration = max(segments[-1].end_s - segments[0].start_s, 1e-6)
+        entry = ManifestEntry(
+            pair_id=pair_id,
+            prompt=prompt,
+            video_a="<inline>",
+            video_b="<inline>",
+            reference=None,
+            segment_seconds=None,
         )
+        ctx = _PairContext(prompt, len(plans), None, self.cached_judgments(plans))
+        votes = await self._judge_segments(ctx, plans, frames)
+        return self._record(plans, votes, ctx, entry, round(start / duration, 4), start, seconds=None)
 
-    async def _label(
+    def _record(
         self,
         plans: list[SegmentPlan],
-        frames_of: Callable[[SegmentPlan], Callable[[], Awaitable[tuple]]],
-        hits: dict[str, Judgment],
+        votes: list[list[tuple[str, Judgment]]],
+        ctx: _PairContext,
         entry: ManifestEntry,
         fps: float,
         num_frames: int,
         *,
-        frame_fps: float | None,
         seconds: float | None,
     ) -> DensePreferenceRecord:
-        if not plans:
-            raise ValueError("nothing to label: no segments")
-        tally = {"cache_hits": 0, "requests": 0, "input_tokens": 0, "output_tokens": 0}
-        results = await asyncio.gather(
-            *(
-                self._judge_segment(entry.prompt, s, frames_of(s), len(plans), frame_fps, tally, hits)
-                for s in plans
-            ),
-            return_exceptions=True,
-        )
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            raise errors[0]
+        """Fold each segment's votes into the dense preference record."""
         segments = []
-        for seg, votes in zip(plans, results, strict=True):
-            outcome = combine_votes(votes, decisive_margin=self.config.decisive_margin)  # type: ignore[arg-type]
-            if len(votes) > 1:  # type: ignore[arg-type]
+        for seg, seg_votes in zip(plans, votes, strict=True):
+            outcome = combine_votes(seg_votes, decisive_margin=self.config.decisive_margin)
+            if len(seg_votes) > 1:
                 self.stats.swapped_segments += 1
                 self.stats.flips += outcome.consistent is False
             segments.append(
@@ -455,11 +468,12 @@ class Engine:
                     votes=outcome.votes,
                     consistent=outcome.consistent,
                     rationale=outcome.rationale,
+                    note=None,
                 )
             )
         self.stats.pairs += 1
         self.stats.segments += len(segments)
-        extra = {"max_side": self.config.max_side}
+        extra: dict[str, Any] = {"max_side": self.config.max_side}
         if seconds is not None:
             extra["segment_seconds"] = seconds
         labeler = LabelerInfo(
@@ -472,7 +486,7 @@ class Engine:
             **extra,
         )
         return DensePreferenceRecord.for_entry(
-            entry, segments, fps=fps, num_frames=num_frames, labeler=labeler, usage=Usage(**tally)
+            entry, segments, fps=fps, num_frames=num_frames, labeler=labeler, usage=Usage(**ctx.tally)
         )
 
     async def aclose(self) -> None:

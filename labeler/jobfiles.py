@@ -1,92 +1,136 @@
 """Output and error files of a labeling job, written so a killed job resumes exactly.
 
-Records are appended one line at a time and flushed, so a ``kill -9`` can at worst leave the last
-line cut short; ``prepare_output`` cuts that tail off before a rerun appends, and returns the pair
-ids already done so they are skipped.
+Records are appended one line at a time and flushed (:class:`labeler.fileio.JsonlWriter`), so a
+``kill -9`` can at worst leave the last line cut short; ``prepare_output`` cuts that tail off before
+a rerun appends, checks that every other line is a dense preference record (an ``--out`` that is a
+manifest or someone else's JSONL is refused, never appended to), and returns the pair ids already
+done so they are skipped. ``lock_output`` keeps a second job off the same output.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from labeler.schemas import ErrorInfo, ErrorRecord
+from labeler.fileio import JsonlWriter, atomic_write_lines, iter_jsonl, repair_jsonl_tail
+from labeler.schemas import DensePreferenceRecord, ErrorInfo, ErrorRecord
+
+
+class OutputInUseError(RuntimeError):
+    """Another job holds the lock of this output file."""
 
 
 def errors_path_for(out: str | Path) -> Path:
-    """``OUT.jsonl`` -> ``OUT.errors.jsonl`` (DESIGN §2.3)."""
+    """``OUT.jsonl`` -> ``OUT.errors.jsonl`` (docs/contracts.md)."""
     out = Path(out)
     stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
     return out.with_name(stem + ".errors.jsonl")
 
 
-def _repair_tail(path: Path) -> None:
-    """Drop a last line that a killed writer left incomplete (no newline and not valid JSON)."""
-    with path.open("rb+") as fh:
-        data = fh.read()
-        if not data or data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
+def lock_path_for(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".lock")
+
+
+@contextlib.contextmanager
+def lock_output(out: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``OUT.lock`` for the whole job, or raise OutputInUseError at once.
+
+    ``flock`` belongs to the open file, so the kernel drops it when the process dies, even by
+    ``kill -9``: a stale lock file never blocks a rerun. The file is left in place, since removing
+    it would let a third job lock a fresh inode while a second still waits on the old one.
+    """
+    path = lock_path_for(out)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
         try:
-            json.loads(data[cut:])
-        except ValueError:
-            fh.truncate(cut)
-        else:  # complete record that only lacks its newline
-            fh.write(b"\n")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputInUseError(
+                f"{out} is being written by another labeler.batch run (it holds {path}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a curious user
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _pair_id_of(path: Path, lineno: int, text: str) -> str:
+    try:
+        return DensePreferenceRecord.model_validate_json(text).pair_id
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "<record>"
+        raise ValueError(
+            f"{path}:{lineno} is not a dense preference record ({where}: {first['msg']}); "
+            "--out must be an output file of labeler.batch: move the file away or choose another --out"
+        ) from None
 
 
 def prepare_output(path: str | Path) -> set[str]:
-    """Create the output's folder, repair a cut-off last line, and return the pair ids done."""
+    """Create the output's folder, repair a cut-off last line, and return the pair ids done.
+
+    Raises ValueError naming the first line that is not a dense preference record.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         return set()
-    _repair_tail(path)
-    done: set[str] = set()
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                done.add(json.loads(line)["pair_id"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{path}:{lineno} is not a dense preference record ({exc}); move the file away or fix that line"
-                ) from exc
-    return done
+    repair_jsonl_tail(path)
+    try:
+        return {_pair_id_of(path, lineno, text) for lineno, text in iter_jsonl(path)}
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason}): not an output of labeler.batch") from None
 
 
-def read_errors(path: str | Path) -> dict[str, ErrorRecord]:
-    """The last error record of each pair in an errors file (bad lines are skipped: it is a log)."""
-    path = Path(path)
-    out: dict[str, ErrorRecord] = {}
+ErrorKey = tuple[str, int | None]
+
+
+def read_error_log(path: Path) -> dict[ErrorKey, ErrorRecord]:
+    """The last record of each (pair_id, manifest line) in an errors file. A failed pair has no
+    line; a bad manifest line has one, so a repeated pair_id keeps its own record beside its pair's."""
+    out: dict[ErrorKey, ErrorRecord] = {}
     if not path.exists():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = ErrorRecord.model_validate_json(line)
-        except ValueError:
-            continue
-        out[rec.pair_id] = rec
+    for raw in path.read_bytes().split(b"\n"):  # "\n" only, as everywhere (labeler.fileio)
+        with contextlib.suppress(ValueError):  # it is a log: a bad line is skipped
+            rec = ErrorRecord.model_validate_json(raw)
+            out[(rec.pair_id, rec.line)] = rec
     return out
 
 
-def compact_errors(path: str | Path, done: set[str]) -> int:
-    """Rewrite the errors file with one line per pair that still fails; returns how many."""
+def read_errors(path: str | Path) -> dict[str, ErrorRecord]:
+    """The last error record of each pair_id in an errors file (bad lines are skipped: it is a log)."""
+    return {pair_id: rec for (pair_id, _), rec in read_error_log(Path(path)).items()}
+
+
+def compact_errors(path: str | Path, done: set[str], manifest_errors: set[ErrorKey] | None = None) -> int:
+    """Rewrite the errors file with one line per failure that remains; returns how many.
+
+    A failed pair leaves once it is done. A bad manifest line (it carries its line number) stays
+    while the manifest still has it: only the keys in ``manifest_errors``, re-found by this run, are
+    kept, even when another line with the same pair_id succeeded (a duplicate is still an error).
+    """
     path = Path(path)
     if not path.exists():
         return 0
-    remaining = [r for pid, r in read_errors(path).items() if pid not in done]
+    fresh = manifest_errors or set()
+    remaining = [
+        rec
+        for key, rec in read_error_log(path).items()
+        if (rec.line is None and rec.pair_id not in done) or key in fresh
+    ]
     if not remaining:
         path.unlink()
         return 0
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(r.model_dump_json() + "\n" for r in remaining), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_lines(path, [r.model_dump_json() for r in remaining])
     return len(remaining)
 
 
@@ -99,21 +143,8 @@ def error_record(
     )
 
 
-class JsonlAppender:
-    """Append pydantic models as JSON lines, flushing each so a killed process loses at most one."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._fh: IO[str] | None = None
+class RecordWriter(JsonlWriter):
+    """Append pydantic models as JSON lines (one flushed line each: see labeler.fileio)."""
 
     def write(self, record: BaseModel) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
-        self._fh.write(record.model_dump_json(exclude_none=False) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self.write_line(record.model_dump_json(exclude_none=False))

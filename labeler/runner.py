@@ -15,9 +15,12 @@ from pathlib import Path
 
 from labeler import jobfiles
 from labeler.engine import BudgetExceeded, Engine
-from labeler.schemas import FatalJudgeError, ManifestEntry, ManifestLineError, iter_manifest
+from labeler.fileio import repair_jsonl_tail
+from labeler.schemas import FatalJudgeError, JudgeError, ManifestEntry, ManifestLineError, iter_manifest
 
 #: After this many pairs in a row fail with a FatalJudgeError (bad key, unknown model...), stop.
+#: Only judge faults count: bad input (a broken video, frames too small) fails its pair alone and
+#: neither counts nor resets the streak, so a run never stops on a stretch of bad pairs.
 FATAL_STREAK_LIMIT = 5
 
 
@@ -51,14 +54,18 @@ async def run_batch(
     started = time.perf_counter()
     done = jobfiles.prepare_output(out)
     errors_path = jobfiles.errors_path_for(out)
-    previous = jobfiles.read_errors(errors_path)
-    records, errors = jobfiles.JsonlAppender(out), jobfiles.JsonlAppender(errors_path)
+    repair_jsonl_tail(errors_path)
+    previous = jobfiles.read_error_log(errors_path)
+    records, errors = jobfiles.RecordWriter(out), jobfiles.RecordWriter(errors_path)
     result = BatchResult(errors_file=errors_path)
+    manifest_errors: set[jobfiles.ErrorKey] = set()
 
     def fail(pair_id: str, exc: BaseException | tuple[str, str], line: int | None = None) -> None:
-        prior = previous.get(pair_id)
+        prior = previous.get((pair_id, line))
         rec = jobfiles.error_record(pair_id, exc, (prior.attempts if prior else 0) + 1, line)
         errors.write(rec)
+        if line is not None:
+            manifest_errors.add((pair_id, line))
         result.failed += 1
         result.failures.append((pair_id, f"{rec.error.type}: {rec.error.message}"))
 
@@ -92,7 +99,10 @@ async def run_batch(
                 raise
             except Exception as exc:  # any failure of this pair is recorded for it and the run goes on
                 fail(entry.pair_id, exc)
-                fatal_streak = fatal_streak + 1 if isinstance(exc, FatalJudgeError) else 0
+                if isinstance(exc, FatalJudgeError):
+                    fatal_streak += 1
+                elif isinstance(exc, JudgeError):  # the judge answered (badly): it is reachable
+                    fatal_streak = 0
                 if fatal_streak >= FATAL_STREAK_LIMIT:
                     result.stopped = f"the judge rejected {fatal_streak} pairs in a row, last: {exc}"
                     stop.set()
@@ -112,6 +122,6 @@ async def run_batch(
         bar.close()
         records.close()
         errors.close()
-        jobfiles.compact_errors(errors_path, done)
+        jobfiles.compact_errors(errors_path, done, manifest_errors)
         result.seconds = time.perf_counter() - started
     return result

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from labeler.fileio import split_lines
+
 __all__ = [
     "LABELS",
     "LABEL_VALUE",
@@ -24,6 +26,8 @@ __all__ = [
     "ErrorInfo",
     "ErrorRecord",
     "FatalJudgeError",
+    "FramesTooSmallError",
+    "InputError",
     "JudgeError",
     "JudgeEstimate",
     "JudgeParseError",
@@ -118,54 +122,67 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineError]:
-    """Yield resolved entries, or a ManifestLineError for each bad line (bad JSON, bad fields,
-    duplicate pair_id). Blank lines and lines starting with ``#`` are skipped."""
-    path = Path(path)
-    base = path.parent
-    seen: set[str] = set()
-    with path.open("r", encoding="utf-8") as fh:
+def _manifest_lines(path: Path) -> Iterator[tuple[int, str | UnicodeDecodeError]]:
+    """``(line number, text)`` of each line, split on ``\\n`` only; a line that is not UTF-8 comes
+    back as its decode error, so it fails alone. A UTF-8 BOM before the first line is dropped."""
+    with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            text = raw.strip()
-            if not text or text.startswith("#"):
-                continue
-            placeholder = f"<line {lineno}>"
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield ManifestLineError(
-                    lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {exc}"
-                )
-                continue
-            pair_id = obj.get("pair_id") if isinstance(obj, dict) else None
-            pair_id = pair_id if isinstance(pair_id, str) and pair_id else placeholder
-            try:
-                entry = ManifestEntry.model_validate(obj)
-            except ValidationError as exc:
-                yield ManifestLineError(
-                    lineno,
-                    pair_id,
-                    "ManifestValidationError",
-                    f"line {lineno}: {_format_validation_error(exc)}",
-                )
-                continue
-            if entry.pair_id in seen:
-                yield ManifestLineError(
-                    lineno,
-                    entry.pair_id,
-                    "DuplicatePairId",
-                    f"line {lineno}: pair_id {entry.pair_id!r} repeats",
-                )
-                continue
-            seen.add(entry.pair_id)
-            yield entry.resolved(base)
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield lineno, exc
+
+
+def _manifest_item(lineno: int, text: str, seen: set[str], base: Path) -> ManifestEntry | ManifestLineError:
+    placeholder = f"<line {lineno}>"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return ManifestLineError(
+            lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {exc}"
+        )
+    pair_id = obj.get("pair_id") if isinstance(obj, dict) else None
+    pair_id = pair_id if isinstance(pair_id, str) and pair_id else placeholder
+    try:
+        entry = ManifestEntry.model_validate(obj)
+    except ValidationError as exc:
+        message = f"line {lineno}: {_format_validation_error(exc)}"
+        return ManifestLineError(lineno, pair_id, "ManifestValidationError", message)
+    if entry.pair_id in seen:
+        message = f"line {lineno}: pair_id {entry.pair_id!r} repeats"
+        return ManifestLineError(lineno, entry.pair_id, "DuplicatePairId", message)
+    seen.add(entry.pair_id)
+    return entry.resolved(base)
+
+
+def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineError]:
+    """Yield resolved entries, or a ManifestLineError for each bad line (not UTF-8, bad JSON, bad
+    fields, duplicate pair_id). Blank lines and lines starting with ``#`` are skipped."""
+    path = Path(path)
+    seen: set[str] = set()
+    for lineno, text in _manifest_lines(path):
+        if isinstance(text, UnicodeDecodeError):
+            message = (
+                f"line {lineno}: not UTF-8 (byte {text.object[text.start]:#04x} at column {text.start + 1})"
+            )
+            yield ManifestLineError(lineno, f"<line {lineno}>", "ManifestEncodingError", message)
+            continue
+        text = text.strip(" \t\r\n")
+        if text and not text.startswith("#"):
+            yield _manifest_item(lineno, text, seen, path.parent)
 
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
     """All entries of a manifest; raises ValueError listing every bad line."""
-    entries, errors = [], []
+    entries: list[ManifestEntry] = []
+    errors: list[ManifestLineError] = []
     for item in iter_manifest(path):
-        (errors if isinstance(item, ManifestLineError) else entries).append(item)
+        if isinstance(item, ManifestLineError):
+            errors.append(item)
+        else:
+            entries.append(item)
     if errors:
         raise ValueError(f"{path}: " + " | ".join(e.message for e in errors))
     return entries
@@ -369,12 +386,13 @@ class ErrorRecord(_Strict):
 def iter_records(
     path: str | Path, *, tolerate_truncated_tail: bool = True
 ) -> Iterator[DensePreferenceRecord]:
-    """Read a dense preference JSONL. A last line cut short by a killed writer is ignored
-    (``tolerate_truncated_tail``); any other bad line raises ValueError naming the line."""
+    """Read a dense preference JSONL, split on ``\\n`` only (a prompt may hold U+2028 and friends).
+    A last line cut short by a killed writer is ignored (``tolerate_truncated_tail``); any other bad
+    line raises ValueError naming the line."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = split_lines(path.read_text(encoding="utf-8-sig"))
     for lineno, raw in enumerate(lines, start=1):
-        text = raw.strip()
+        text = raw.strip(" \t\r")
         if not text:
             continue
         try:
@@ -475,6 +493,15 @@ class JudgeParseError(JudgeError):
 
 class FatalJudgeError(JudgeError):
     """Retrying cannot help: bad credentials, unknown model, a request the server rejects."""
+
+
+class InputError(ValueError):
+    """The input of one pair or request cannot be judged (not the judge's fault): the pair fails
+    alone, never counts toward stopping a run, and the service answers 400."""
+
+
+class FramesTooSmallError(InputError):
+    """Frames smaller than the judge can measure (an 8x8 clip, or ``--max-side 8``)."""
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from labeler.fileio import atomic_path
+
 FPS_TOLERANCE = 1e-3
 ASPECT_TOLERANCE = 0.01  # relative; 1920x1080 vs 1280x720 pass, 1080x1920 (rotated) does not
 
@@ -147,6 +149,26 @@ def plan_segments(num_frames: int, fps: float, segment_seconds: float) -> list[t
     return bounds
 
 
+@dataclass(frozen=True)
+class SegmentSpan:
+    """One segment of a video: its frame range [start, end) and its times in seconds."""
+
+    index: int
+    start: int
+    end: int
+    start_s: float
+    end_s: float
+
+
+def segment_spans(info: VideoInfo, segment_seconds: float) -> list[SegmentSpan]:
+    """The segments of a video as every consumer cuts them (engine, annotation page, dry run)."""
+    fps = info.fps
+    return [
+        SegmentSpan(i, start, end, round(start / fps, 4), round(end / fps, 4))
+        for i, (start, end) in enumerate(plan_segments(info.num_frames, fps, segment_seconds))
+    ]
+
+
 def sample_indices(start: int, end: int, k: int) -> list[int]:
     """``k`` frame indices spread uniformly inside [start, end) (bin centres); every frame when the
     segment has fewer than ``k``."""
@@ -165,42 +187,65 @@ def sample_indices(start: int, end: int, k: int) -> list[int]:
 # --------------------------------------------------------------------------- decoding
 
 
-def resize_max_side(frames: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Resize [K, H, W, 3] frames so the long side is ``max_side`` (never upscales)."""
-    if not max_side or max(frames.shape[1:3]) <= max_side:
-        return frames
+#: Frames decoded at full resolution at a time before they are resized: the decoder's peak memory
+#: is this many full-size frames, whatever the length of the video or the number of frames asked.
+DECODE_CHUNK = 8
+
+
+def _resized_size(h: int, w: int, max_side: int | None) -> tuple[int, int] | None:
+    """(width, height) to resize to, or None when the frame already fits."""
+    if not max_side or max(h, w) <= max_side:
+        return None
+    scale = max_side / max(h, w)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _resize_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image
 
-    h, w = frames.shape[1:3]
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    out = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR, reducing_gap=2.0)) for f in frames]
-    return np.stack(out)
+    if size is None:
+        return np.ascontiguousarray(frame, dtype=np.uint8)
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
-def _read_decord(path: str, indices: Sequence[int]) -> np.ndarray:
+def resize_max_side(frames: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Resize [K, H, W, 3] frames so the long side is ``max_side`` (never upscales)."""
+    size = _resized_size(frames.shape[1], frames.shape[2], max_side)
+    if size is None:
+        return frames
+    return np.stack([_resize_frame(f, size) for f in frames])
+
+
+def _read_decord(path: str, wanted: list[int], max_side: int | None) -> dict[int, np.ndarray]:
     import decord
 
     vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     n = len(vr)
-    bad = [i for i in indices if not 0 <= i < n]
+    bad = [i for i in wanted if not 0 <= i < n]
     if bad:
         raise VideoReadError(path, f"frame indices {bad[:5]} outside [0, {n})")
-    return vr.get_batch(list(indices)).asnumpy()
+    found: dict[int, np.ndarray] = {}
+    for k in range(0, len(wanted), DECODE_CHUNK):
+        chunk = wanted[k : k + DECODE_CHUNK]
+        full = vr.get_batch(chunk).asnumpy()  # DECODE_CHUNK full-size frames at most
+        size = _resized_size(full.shape[1], full.shape[2], max_side)
+        found.update((i, _resize_frame(f, size)) for i, f in zip(chunk, full, strict=True))
+    return found
 
 
-def _read_av(path: str, indices: Sequence[int]) -> np.ndarray:
+def _read_av(path: str, wanted: list[int], max_side: int | None) -> dict[int, np.ndarray]:
     import av
 
-    wanted = sorted(set(indices))
+    want = set(wanted)
     found: dict[int, np.ndarray] = {}
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for i, frame in enumerate(container.decode(stream)):
-                if i in wanted:
-                    found[i] = frame.to_ndarray(format="rgb24")
+                if i in want:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    found[i] = _resize_frame(rgb, _resized_size(rgb.shape[0], rgb.shape[1], max_side))
                 if i >= wanted[-1]:
                     break
     except Exception as exc:
@@ -208,39 +253,52 @@ def _read_av(path: str, indices: Sequence[int]) -> np.ndarray:
     missing = [i for i in wanted if i not in found]
     if missing:
         raise VideoReadError(path, f"frames {missing[:5]} could not be decoded")
-    return np.stack([found[i] for i in indices])
+    return found
 
 
 def read_frames(path: str | os.PathLike, indices: Sequence[int], max_side: int | None = None) -> np.ndarray:
     """Decode just the frames at ``indices`` (any order, repeats allowed) as [K, H, W, 3] uint8 RGB,
-    resized to ``max_side``."""
+    resized to ``max_side`` as they are decoded, so memory is bounded by what is returned plus
+    :data:`DECODE_CHUNK` full-size frames."""
     path = str(path)
     if not indices:
         raise ValueError("read_frames needs at least one index")
+    wanted = sorted(set(indices))
     try:
-        frames = _read_decord(path, indices)
+        found = _read_decord(path, wanted, max_side)
     except VideoReadError:
         raise
     except Exception:
-        frames = _read_av(path, indices)
-    return resize_max_side(np.ascontiguousarray(frames, dtype=np.uint8), max_side)
+        found = _read_av(path, wanted, max_side)
+    return np.stack([found[i] for i in indices])
 
 
 # --------------------------------------------------------------------------- hashing
 
 
-_hash_lock = threading.Lock()
-_hash_memo: dict[tuple[str, int, int], str] = {}
+def file_identity(path: str | os.PathLike) -> str:
+    """What names one version of a file without reading it: real path, size, mtime, inode and ctime.
 
-
-def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of the file's bytes (the cache's video identity), memoised by (path, size, mtime)."""
+    A user can restore a rewritten file's size and mtime (``touch -d``), but not its ctime, which
+    the kernel sets on every write: so a file with the same identity has the same bytes, and a
+    memo keyed by it never serves the hash of older content.
+    """
     path = str(path)
     try:
         st = os.stat(path)
     except OSError as exc:
         raise VideoReadError(path, f"cannot stat: {exc.strerror}") from exc
-    key = (path, st.st_size, st.st_mtime_ns)
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
+
+
+_hash_lock = threading.Lock()
+_hash_memo: dict[str, str] = {}
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of the file's bytes (the cache's video identity), memoised by :func:`file_identity`."""
+    path = str(path)
+    key = file_identity(path)
     with _hash_lock:
         if key in _hash_memo:
             return _hash_memo[key]
@@ -270,33 +328,27 @@ def write_video(
     import av
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    try:
-        with av.open(str(tmp), mode="w") as container:
-            stream = None
-            for frame in frames:
-                frame = np.asarray(frame, dtype=np.uint8)
-                h, w = frame.shape[0] & ~1, frame.shape[1] & ~1
-                if stream is not None and (h, w) != (stream.height, stream.width):
-                    raise ValueError(
-                        f"{path}: frame of {frame.shape[:2]} after frames of {(stream.height, stream.width)}"
-                    )
-                if stream is None:
-                    stream = container.add_stream("libx264", rate=rate)
-                    stream.width, stream.height = w, h
-                    stream.pix_fmt = "yuv420p"
-                    stream.options = {"crf": str(crf), "preset": preset}
-                image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
-                for packet in stream.encode(image):
-                    container.mux(packet)
+    # Atomic: a killed or failed writer never leaves a half-written video under the real name.
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
+        stream = None
+        for frame in frames:
+            frame = np.asarray(frame, dtype=np.uint8)
+            h, w = frame.shape[0] & ~1, frame.shape[1] & ~1
+            if stream is not None and (h, w) != (stream.height, stream.width):
+                raise ValueError(
+                    f"{path}: frame of {frame.shape[:2]} after frames of {(stream.height, stream.width)}"
+                )
             if stream is None:
-                raise ValueError(f"{path}: no frames to write")
-            for packet in stream.encode():
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height = w, h
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(crf), "preset": preset}
+            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w]), format="rgb24")
+            for packet in stream.encode(image):
                 container.mux(packet)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
-        raise
-    os.replace(tmp, path)  # a killed writer never leaves a half-written video under the real name
+        if stream is None:
+            raise ValueError(f"{path}: no frames to write")
+        for packet in stream.encode():
+            container.mux(packet)
     return path

@@ -256,3 +256,108 @@ def test_judge_prepare_runs_before_a_request_slot_is_taken(pair):
     record = run(Engine(judge, EngineConfig(concurrency=1)).label_pair(pair))
     assert record.labels == ["A", "tie", "B"]
     assert judge.prepares == 6 and judge.prepared_while_judging == 5
+
+
+# --------------------------------------------------------------------------- hostile input (#15)
+
+
+def _padded(path, size: int) -> bytes:
+    """The file's bytes followed by an MP4 ``free`` box, so two different clips can share a size."""
+    data = path.read_bytes()
+    pad = size - len(data)
+    return data + pad.to_bytes(4, "big") + b"free" + b"\0" * (pad - 8)
+
+
+def test_same_size_rewrite_with_restored_mtime_is_judged_again(pair, tmp_path):
+    """#15 item 5: the content hash decides, not (path, size, mtime)."""
+    import os
+    import time
+
+    new_b = video.write_video(
+        tmp_path / "b2.mp4", np.concatenate([frames_with_level(8, 200)] * 3), FPS, crf=8
+    )
+    old_b = tmp_path / "b-old.mp4"
+    os.replace(pair.video_b, old_b)
+    size = max(old_b.stat().st_size, new_b.stat().st_size) + 64
+    with open(pair.video_b, "wb") as fh:
+        fh.write(_padded(old_b, size))
+    cache_dir = tmp_path / "cache"
+    first = run(Engine(BrightnessJudge(), cache=JudgmentCache(cache_dir)).label_pair(pair))
+    assert first.labels == ["A", "tie", "B"]
+    before = os.stat(pair.video_b)
+    time.sleep(0.01)
+    with open(pair.video_b, "r+b") as fh:  # rewritten in place: same inode, same size
+        fh.write(_padded(new_b, size))
+    os.utime(pair.video_b, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(pair.video_b)
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    judge = BrightnessJudge()
+    record = run(Engine(judge, cache=JudgmentCache(cache_dir)).label_pair(pair))
+    assert len(judge.calls) == 6 and record.labels == ["B", "B", "B"]
+
+
+@pytest.mark.parametrize("garbage", ['{"not json', '{"info": 1}', '{"fps": "x"}', "[1, 2]", 7])
+def test_a_corrupt_video_meta_entry_is_a_miss(pair, tmp_path, garbage):
+    """#15 item 6: the pair is labeled from the cache anyway, and the entry is rewritten."""
+    cache_dir = tmp_path / "cache"
+    first = run(Engine(BrightnessJudge(), cache=JudgmentCache(cache_dir)).label_pair(pair))
+    cache = JudgmentCache(cache_dir)
+    meta_keys = [k for k in cache._cache.iterkeys() if str(k).startswith("video-")]
+    assert meta_keys
+    for key in meta_keys:
+        cache._cache.set(key, garbage)
+    judge = BrightnessJudge()
+    record = run(Engine(judge, cache=cache).label_pair(pair))
+    assert judge.calls == [] and record.labels == first.labels
+    again = JudgmentCache(cache_dir)
+    assert all(isinstance(again.get_meta(k), dict) for k in meta_keys)
+
+
+def test_a_retry_after_over_the_cap_is_a_failed_attempt_not_a_pause(pair):
+    """#15 item 9: Retry-After 100000 must not pause the run; it costs an attempt like a 503."""
+    judge = ScriptedFailures([TransientJudgeError("429 slow down", retry_after=100000, status=429)] * 100)
+    engine = Engine(
+        judge, EngineConfig(max_attempts=3, backoff_initial=0.001, backoff_max=0.002, max_retry_after=60)
+    )
+
+    async def bounded():  # without the cap this waits 100000 s: the guard turns a hang into a failure
+        return await asyncio.wait_for(engine.label_pair(pair), 60)
+
+    with pytest.raises(TransientJudgeError, match="over --max-retry-after 60 s"):
+        run(bounded())
+    assert judge.attempts >= 3
+
+
+def test_retry_after_within_the_cap_is_honoured(pair):
+    judge = ScriptedFailures([TransientJudgeError("429", retry_after=0.2, status=429)])
+    engine = Engine(judge, EngineConfig(max_retry_after=0.5, backoff_initial=0.001, backoff_max=0.002))
+    t = []
+
+    async def go():
+        t0 = asyncio.get_running_loop().time()
+        await engine.label_pair(pair)
+        t.append(asyncio.get_running_loop().time() - t0)
+
+    run(go())
+    assert t[0] >= 0.2 and engine.stats.retries == 1
+
+
+@pytest.mark.parametrize("window, calls", [(1, 3), (2, 2), (16, 1)])
+def test_decode_window_bounds_the_frames_held_per_pair(pair, monkeypatch, window, calls):
+    """#15 item 11: a pair's frames are decoded (and held) ``decode_window`` segments at a time."""
+    decoded: list[int] = []
+    real = video.read_frames
+
+    def spy(path, indices, max_side=None):
+        decoded.append(len(indices))
+        return real(path, indices, max_side)
+
+    monkeypatch.setattr(video, "read_frames", spy)
+    cfg = EngineConfig(frames_per_segment=4, decode_window=window)
+    record = run(Engine(BrightnessJudge(), cfg).label_pair(pair))
+    assert record.labels == ["A", "tie", "B"]
+    assert len(decoded) == 2 * calls and max(decoded) <= 4 * window  # A and B per window

@@ -148,15 +148,109 @@ def test_request_budget_stops_cleanly_and_resumes(manifest, tmp_path):
     assert len(judge.calls) == 4 * 4 - 6  # nothing answered before the stop was asked again
 
 
+def _record_line(pair_id: str) -> str:
+    from tests.test_schemas import record
+
+    return json.dumps(record(pair_id=pair_id), ensure_ascii=False)
+
+
 def test_prepare_output_rejects_a_corrupt_middle_line(tmp_path):
     out = tmp_path / "o.jsonl"
-    out.write_text('{"pair_id": "a"}\nnot json\n{"pair_id": "b"}\n')
-    with pytest.raises(ValueError, match=":2"):
+    out.write_text(_record_line("a") + "\nnot json\n" + _record_line("b") + "\n")
+    with pytest.raises(ValueError, match=":2 is not a dense preference record"):
         jobfiles.prepare_output(out)
 
 
 def test_prepare_output_keeps_a_whole_last_line_without_newline(tmp_path):
     out = tmp_path / "o.jsonl"
-    out.write_text('{"pair_id": "a"}\n{"pair_id": "b"}')
+    out.write_text(_record_line("a") + "\n" + _record_line("b"))
     assert jobfiles.prepare_output(out) == {"a", "b"}
     assert out.read_text().endswith("}\n")
+
+
+def test_prepare_output_drops_a_cut_off_last_line(tmp_path):
+    out = tmp_path / "o.jsonl"
+    out.write_text(_record_line("a") + "\n" + _record_line("b")[:40])
+    assert jobfiles.prepare_output(out) == {"a"}
+
+
+def test_prepare_output_refuses_jsonl_with_pair_ids_that_is_not_an_output(tmp_path):
+    """A manifest (or any JSONL keyed by pair_id) must not read as "already done"."""
+    out = tmp_path / "o.jsonl"
+    out.write_text(json.dumps({"pair_id": "a", "prompt": "p", "video_a": "a.mp4", "video_b": "b.mp4"}) + "\n")
+    with pytest.raises(ValueError, match="o.jsonl:1 is not a dense preference record"):
+        jobfiles.prepare_output(out)
+
+
+def test_prepare_output_reads_records_holding_unicode_line_separators(tmp_path):
+    out = tmp_path / "o.jsonl"
+    out.write_text(_record_line("a\u2028b") + "\n" + _record_line("c\u0085\u2029") + "\n", encoding="utf-8")
+    assert jobfiles.prepare_output(out) == {"a\u2028b", "c\u0085\u2029"}
+
+
+def test_a_duplicate_pair_id_stays_in_the_errors_file_after_its_first_copy_succeeds(manifest, tmp_path):
+    lines = manifest.read_text().splitlines()
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text("\n".join([lines[0], lines[0], lines[1]]) + "\n")
+    out = tmp_path / "out.jsonl"
+    for attempt in (1, 2):
+        result, _ = label(dup, out)
+        errors = jobfiles.read_errors(jobfiles.errors_path_for(out))
+        assert errors["good0"].error.type == "DuplicatePairId" and errors["good0"].line == 2
+        assert errors["good0"].attempts == attempt
+    assert {r.pair_id for r in read_records(out)} == {"good0", "good1"}
+    # fixed in the manifest: the stale line error leaves the errors file
+    dup.write_text("\n".join([lines[0], lines[1]]) + "\n")
+    label(dup, out)
+    assert not jobfiles.errors_path_for(out).exists()
+
+
+class _TooSmallFor(BrightnessJudge):
+    """Raises the metrics judge's input error for the given prompts, a judge fault for others."""
+
+    def __init__(self, bad_prompts: set[str], fatal_prompts: set[str] = frozenset()):
+        super().__init__()
+        self.bad_prompts, self.fatal_prompts = bad_prompts, fatal_prompts
+
+    async def judge(self, request):
+        from labeler.schemas import FramesTooSmallError
+
+        if request.prompt in self.bad_prompts:
+            raise FramesTooSmallError("metrics judge: frames of 8x8 px are too small to measure")
+        if request.prompt in self.fatal_prompts:
+            raise FatalJudgeError("401 invalid api key")
+        return await super().judge(request)
+
+
+def _copies(manifest, tmp_path, n):
+    first = json.loads(manifest.read_text().splitlines()[0])
+    path = tmp_path / "many.jsonl"
+    path.write_text(
+        "".join(json.dumps(dict(first, pair_id=f"p{k}", prompt=f"prompt {k}")) + "\n" for k in range(n))
+    )
+    return path
+
+
+def test_bad_input_never_stops_the_run(manifest, tmp_path):
+    """Ten pairs in a row whose frames the judge cannot measure fail alone; the pair after them is labeled."""
+    judge = _TooSmallFor({f"prompt {k}" for k in range(10)})
+    result, _ = label(_copies(manifest, tmp_path, 11), tmp_path / "o.jsonl", judge=judge, concurrency=1)
+    assert result.stopped is None
+    assert result.failed == 10 and result.ok == 1
+    errors = jobfiles.read_errors(jobfiles.errors_path_for(tmp_path / "o.jsonl"))
+    assert {e.error.type for e in errors.values()} == {"FramesTooSmallError"}
+
+
+def test_bad_input_between_judge_faults_does_not_reset_the_streak(manifest, tmp_path):
+    fatal = {f"prompt {k}" for k in range(0, 20, 2)}
+    bad = {f"prompt {k}" for k in range(1, 20, 2)}
+
+    async def one_worker():
+        engine = Engine(_TooSmallFor(bad, fatal), EngineConfig(concurrency=1))
+        return await run_batch(
+            _copies(manifest, tmp_path, 20), tmp_path / "o.jsonl", engine, workers=1, progress=False
+        )
+
+    result = asyncio.run(one_worker())
+    assert result.stopped and "401" in result.stopped
+    assert result.failed == 9  # five judge faults and the four bad pairs between them

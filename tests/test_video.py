@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import itertools
 import os
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -300,12 +301,20 @@ def test_read_frames_returns_requested_frames_in_order_with_repeats(ramp_pair):
     assert [47 - decoded_index(f) for f in frames_b] == indices
 
 
+def _by(reader, path: str, indices: list[int], max_side: int | None = None) -> np.ndarray:
+    found = reader(path, sorted(set(indices)), max_side)
+    return np.stack([found[i] for i in indices])
+
+
 def test_read_frames_av_path_agrees_with_decord(make_video, ramp_pair):
     a, _ = ramp_pair
     indices = [9, 0, 9, 33]
-    assert [decoded_index(f) for f in video._read_av(str(a), indices)] == indices
+    assert [decoded_index(f) for f in _by(video._read_av, str(a), indices)] == indices
     textured = str(make_video("t.mp4", n_frames=24))
-    by_decord, by_av = video._read_decord(textured, [3, 17, 3]), video._read_av(textured, [3, 17, 3])
+    by_decord, by_av = (
+        _by(video._read_decord, textured, [3, 17, 3]),
+        _by(video._read_av, textured, [3, 17, 3]),
+    )
     assert by_decord.shape == by_av.shape == (3, 64, 96, 3)
     assert np.abs(by_decord.astype(int) - by_av.astype(int)).mean() < 2.0
 
@@ -313,7 +322,7 @@ def test_read_frames_av_path_agrees_with_decord(make_video, ramp_pair):
 def test_read_frames_falls_back_to_av(ramp_pair, monkeypatch):
     a, _ = ramp_pair
 
-    def refuse(path, indices):
+    def refuse(path, indices, max_side):
         raise RuntimeError("decord cannot decode this")
 
     monkeypatch.setattr(video, "_read_decord", refuse)
@@ -326,7 +335,7 @@ def test_read_frames_out_of_range(ramp_pair, bad):
     with pytest.raises(VideoReadError, match="outside"):
         read_frames(a, bad)
     with pytest.raises(VideoReadError, match="could not be decoded"):
-        video._read_av(str(a), bad)
+        _by(video._read_av, str(a), bad)
 
 
 def test_read_frames_rejects_no_indices_and_missing_file(ramp_pair, tmp_path):
@@ -379,16 +388,46 @@ def test_file_hash_changes_when_content_changes(make_video):
     assert file_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_file_hash_memo_is_keyed_by_size_and_mtime(tmp_path):
+def test_file_hash_sees_a_rewrite_with_the_same_size_and_a_restored_mtime(tmp_path):
+    """#15 item 5: size and mtime can be put back by a user; the memo must not trust them alone."""
     path = tmp_path / "blob.bin"
     path.write_bytes(b"a" * 100)
     stat = os.stat(path)
-    first = file_hash(path)
-    path.write_bytes(b"b" * 100)  # same size; put the old mtime back: the memo cannot tell
+    assert file_hash(path) == hashlib.sha256(b"a" * 100).hexdigest()
+    time.sleep(0.01)  # a later ctime, as any real rewrite has
+    path.write_bytes(b"b" * 100)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert file_hash(path) == first
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched: rehashed
+    assert os.stat(path).st_size == stat.st_size and os.stat(path).st_mtime_ns == stat.st_mtime_ns
     assert file_hash(path) == hashlib.sha256(b"b" * 100).hexdigest()
+
+
+def test_file_hash_memo_serves_an_unchanged_file_without_reading_it(tmp_path, monkeypatch):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"a" * 100)
+    first = file_hash(path)
+    monkeypatch.setattr("builtins.open", lambda *a, **k: pytest.fail("the memo should answer"))
+    assert file_hash(path) == first
+
+
+def test_read_frames_resizes_as_it_decodes(make_video):
+    """Only DECODE_CHUNK full-size frames are ever held: the decoder is asked in chunks."""
+    import decord
+
+    path = str(make_video("big.mp4", n_frames=40, h=96, w=128))
+    sizes: list[int] = []
+    real = decord.VideoReader.get_batch
+
+    def spy(self, indices):
+        sizes.append(len(indices))
+        return real(self, indices)
+
+    decord.VideoReader.get_batch = spy
+    try:
+        frames = read_frames(path, list(range(40)), max_side=32)
+    finally:
+        decord.VideoReader.get_batch = real
+    assert frames.shape == (40, 24, 32, 3)
+    assert max(sizes) <= video.DECODE_CHUNK and sum(sizes) == 40
 
 
 def test_file_hash_missing_file(tmp_path):

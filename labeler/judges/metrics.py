@@ -30,7 +30,7 @@ import numpy as np
 
 from labeler.judges import metrics_signals as sig
 from labeler.judges.base import Judge
-from labeler.schemas import FatalJudgeError, Judgment, SegmentRequest
+from labeler.schemas import FatalJudgeError, FramesTooSmallError, Judgment, SegmentRequest
 
 __all__ = ["DEFAULT_WEIGHTS", "MetricsJudge"]
 
@@ -224,7 +224,7 @@ class MetricsJudge(Judge):
     def _evidence(self, request: SegmentRequest) -> list[_Evidence]:
         a, b = request.frames_first, request.frames_second
         if min(a.shape[1:3]) < _MIN_SIDE:
-            raise FatalJudgeError(
+            raise FramesTooSmallError(
                 f"metrics judge: frames of {a.shape[2]}x{a.shape[1]} px are too small to measure "
                 f"(need at least {_MIN_SIDE} px a side)"
             )
