@@ -49,12 +49,13 @@ def connect(options: RayOptions) -> bool:
 
     if ray.is_initialized():
         return False
-    quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    # No dashboard (nothing here reads it), warnings only; the workers' errors still reach stderr.
     if options.address is None:
         # Reading the manifest's blocks needs CPUs beside the actors' own, or the pool starves it.
-        ray.init(num_cpus=max(os.cpu_count() or 1, options.workers + 2), **quiet)
+        cpus = max(os.cpu_count() or 1, options.workers + 2)
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
     else:
-        ray.init(address=options.address, **quiet)
+        ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING)
     return True
 
 
