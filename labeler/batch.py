@@ -17,6 +17,7 @@ from pathlib import Path
 from labeler.cli_options import UsageError, add_engine_arguments, add_judge_arguments, engine_from_args
 from labeler.engine import Engine
 from labeler.runner import BatchResult, run_batch
+from labeler.scale.options import add_ray_arguments, ray_options_from_args
 from labeler.schemas import JudgeError
 
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_judge_arguments(p)
     add_engine_arguments(p)
+    add_ray_arguments(p)
     return p
 
 
@@ -151,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, JudgeError) as exc:  # bad options, unknown prompt, missing model...
         parser.error(str(exc))
     workers = args.workers or max(4, engine.config.concurrency // 2)
+    try:
+        ray_options = ray_options_from_args(args, workers)
+    except ValueError as exc:
+        parser.error(str(exc))
     manifest, out, demo = args.manifest, args.out, None
     if args.demo is not None:
         from labeler.demo.build import build_demo
@@ -165,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
-        result = asyncio.run(_label(manifest, out, engine, workers, args.quiet, openai_batch_poll=poll))
+        if ray_options is not None:
+            from labeler.scale.ray_runner import label_on_ray
+
+            result = label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
+        else:
+            result = asyncio.run(_label(manifest, out, engine, workers, args.quiet, openai_batch_poll=poll))
     except KeyboardInterrupt:
         print(
             "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr

@@ -1,0 +1,113 @@
+"""The Ray Data actor: one judge and one Engine per actor, labeling a chunk of pairs at a time.
+
+Ray Data calls :class:`PairLabeler` with a batch of manifest entries (JSON, one column) and gets
+back one row per pair: the record's JSON, or the failure's type and message. The driver writes the
+rows to OUT (``labeler.scale.ray_runner``); the actor never touches OUT, so a killed actor loses
+nothing but the chunk it was labeling, which Ray runs again on a restarted actor.
+
+Every actor keeps one event loop for its whole life: the engine's semaphores and the judge's HTTP
+client belong to it, exactly as in a one-process run's single ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from labeler.cli_options import engine_from_args
+from labeler.engine import BudgetExceeded, Engine, EngineStats
+from labeler.runner import failure_kind
+from labeler.scale.cache_policy import refuse_network_cache
+from labeler.schemas import DensePreferenceRecord, ManifestEntry
+
+#: The columns of the rows an actor returns; ``stats`` and ``worker`` are filled on a chunk's first row.
+OUTCOME_COLUMNS = (
+    "pair_id",
+    "record",
+    "error_type",
+    "error_message",
+    "failure_kind",
+    "budget",
+    "stats",
+    "worker",
+)
+COUNTED_STATS = tuple(f.name for f in dataclasses.fields(EngineStats))
+
+
+def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """What one chunk added to an engine's counters (all of EngineStats' fields are sums)."""
+    return {name: after[name] - before[name] for name in COUNTED_STATS}
+
+
+def add_stats(total: EngineStats, delta: dict[str, float]) -> None:
+    """Fold an actor's chunk counters into the driver's totals."""
+    for name in COUNTED_STATS:
+        setattr(total, name, getattr(total, name) + delta[name])
+
+
+class PairLabeler:
+    """A Ray Data callable class: built once per actor, called once per chunk of pairs."""
+
+    loop: asyncio.AbstractEventLoop | None = None  # set last in __init__: __del__ closes what was made
+
+    def __init__(self, judge_args: argparse.Namespace):
+        import ray
+
+        engine = engine_from_args(judge_args)
+        try:
+            refuse_network_cache(engine.cache.directory)
+        except ValueError:
+            engine.cache.close()
+            raise
+        self.engine: Engine = engine
+        context = ray.get_runtime_context()
+        self.identity = json.dumps(
+            {
+                "node": context.get_node_id(),
+                "pid": os.getpid(),
+                "gpus": [str(g) for g in ray.get_gpu_ids()],
+                "cache": str(engine.cache.directory) if engine.cache.directory else None,
+            }
+        )
+        self.loop = asyncio.new_event_loop()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        entries = [ManifestEntry.model_validate_json(text) for text in batch["entry"]]
+        before = dataclasses.asdict(self.engine.stats)
+        assert self.loop is not None  # made by __init__
+        rows = self.loop.run_until_complete(self._label_all(entries))
+        columns: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in OUTCOME_COLUMNS}
+        columns["stats"][0] = json.dumps(stats_delta(before, dataclasses.asdict(self.engine.stats)))
+        columns["worker"][0] = self.identity
+        return columns
+
+    async def _label_all(self, entries: list[ManifestEntry]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(self._label(e) for e in entries))
+
+    async def _label(self, entry: ManifestEntry) -> dict[str, Any]:
+        row: dict[str, Any] = dict.fromkeys(OUTCOME_COLUMNS, "")
+        row.update(pair_id=entry.pair_id, budget=False)
+        try:
+            record: DensePreferenceRecord = await self.engine.label_pair(entry)
+        except BudgetExceeded as exc:
+            row.update(budget=True, error_type=type(exc).__name__, error_message=str(exc))
+        except Exception as exc:  # this pair's failure goes to the errors file; the chunk goes on
+            row.update(
+                error_type=type(exc).__name__,
+                error_message=str(exc) or repr(exc),
+                failure_kind=failure_kind(exc),
+            )
+        else:
+            row["record"] = record.model_dump_json(exclude_none=False)
+        return row
+
+    def __del__(self) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.run_until_complete(self.engine.aclose())
+            self.loop.close()
