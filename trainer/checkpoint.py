@@ -4,6 +4,10 @@
 ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` and ``state.json`` (step and config). The frozen base
 weights are never written: they come from the model id again on resume. Directories are written
 under a temporary name and renamed, so a run killed mid-save leaves the previous checkpoint intact.
+
+The caller gathers the LoRA weights (``accelerator.get_state_dict`` under DDP or FSDP) and the main
+process writes them. Under FSDP the optimizer state is sharded across processes, so it is not
+written (``optimizer_state=None``) and such a checkpoint cannot be resumed (``CheckpointError``).
 """
 
 from __future__ import annotations
@@ -56,14 +60,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     output_dir: str | os.PathLike,
     step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    lora: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
     scheduler: Any,
     config: dict[str, Any],
     *,
     keep: int = 2,
 ) -> Path:
-    """Write ``checkpoint-<step>`` and delete all but the newest ``keep`` checkpoints."""
+    """Write ``checkpoint-<step>`` (``lora``: the trainable weights by parameter name) and delete all
+    but the newest ``keep`` checkpoints."""
     from safetensors.torch import save_file
 
     output_dir = Path(output_dir)
@@ -71,8 +76,9 @@ def save_checkpoint(
     tmp = output_dir / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state_dict(model), str(tmp / "lora.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, str(tmp / "lora.safetensors"))
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "config": config}, indent=2, default=str))
@@ -104,6 +110,11 @@ def load_checkpoint(
     from safetensors.torch import load_file
 
     path = Path(path)
+    if not (path / "optimizer.pt").is_file():
+        raise CheckpointError(
+            f"{path}: no optimizer state (a checkpoint written under FSDP, whose optimizer is sharded); "
+            "it holds the LoRA weights but cannot be resumed"
+        )
     weights = load_file(str(path / "lora.safetensors"))
     expected = {name for name, p in model.named_parameters() if p.requires_grad}
     if set(weights) != expected:

@@ -35,8 +35,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class TrainConfig:
     prefs: str = _f(
         "",
-        "Dense preference JSONL (labeler output, DESIGN §2.3). Relative video paths resolve "
-        "against its directory.",
+        "Dense preference JSONL (the labeler's output, docs/contracts.md). Relative video paths "
+        "resolve against its directory.",
     )
     model: str = _f(
         "",
@@ -69,7 +69,23 @@ class TrainConfig:
     min_nontie_fraction: float = _f(0.2, "Train only on pairs whose share of non-tie segments is above this.")
     height: int | None = _f(None, "Training height in pixels (default: the model's preset).")
     width: int | None = _f(None, "Training width in pixels (default: the model's preset).")
-    num_frames: int | None = _f(None, "Use the first N frames of each video (default: all, cut to 1 + k*r).")
+    num_frames: int | None = _f(
+        None,
+        "Train on the first N frames of each video, N = 1 + k*r (default: the model's clip length, 81 for Wan). "
+        "The non-tie filter, the video label and the latent masks use only the segments inside these frames; "
+        "pairs whose labels cover fewer frames are skipped.",
+    )
+    timestep_sampling: Literal["auto", "uniform", "logit-normal", "shift"] = _f(
+        "auto",
+        "How the noise level t of each pair is drawn: uniform t ~ U(0, 1); logit-normal t = sigmoid(N(0, 1)); "
+        "shift: u ~ U(0, 1) mapped by t = s*u / (1 + (s-1)*u). auto: what the model family was trained with "
+        "(Wan: shift 5).",
+    )
+    timestep_shift: float | None = _f(
+        None,
+        "Shift s applied to the drawn t by 'shift' and 'logit-normal' (s > 1 favours high noise; default: the "
+        "model family's, 5 for Wan, with 'shift'; 1, no shift, with 'logit-normal').",
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = _f("no", "accelerate mixed precision (bf16 on a GPU).")
     weights_dtype: Literal["fp32", "bf16", "fp16"] = _f(
         "fp32", "dtype of the frozen base weights (LoRA stays fp32)."
@@ -110,6 +126,13 @@ class TrainConfig:
         for name in ("warmup", "eval_pairs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.num_frames is not None and self.num_frames <= 0:
+            raise ConfigError(f"num_frames must be positive, got {self.num_frames}")
+        if self.timestep_shift is not None:
+            if not self.timestep_shift > 0:
+                raise ConfigError(f"timestep_shift must be positive, got {self.timestep_shift}")
+            if self.timestep_sampling == "uniform":
+                raise ConfigError("timestep_shift has no effect with timestep_sampling 'uniform'")
         if not 0.0 <= self.min_nontie_fraction < 1.0:
             raise ConfigError(f"min_nontie_fraction must be in [0, 1), got {self.min_nontie_fraction}")
         for name, typ in get_type_hints(TrainConfig).items():

@@ -1,14 +1,23 @@
-"""Dense preference data for training: read labels, filter pairs, cache latents, batch.
+"""Dense preference data for training: read labels, cut them to the training window, filter, cache.
 
-1. ``select_pairs`` reads a dense preference JSONL (DESIGN §2.3) and keeps the pairs worth training
-   on: more than ``min_nontie_fraction`` of their segments non-tie (the DenseDPO paper samples only
-   clips with > 20 % non-tie segments), and for vanilla DPO a non-tie video label.
-2. ``build_dataset`` encodes every video once with the VAE and every prompt once with the text
+1. ``read_preferences`` reads a dense preference JSONL (the labeler's output; docs/contracts.md) with
+   ``labeler.fileio.iter_jsonl``: lines are split on ``\\n`` only, so a prompt holding U+2028, U+2029
+   or U+0085 is one record, not three broken ones.
+2. ``select_pairs`` cuts every record to the **training window** (``window_record``): the first
+   ``num_frames`` frames, and of their segments those that hold at least one whole latent frame
+   (a segment with none gives the loss nothing). It keeps the pairs worth training on *inside that
+   window*: more than ``min_nontie_fraction`` of the window's segments non-tie (the DenseDPO paper
+   samples only clips with > 20 % non-tie segments), and for vanilla DPO a non-tie video label of
+   the window. The others are counted by reason (``SKIP_REASONS``). Judging the whole video instead
+   would keep pairs whose only signal lies after the window, and give a pair labelled
+   (B, tie, tie, A, A) the video label A although the only preference a 49-frame window of 16 fps
+   one-second segments holds is B.
+3. ``build_dataset`` encodes every video once with the VAE and every prompt once with the text
    encoder, caching the tensors on disk (``<cache>/latents``, ``<cache>/text``) under a key of the
    file's content hash, the encoder's identity and the clip geometry, so training never runs the
    VAE or the text encoder again and a second run starts from the cache.
-3. ``PreferenceDataset`` / ``collate`` give batches of A latents, B latents, text embeddings,
-   per-latent-frame labels and segment ids (``trainer.latents``) and the video label.
+4. ``PreferenceDataset`` / ``collate`` give batches of A latents, B latents, text embeddings,
+   per-latent-frame labels and segment ids (``trainer.latents``) and the window's video label.
 """
 
 from __future__ import annotations
@@ -21,8 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, read_records
-from trainer.latents import latent_frame_labels, num_latent_frames
+from pydantic import ValidationError
+
+from labeler.fileio import atomic_path, iter_jsonl
+from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, video_level
+from trainer.latents import latent_frame_labels, latent_frame_ranges, num_latent_frames
 from trainer.media import MediaError, file_sha256, fit_frames, read_video
 
 if TYPE_CHECKING:
@@ -31,6 +43,7 @@ if TYPE_CHECKING:
     from trainer.models import VideoModelAdapter
 
 __all__ = [
+    "SKIP_REASONS",
     "DataError",
     "Geometry",
     "LatentCache",
@@ -38,9 +51,21 @@ __all__ = [
     "build_dataset",
     "collate",
     "nontie_fraction",
+    "read_preferences",
     "resolve_video",
     "select_pairs",
+    "window_record",
 ]
+
+#: Why ``select_pairs`` skips a pair. The ``*_in_window`` reasons are pairs that would pass over the
+#: whole video but not over the frames training sees.
+SKIP_REASONS: dict[str, str] = {
+    "shorter_than_window": "the labels cover fewer frames than the training window",
+    "few_nontie": "too few non-tie segments, in the whole video as in the window",
+    "few_nontie_in_window": "enough non-tie segments in the whole video, too few inside the window",
+    "tie_video": "vanilla: the video label is a tie, in the whole video as in the window",
+    "tie_video_in_window": "vanilla: the video label is a tie inside the window only",
+}
 
 
 class DataError(ValueError):
@@ -60,24 +85,89 @@ def nontie_fraction(record: DensePreferenceRecord) -> float:
     return sum(s.label != "tie" for s in record.segments) / len(record.segments)
 
 
-def select_pairs(
-    prefs_path: str | os.PathLike, *, min_nontie_fraction: float = 0.2, mode: str = "dense"
-) -> tuple[list[DensePreferenceRecord], Counter[str]]:
-    """The records to train on and a count of the others by reason (``few_nontie``, ``tie_video``)."""
+def read_preferences(path: str | os.PathLike) -> list[DensePreferenceRecord]:
+    """The records of a dense preference JSONL. A last line cut short by a killed writer is ignored;
+    any other bad line is a ``DataError`` naming ``path:line``."""
+    path = Path(path)
     try:
-        records = read_records(prefs_path)
-    except (OSError, ValueError) as exc:  # missing file, or a bad line (the message names it)
-        raise DataError(f"cannot read preferences: {exc}") from exc
+        lines = list(iter_jsonl(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read preferences {path}: {exc}") from exc
+    records = []
+    for i, (lineno, text) in enumerate(lines):
+        try:
+            records.append(DensePreferenceRecord.model_validate_json(text))
+        except ValidationError as exc:
+            if i == len(lines) - 1 and any(e["type"] == "json_invalid" for e in exc.errors()):
+                break  # the torn last line of a killed writer
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '<record>'}: {e['msg']}" for e in exc.errors()
+            )
+            raise DataError(f"{path}:{lineno}: {problems}") from exc
+    return records
+
+
+def window_record(record: DensePreferenceRecord, num_frames: int, r: int) -> DensePreferenceRecord:
+    """``record`` as training sees it through the first ``num_frames`` frames of a causal VAE with
+    temporal compression ``r``: only the segments that hold at least one whole latent frame inside
+    the window (``trainer.latents``; the others give the loss nothing), the last one cut at the
+    window's end, re-indexed, with the video label and score of those segments by the labeler's own
+    rule (``labeler.schemas.video_level``)."""
+    if record.num_frames < num_frames:
+        raise DataError(
+            f"pair {record.pair_id}: labels cover {record.num_frames} frames, training needs {num_frames}"
+        )
+    ranges = latent_frame_ranges(num_latent_frames(num_frames, r), r, num_frames)
+    seen = [
+        s
+        for s in record.segments
+        if any(s.start_frame <= start and end <= min(s.end_frame, num_frames) for start, end in ranges)
+    ]
+    inside = [
+        s.model_copy(update={"index": i, "end_frame": min(s.end_frame, num_frames)})
+        for i, s in enumerate(seen)
+    ]
+    label, score = video_level(inside)
+    return record.model_copy(
+        update={"num_frames": num_frames, "segments": inside, "video_label": label, "video_score": score}
+    )
+
+
+def _skip_reason(
+    whole: DensePreferenceRecord, window: DensePreferenceRecord, min_nontie_fraction: float, mode: str
+) -> str | None:
+    if nontie_fraction(window) <= min_nontie_fraction:
+        return "few_nontie" if nontie_fraction(whole) <= min_nontie_fraction else "few_nontie_in_window"
+    if mode == "vanilla" and window.video_label == "tie":
+        return "tie_video" if whole.video_label == "tie" else "tie_video_in_window"
+    return None
+
+
+def select_pairs(
+    prefs_path: str | os.PathLike,
+    *,
+    num_frames: int,
+    temporal_compression: int,
+    min_nontie_fraction: float = 0.2,
+    mode: str = "dense",
+) -> tuple[list[DensePreferenceRecord], Counter[str]]:
+    """The records to train on, cut to the first ``num_frames`` frames (``window_record``), and a count
+    of the others by reason (``SKIP_REASONS``)."""
+    records = read_preferences(prefs_path)
     if not records:
         raise DataError(f"{prefs_path}: no preference records")
-    kept, skipped = [], Counter()
+    kept: list[DensePreferenceRecord] = []
+    skipped: Counter[str] = Counter()
     for record in records:
-        if nontie_fraction(record) <= min_nontie_fraction:
-            skipped["few_nontie"] += 1
-        elif mode == "vanilla" and record.video_label == "tie":
-            skipped["tie_video"] += 1
+        if record.num_frames < num_frames:
+            skipped["shorter_than_window"] += 1
+            continue
+        window = window_record(record, num_frames, temporal_compression)
+        reason = _skip_reason(record, window, min_nontie_fraction, mode)
+        if reason:
+            skipped[reason] += 1
         else:
-            kept.append(record)
+            kept.append(window)
     return kept, skipped
 
 
@@ -91,7 +181,8 @@ def resolve_video(path: str, base_dir: Path, pair_id: str) -> Path:
 
 
 class LatentCache:
-    """safetensors files under a directory, written atomically (a killed run leaves no torn file)."""
+    """safetensors files under a directory, written atomically (``labeler.fileio.atomic_path``: a killed
+    run leaves no torn file)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -107,10 +198,8 @@ class LatentCache:
         from safetensors.torch import save_file
 
         path = self._path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"data": tensor.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"data": tensor.contiguous()}, str(tmp))
         return path
 
     @staticmethod
@@ -160,6 +249,7 @@ def _labels_for(
         raise DataError(
             f"pair {record.pair_id}: labels cover {record.num_frames} frames, training needs {geometry.num_frames}"
         )
+    # Segments past the window overlap no latent frame; select_pairs has already cut them off.
     r = adapter.temporal_compression
     segments = [(s.start_frame, s.end_frame, LABEL_VALUE[s.label]) for s in record.segments]
     mapped = latent_frame_labels(segments, num_latent_frames(geometry.num_frames, r), r, geometry.num_frames)

@@ -1,4 +1,4 @@
-"""DenseDPO and vanilla (Diffusion/Flow-)DPO losses as small pure functions (DESIGN §2.7).
+"""DenseDPO and vanilla (Diffusion/Flow-)DPO losses as small pure functions (docs/training.md).
 
 Inputs are flow-matching errors: ``model_err_X`` is the policy's squared velocity error on video
 X (A or B), ``ref_err_X`` the frozen reference's, both already averaged over channels and pixels.
@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dense_dpo_loss", "implicit_rewards", "preference_metrics", "vanilla_dpo_loss"]
+__all__ = ["Reduction", "dense_dpo_loss", "implicit_rewards", "preference_metrics", "vanilla_dpo_loss"]
 
 Reduction = Literal["frame", "segment"]
 

@@ -1,7 +1,8 @@
 """Video files for the trainer: read, fit to a model's geometry, write, hash (PyAV + Pillow).
 
-The trainer imports nothing of the labeler but ``labeler.schemas`` (DESIGN §3), so it keeps these
-few helpers of its own. Every failure is a ``MediaError`` naming the file and the reason.
+The trainer imports of the labeler only ``labeler.schemas`` and the shared file plumbing
+``labeler.fileio`` (docs/contracts.md, "Layout and dependency direction"), so it keeps these few
+video helpers of its own. Every failure is a ``MediaError`` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from labeler.fileio import atomic_path
 
 __all__ = ["MediaError", "Video", "file_sha256", "fit_frames", "read_video", "resample_fps", "write_video"]
 
@@ -107,7 +110,8 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 12) -> Path:
     """Write [F, H, W, 3] uint8 RGB as H.264 MP4 (yuv420p, so H and W must be even). The file is
-    written under a temporary name and renamed, so a killed run leaves no half-written video."""
+    written under a temporary name that keeps the suffix (the muxer picks the format by it) and
+    renamed (``labeler.fileio.atomic_path``), so a killed run leaves no half-written video."""
     import av
 
     path = Path(path)
@@ -116,9 +120,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
         raise MediaError(path, f"frames must be [F, H, W, 3] uint8, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise MediaError(path, f"H.264 needs even frame sizes, got {frames.shape[2]}x{frames.shape[1]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp" + path.suffix)
-    with av.open(str(tmp), mode="w") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -128,7 +130,6 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
                 stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
             )
         container.mux(stream.encode())
-    os.replace(tmp, path)
     return path
 
 

@@ -3,9 +3,16 @@
 The trainer and the pair generator talk to a ``VideoModelAdapter``: load the parts, encode a clip to
 normalized latents and back, embed prompts, predict the rectified-flow velocity ``noise - x0`` at a
 noise level ``sigma`` in [0, 1], and save a LoRA in the family's diffusers format. ``WanAdapter``
-implements it for ``WanTransformer3DModel`` + ``AutoencoderKLWan`` + UMT5 (Wan2.1/2.2 T2V); another
-family (CogVideoX, LTX-Video) plugs in as a subclass that overrides the loaders and these few
-methods, and an entry in ``ADAPTERS``.
+implements it for ``WanTransformer3DModel`` + ``AutoencoderKLWan`` + UMT5 with one transformer: the
+Wan2.1 T2V models (1.3B, 14B). Another family (CogVideoX, LTX-Video) plugs in as a subclass that
+overrides the loaders and these few methods, and an entry in ``ADAPTERS``.
+
+A model is matched to an adapter only by the pipeline class in its ``model_index.json``, never by
+its name, and the adapter then checks the rest of the index (``check_model_index``). Wan2.2 is
+refused with a message: A14B is a mixture of two experts (``transformer`` above
+``boundary_ratio * 1000``, ``transformer_2`` below), and TI2V-5B uses per-token timesteps
+(``expand_timesteps``) and a 48-channel VAE; this adapter loads one transformer with one timestep per
+video, so it would silently run the high-noise expert at every noise level.
 
 ``model="tiny"`` builds a random-weight Wan from configs in code (about 70k parameters in all; no
 download), seeded so that every process builds the same weights.
@@ -18,15 +25,19 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from diffusers import ModelMixin
 
 __all__ = [
     "ADAPTERS",
     "TINY_MODEL",
     "UnknownModelError",
+    "UnsupportedModelError",
     "VideoModelAdapter",
     "WanAdapter",
     "base_dtype",
@@ -41,6 +52,10 @@ class UnknownModelError(ValueError):
     """The model id/path names no family this trainer has an adapter for."""
 
 
+class UnsupportedModelError(UnknownModelError):
+    """A model of a known family in a variant its adapter cannot run correctly (e.g. Wan2.2 A14B)."""
+
+
 def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -49,7 +64,6 @@ class VideoModelAdapter:
     """Base class; subclasses fill in the class attributes and the methods that raise."""
 
     family: ClassVar[str] = ""
-    pipeline_class: ClassVar[str] = ""  # diffusers pipeline whose LoRA format save_lora writes
     lora_targets: ClassVar[tuple[str, ...]] = ()
     temporal_compression: ClassVar[int] = 4
     spatial_compression: ClassVar[int] = 8
@@ -62,6 +76,9 @@ class VideoModelAdapter:
     num_frames: int = 81
     fps: float = 16.0
     flow_shift: float = 3.0  # timestep shift of the sampling schedule
+    # How training draws t when --timestep-sampling is auto: the density the family was trained with.
+    train_timestep_sampling: ClassVar[Literal["uniform", "logit-normal", "shift"]] = "uniform"
+    train_timestep_shift: ClassVar[float] = 1.0
     num_inference_steps: int = 40
     guidance_scale: float = 5.0  # classifier-free guidance of pair generation
     subfolders: ClassVar[dict[str, str]] = {
@@ -81,8 +98,18 @@ class VideoModelAdapter:
     def is_tiny(self) -> bool:
         return self.model == TINY_MODEL
 
+    @classmethod
+    def check_model_index(cls, model: str, index: dict[str, Any]) -> None:
+        """Raise ``UnsupportedModelError`` for a variant of the family this adapter cannot run."""
+
+    @classmethod
+    def lora_pipeline(cls) -> Any:
+        """The diffusers pipeline class whose ``save_lora_weights`` / ``load_lora_weights`` format
+        ``save_lora`` writes."""
+        raise NotImplementedError
+
     # ---- loading (cached; release() frees the encoders once latents and embeddings are cached)
-    def load_transformer(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    def load_transformer(self, dtype: torch.dtype = torch.float32) -> ModelMixin:
         raise NotImplementedError
 
     @cached_property
@@ -150,22 +177,27 @@ class VideoModelAdapter:
         """The model's estimate of ``noise - x0`` for ``noisy = (1 - sigma) * x0 + sigma * noise``."""
         raise NotImplementedError
 
-    def save_lora(self, transformer: torch.nn.Module, directory: str | os.PathLike) -> Path:
+    def save_lora(
+        self,
+        transformer: ModelMixin,
+        directory: str | os.PathLike,
+        *,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> Path:
         """Write the LoRA as ``pytorch_lora_weights.safetensors``, loadable with the family's
-        ``pipe.load_lora_weights(directory)``."""
-        import diffusers
+        ``pipe.load_lora_weights(directory)``. ``state_dict``: the transformer's weights gathered by
+        the caller when its own are sharded (FSDP); default: read from ``transformer``."""
         from peft.utils import get_peft_model_state_dict
 
-        pipeline = getattr(diffusers, self.pipeline_class)
         config = transformer.peft_config["default"]
         meta = {
             "r": config.r,
             "lora_alpha": config.lora_alpha,
             "target_modules": sorted(config.target_modules),
         }
-        pipeline.save_lora_weights(
+        self.lora_pipeline().save_lora_weights(
             str(directory),
-            transformer_lora_layers=get_peft_model_state_dict(transformer),
+            transformer_lora_layers=get_peft_model_state_dict(transformer, state_dict=state_dict or None),
             transformer_lora_adapter_metadata=meta,
         )
         return Path(directory)
@@ -191,9 +223,33 @@ class WanAdapter(VideoModelAdapter):
     """Wan2.1 / Wan2.2 text-to-video: WanTransformer3DModel, AutoencoderKLWan, UMT5 (diffusers layout)."""
 
     family = "wan"
-    pipeline_class = "WanPipeline"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     max_sequence_length = 512
+    # Wan is trained on shifted-uniform t with shift 5 (the Wan repo's sample_shift for T2V, and the
+    # FlowMatchScheduler(shift=5) of DiffSynth-Studio's Wan training): P(t >= 0.5) = 5/6.
+    train_timestep_sampling = "shift"
+    train_timestep_shift = 5.0
+
+    @classmethod
+    def check_model_index(cls, model: str, index: dict[str, Any]) -> None:
+        two_experts = index.get("boundary_ratio") is not None or (index.get("transformer_2") or [None])[0]
+        if two_experts:
+            raise UnsupportedModelError(
+                f"{model}: a Wan2.2 mixture-of-experts model (transformer for t >= boundary_ratio "
+                f"{index.get('boundary_ratio')} x 1000, transformer_2 below). This trainer loads one transformer "
+                "and would use the high-noise expert at every noise level; use a Wan2.1 T2V model."
+            )
+        if index.get("expand_timesteps"):
+            raise UnsupportedModelError(
+                f"{model}: a Wan2.2 TI2V model (per-token timesteps, 48-channel VAE), which this adapter does "
+                "not implement; use a Wan2.1 T2V model."
+            )
+
+    @classmethod
+    def lora_pipeline(cls) -> Any:
+        from diffusers import WanPipeline
+
+        return WanPipeline
 
     def __init__(self, model: str, *, device: str | torch.device = "cpu", tiny_seed: int = 0):
         super().__init__(model, device=device, tiny_seed=tiny_seed)
@@ -202,7 +258,7 @@ class WanAdapter(VideoModelAdapter):
             self.num_inference_steps, self.max_sequence_length, self.guidance_scale = 20, 32, 1.0
             self.text_shape = (32, 32)
 
-    def load_transformer(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    def load_transformer(self, dtype: torch.dtype = torch.float32) -> ModelMixin:
         from diffusers import WanTransformer3DModel
 
         if self.is_tiny:
@@ -333,27 +389,37 @@ def base_dtype(module: torch.nn.Module) -> torch.dtype:
 ADAPTERS: dict[str, type[VideoModelAdapter]] = {"WanPipeline": WanAdapter}
 
 
-def _pipeline_class_name(model: str) -> str | None:
+def _model_index(model: str) -> dict[str, Any]:
+    """The model's ``model_index.json`` (local directory, or the Hub / its local cache)."""
     local = Path(model) / "model_index.json"
     try:
         if local.is_file():
-            return json.loads(local.read_text())["_class_name"]
-        from huggingface_hub import hf_hub_download
+            index = json.loads(local.read_text())
+        else:
+            from huggingface_hub import hf_hub_download
 
-        return json.loads(Path(hf_hub_download(model, "model_index.json")).read_text())["_class_name"]
-    except Exception:  # offline, gated, or not a diffusers layout: fall back to the name
-        return None
+            index = json.loads(Path(hf_hub_download(model, "model_index.json")).read_text())
+    except Exception as exc:  # offline, gated, missing, or not JSON: say so, never guess from the name
+        raise UnknownModelError(
+            f"{model}: cannot read its model_index.json ({type(exc).__name__}: {exc}); give a local diffusers "
+            "directory or a Hub id that can be downloaded"
+        ) from exc
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        raise UnknownModelError(f"{model}: model_index.json names no pipeline class (_class_name)")
+    return index
 
 
 def load_adapter(model: str, *, device: str | torch.device = "cpu", tiny_seed: int = 0) -> VideoModelAdapter:
-    """The adapter for a model id / local path (read from its model_index.json), or the tiny Wan."""
+    """The adapter for a model id / local path, chosen by the pipeline class of its model_index.json
+    (and refused when the adapter cannot run that variant), or the tiny Wan."""
     if model == TINY_MODEL:
         return WanAdapter(model, device=device, tiny_seed=tiny_seed)
-    name = _pipeline_class_name(model)
-    if name in ADAPTERS:
-        return ADAPTERS[name](model, device=device, tiny_seed=tiny_seed)
-    if "wan" in model.lower():
-        return WanAdapter(model, device=device, tiny_seed=tiny_seed)
-    raise UnknownModelError(
-        f"{model}: no adapter for pipeline {name or '<unknown>'}; supported: {', '.join(ADAPTERS)} or 'tiny'"
-    )
+    index = _model_index(model)
+    name = index["_class_name"]
+    if name not in ADAPTERS:
+        raise UnknownModelError(
+            f"{model}: no adapter for pipeline {name}; supported: {', '.join(ADAPTERS)} or 'tiny'"
+        )
+    adapter_class = ADAPTERS[name]
+    adapter_class.check_model_index(model, index)
+    return adapter_class(model, device=device, tiny_seed=tiny_seed)

@@ -12,8 +12,8 @@ levels are evenly spaced from ``shift^-1(eta)`` down to 0, which is what the tai
 schedule looks like when N is large.
 
 Output under ``--out``: ``clips/<id>_a.mp4``, ``clips/<id>_b.mp4``, ``clips/<id>_gt.mp4`` (the real clip
-at the same size, length and fps) and ``manifest.jsonl`` (DESIGN §2.1, relative paths, ``meta`` with
-eta, seed, steps), ready for ``python -m labeler.batch out/manifest.jsonl --out labels.jsonl``.
+at the same size, length and fps) and ``manifest.jsonl`` (the labeler's manifest format, see
+docs/contracts.md; relative paths, ``meta`` with eta, seed, steps), ready for ``python -m labeler.batch out/manifest.jsonl --out labels.jsonl``.
 A rerun skips pairs already in the manifest.
 
 Prompts (``--prompts``): a ``.jsonl`` file of ``{"video": NAME_OR_PATH, "prompt": TEXT}`` lines (matched
@@ -29,11 +29,13 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labeler.fileio import JsonlWriter, iter_jsonl, read_lines, repair_jsonl_tail
 from labeler.schemas import ManifestEntry
 from trainer.media import MediaError, fit_frames, read_video, resample_fps, write_video
 
@@ -63,7 +65,7 @@ def collect_videos(specs: Sequence[str]) -> list[Path]:
                 raise PairGenerationError(f"video {path} not found")
             videos.append(path)
         elif path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in read_lines(path):
                 if line.strip() and not line.lstrip().startswith("#"):
                     videos += collect_videos([str(path.parent / line.strip())])
         else:
@@ -80,9 +82,7 @@ def load_prompts(path: str | Path, videos: Sequence[Path]) -> list[str]:
         raise PairGenerationError(f"prompts file {path} not found")
     if path.suffix == ".jsonl":
         table: dict[str, str] = {}
-        for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not raw.strip():
-                continue
+        for lineno, raw in iter_jsonl(path):
             try:
                 obj = json.loads(raw)
                 table[str(obj["video"])] = str(obj["prompt"])
@@ -97,7 +97,7 @@ def load_prompts(path: str | Path, videos: Sequence[Path]) -> list[str]:
                 raise PairGenerationError(f"{path}: no prompt for video {video}")
             out.append(found)
         return out
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line.strip() for line in read_lines(path) if line.strip()]
     if len(lines) == 1:
         return lines * len(videos)
     if len(lines) != len(videos):
@@ -133,12 +133,84 @@ def _done_ids(manifest: Path) -> set[str]:
     if not manifest.is_file():
         return set()
     done = set()
-    for line in manifest.read_text(encoding="utf-8").splitlines():
+    for _, line in iter_jsonl(manifest):
         try:
             done.add(json.loads(line)["pair_id"])
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut short by a killed run: that pair is generated again
     return done
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """What every pair of a run shares."""
+
+    model: str
+    eta_min: float
+    eta_max: float
+    steps: int
+    seed: int
+    guidance: float
+    negative: torch.Tensor | None  # negative prompt embedding, when guidance > 1
+    segment_seconds: float
+
+
+def _jobs(
+    paths: Sequence[Path], texts: Sequence[str], per_video: int, done: set[str]
+) -> list[tuple[Path, str, str]]:
+    """(video, prompt, pair id) of every pair not yet in the manifest."""
+    return [
+        (path, text, pid)
+        for path, text, ids in zip(paths, texts, _pair_ids(paths, per_video), strict=True)
+        for pid in ids
+        if pid not in done
+    ]
+
+
+def _source_clip(adapter: VideoModelAdapter, path: Path) -> tuple[np.ndarray, torch.Tensor]:
+    """The real clip at the model's frames, fps and size, and its latents ``[1, C, f, h, w]``."""
+    frames_needed = adapter.num_frames
+    source = read_video(path, max_seconds=frames_needed / adapter.fps + 1.0)
+    resampled = resample_fps(source, adapter.fps, frames_needed, path=str(path))
+    frames = fit_frames(resampled, adapter.height, adapter.width)
+    return frames, adapter.encode_video(frames)[None]
+
+
+def _make_pair(
+    adapter: VideoModelAdapter,
+    transformer: torch.nn.Module,
+    recipe: _Recipe,
+    job: tuple[Path, str, str],
+    source: tuple[np.ndarray, torch.Tensor],
+    out: Path,
+) -> ManifestEntry:
+    """Denoise the two guided starting points of one pair, write its clips; return its manifest entry."""
+    import torch
+
+    path, text, pair_id = job
+    frames, x0 = source
+    # From the pair id, not the position: a resumed run draws the same eta and noises.
+    pair_seed = int(hashlib.sha256(f"{recipe.seed}:{pair_id}".encode()).hexdigest()[:15], 16)
+    gen = torch.Generator().manual_seed(pair_seed)
+    eta = recipe.eta_min + (recipe.eta_max - recipe.eta_min) * torch.rand((), generator=gen).item()
+    noise = torch.randn((2, *x0.shape[1:]), generator=gen)
+    start = (1.0 - eta) * x0 + eta * noise  # [2, C, f, h, w]: the A and B starting points
+    latents, used = _denoise(
+        adapter, transformer, start, eta, recipe.steps, adapter.encode_prompts([text]), recipe.negative,
+        recipe.guidance,
+    )  # fmt: skip
+    video_a, video_b = adapter.decode_latents(latents)
+    for side, clip in {"a": video_a, "b": video_b, "gt": frames}.items():
+        write_video(out / "clips" / f"{pair_id}_{side}.mp4", clip, adapter.fps)
+    meta: dict[str, Any] = {
+        "eta": round(eta, 6), "seed": pair_seed, "steps": recipe.steps, "denoise_steps": used,
+        "shift": adapter.flow_shift, "guidance_scale": recipe.guidance, "model": recipe.model, "source": str(path),
+        "fps": adapter.fps,
+    }  # fmt: skip
+    return ManifestEntry(
+        pair_id=pair_id, prompt=text, video_a=f"clips/{pair_id}_a.mp4", video_b=f"clips/{pair_id}_b.mp4",
+        reference=f"clips/{pair_id}_gt.mp4", segment_seconds=recipe.segment_seconds, meta=meta,
+    )  # fmt: skip
 
 
 def generate_pairs(
@@ -171,61 +243,31 @@ def generate_pairs(
     texts = load_prompts(prompts, paths)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     adapter = load_adapter(model, device=device)
-    steps = steps or adapter.num_inference_steps
-    guidance = adapter.guidance_scale if guidance_scale is None else guidance_scale
     out = Path(out)
     manifest = out / "manifest.jsonl"
-    done = _done_ids(manifest)
-    jobs = [
-        (p, t, pid, k)
-        for p, t, ids in zip(paths, texts, _pair_ids(paths, pairs_per_video), strict=True)
-        for k, pid in enumerate(ids)
-    ]
-    jobs = [job for job in jobs if job[2] not in done]
+    jobs = _jobs(paths, texts, pairs_per_video, _done_ids(manifest))
     failures: list[tuple[str, str]] = []
     if not jobs:
         return manifest, failures
+    guidance = adapter.guidance_scale if guidance_scale is None else guidance_scale
+    recipe = _Recipe(
+        model, eta_min, eta_max, steps or adapter.num_inference_steps, seed, guidance,
+        adapter.encode_prompts([negative_prompt]) if guidance > 1.0 else None, segment_seconds,
+    )  # fmt: skip
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     transformer = adapter.load_transformer(dtype).eval().requires_grad_(False)
-    geometry = (adapter.num_frames, adapter.height, adapter.width)
-    negative = adapter.encode_prompts([negative_prompt]) if guidance > 1.0 else None
     out.joinpath("clips").mkdir(parents=True, exist_ok=True)
-    last: tuple[Path, np.ndarray, torch.Tensor] | None = None  # the K pairs of a video share its encoding
-    for path, text, pair_id, _ in tqdm(jobs, desc="pairs", disable=not progress):
-        if last is None or last[0] != path:
-            try:
-                source = read_video(path, max_seconds=geometry[0] / adapter.fps + 1.0)
-                frames = fit_frames(
-                    resample_fps(source, adapter.fps, geometry[0], path=str(path)), *geometry[1:]
-                )
-            except MediaError as exc:
-                failures.append((pair_id, str(exc)))
-                continue
-            last = (path, frames, adapter.encode_video(frames)[None])
-        _, frames, x0 = last
-        # From the pair id, not the position: a resumed run draws the same eta and noises.
-        pair_seed = int(hashlib.sha256(f"{seed}:{pair_id}".encode()).hexdigest()[:15], 16)
-        gen = torch.Generator().manual_seed(pair_seed)
-        eta = eta_min + (eta_max - eta_min) * torch.rand((), generator=gen).item()
-        noise = torch.randn((2, *x0.shape[1:]), generator=gen)
-        start = (1.0 - eta) * x0 + eta * noise  # [2, C, f, h, w]: the A and B starting points
-        latents, used = _denoise(
-            adapter, transformer, start, eta, steps, adapter.encode_prompts([text]), negative, guidance
-        )
-        video_a, video_b = adapter.decode_latents(latents)
-        clips = {"a": video_a, "b": video_b, "gt": frames}
-        for side, clip in clips.items():
-            write_video(out / "clips" / f"{pair_id}_{side}.mp4", clip, adapter.fps)
-        meta: dict[str, Any] = {
-            "eta": round(eta, 6), "seed": pair_seed, "steps": steps, "denoise_steps": used, "shift": adapter.flow_shift,
-            "guidance_scale": guidance, "model": model, "source": str(path), "fps": adapter.fps,
-        }  # fmt: skip
-        entry = ManifestEntry(
-            pair_id=pair_id, prompt=text, video_a=f"clips/{pair_id}_a.mp4", video_b=f"clips/{pair_id}_b.mp4",
-            reference=f"clips/{pair_id}_gt.mp4", segment_seconds=segment_seconds, meta=meta,
-        )  # fmt: skip
-        with manifest.open("a", encoding="utf-8") as fh:
-            fh.write(entry.model_dump_json() + "\n")
+    repair_jsonl_tail(manifest)  # a killed run's torn last line would glue itself to the next entry
+    source: tuple[Path, tuple[np.ndarray, torch.Tensor]] | None = None  # a video's K pairs share it
+    with JsonlWriter(manifest) as writer:
+        for job in tqdm(jobs, desc="pairs", disable=not progress):
+            if source is None or source[0] != job[0]:
+                try:
+                    source = (job[0], _source_clip(adapter, job[0]))
+                except MediaError as exc:
+                    failures.append((job[2], str(exc)))
+                    continue
+            writer.write_line(_make_pair(adapter, transformer, recipe, job, source[1], out).model_dump_json())
     return manifest, failures
 
 
@@ -292,13 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available).")
     args = parser.parse_args(argv)
+    from trainer.models import UnknownModelError
+
     try:
         manifest, failures = generate_pairs(
             args.videos, args.prompts, args.model, args.out, eta_min=args.eta_min, eta_max=args.eta_max,
             steps=args.steps, seed=args.seed, pairs_per_video=args.pairs_per_video, guidance_scale=args.guidance_scale,
             negative_prompt=args.negative_prompt, segment_seconds=args.segment_seconds, device=args.device,
         )  # fmt: skip
-    except PairGenerationError as exc:
+    except (PairGenerationError, UnknownModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for pair_id, message in failures:

@@ -20,13 +20,21 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import ModelMixin
+
+    from trainer.losses import Reduction
+    from trainer.models import VideoModelAdapter
 
 __all__ = ["measure_step_time"]
 
 
 def _synthetic_batch(
-    adapter: Any, batch_size: int, geometry: tuple[int, int, int], seed: int
+    adapter: VideoModelAdapter, batch_size: int, geometry: tuple[int, int, int], seed: int
 ) -> dict[str, Any]:
     import torch
 
@@ -65,12 +73,81 @@ class _SavedBytes:
         self.total = 0
         self._seen: set[int] = set()
 
-    def pack(self, t: Any) -> Any:
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
         key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
         if key not in self._seen:  # a storage saved twice is held once
             self._seen.add(key)
             self.total += t.untyped_storage().nbytes()
         return t
+
+
+@dataclass
+class _Bench:
+    """One model with a LoRA, its optimizer and one synthetic batch: full training steps on demand."""
+
+    adapter: VideoModelAdapter
+    transformer: ModelMixin
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    batch: dict[str, torch.Tensor]
+    on_device: dict[str, torch.Tensor]
+    beta: float
+    reduction: Reduction
+    seed: int
+
+    @property
+    def cuda(self) -> bool:
+        return self.on_device["text"].device.type == "cuda"
+
+    def step(self, mode: str, index: int, saved: _SavedBytes | None = None) -> float:
+        """One timed step: policy and reference forwards, loss, backward, clipping, AdamW."""
+        import torch
+
+        from trainer.step import dpo_loss, flow_errors, step_generator, step_noise
+
+        noise, t = step_noise(self.batch["latents_a"].shape, step_generator(self.seed, index))
+        if self.cuda:
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        hooks = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t) if saved else None
+        with hooks or contextlib.nullcontext():
+            errors = flow_errors(
+                self.adapter, self.transformer, self.on_device["latents_a"], self.on_device["latents_b"],
+                self.on_device["text"], noise, t,
+            )  # fmt: skip
+            loss = dpo_loss(errors, self.batch, mode=mode, beta=self.beta, reduction=self.reduction).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - tic
+
+
+def _build_bench(
+    model: str, device: str, geometry: tuple[int, int, int] | None, batch_size: int, lora_rank: int,
+    weights_dtype: str, gradient_checkpointing: bool, beta: float, reduction: Reduction, seed: int,
+) -> tuple[_Bench, tuple[int, int, int]]:  # fmt: skip
+    import torch
+
+    from trainer.models import load_adapter
+    from trainer.train import add_lora
+
+    adapter = load_adapter(model, device=device)
+    geometry = geometry or (adapter.num_frames, adapter.height, adapter.width)
+    adapter.check_geometry(*geometry)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[weights_dtype]
+    transformer = adapter.load_transformer(dtype)
+    params = add_lora(transformer, lora_rank, None, list(adapter.lora_targets), seed)
+    if gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    batch = _synthetic_batch(adapter, batch_size, geometry, seed)
+    on_device = {k: v.to(device) for k, v in batch.items() if k in ("latents_a", "latents_b", "text")}
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    bench = _Bench(adapter, transformer, params, optimizer, batch, on_device, beta, reduction, seed)
+    return bench, geometry
 
 
 def measure_step_time(
@@ -82,7 +159,7 @@ def measure_step_time(
     batch_size: int = 2,
     lora_rank: int = 4,
     beta: float = 500.0,
-    reduction: str = "frame",
+    reduction: Reduction = "frame",
     geometry: tuple[int, int, int] | None = None,
     weights_dtype: str = "fp32",
     gradient_checkpointing: bool = False,
@@ -99,74 +176,44 @@ def measure_step_time(
     """
     import torch
 
-    from trainer.models import load_adapter
-    from trainer.step import dpo_loss, flow_errors, step_generator, step_noise
-    from trainer.train import add_lora
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    adapter = load_adapter(model, device=device)
-    geometry = geometry or (adapter.num_frames, adapter.height, adapter.width)
-    adapter.check_geometry(*geometry)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[weights_dtype]
-    transformer = adapter.load_transformer(dtype)
-    params = add_lora(transformer, lora_rank, None, list(adapter.lora_targets), seed)
-    if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    transformer.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
-    batch = _synthetic_batch(adapter, batch_size, geometry, seed)
-    on_device = {k: v.to(device) for k, v in batch.items() if k in ("latents_a", "latents_b", "text")}
-    cuda = torch.device(device).type == "cuda"
-
-    def one_step(mode: str, index: int, saved: _SavedBytes | None = None) -> float:
-        noise, t = step_noise(batch["latents_a"].shape, step_generator(seed, index))
-        if cuda:
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        hooks = torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t) if saved else None
-        with hooks or contextlib.nullcontext():
-            errors = flow_errors(
-                adapter,
-                transformer,
-                on_device["latents_a"],
-                on_device["latents_b"],
-                on_device["text"],
-                noise,
-                t,
-            )
-            loss = dpo_loss(errors, batch, mode=mode, beta=beta, reduction=reduction).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - tic
-
+    bench, geometry = _build_bench(
+        model, device, geometry, batch_size, lora_rank, weights_dtype, gradient_checkpointing, beta, reduction,
+        seed,
+    )  # fmt: skip
     times: dict[str, list[float]] = {m: [] for m in modes}
     peak: dict[str, int] = {}
     saved_bytes: dict[str, int] = {}
     for mode in modes:  # untimed warm-up, then one step per mode to measure its memory
         for i in range(warmup_steps):
-            one_step(mode, i)
-        if cuda:
+            bench.step(mode, i)
+        if bench.cuda:
             torch.cuda.reset_peak_memory_stats()
         counter = _SavedBytes()
-        one_step(mode, warmup_steps, counter)
+        bench.step(mode, warmup_steps, counter)
         saved_bytes[mode] = counter.total
-        if cuda:
+        if bench.cuda:
             peak[mode] = int(torch.cuda.max_memory_allocated())
     for i in range(steps):  # interleaved: dense, vanilla, dense, vanilla...
         for mode in modes:
-            times[mode].append(one_step(mode, warmup_steps + 1 + i))
+            times[mode].append(bench.step(mode, warmup_steps + 1 + i))
+    return _summary(bench, model, batch_size, geometry, times, peak, saved_bytes)
+
+
+def _summary(
+    bench: _Bench, model: str, batch_size: int, geometry: tuple[int, int, int], times: dict[str, list[float]],
+    peak: dict[str, int], saved_bytes: dict[str, int],
+) -> dict[str, Any]:  # fmt: skip
+    import torch
+
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "device": torch.cuda.get_device_name() if bench.cuda else "cpu",
         "model": model,
         "batch_size": batch_size,
         "geometry": list(geometry),
-        "latent_shape": list(batch["latents_a"].shape),
-        "trainable_params": sum(p.numel() for p in params),
+        "latent_shape": list(bench.batch["latents_a"].shape),
+        "trainable_params": sum(p.numel() for p in bench.params),
         "process_peak_rss_bytes": rss,
         "modes": {
             m: {
@@ -174,10 +221,10 @@ def measure_step_time(
                 "step_time_median_s": statistics.median(times[m]),
                 "step_time_min_s": min(times[m]),
                 "peak_memory_bytes": peak.get(m, rss),
-                "memory_kind": "cuda_max_allocated" if cuda else "process_peak_rss",
+                "memory_kind": "cuda_max_allocated" if bench.cuda else "process_peak_rss",
                 "saved_activation_bytes": saved_bytes[m],
             }
-            for m in modes
+            for m in times
         },
     }
     if "dense" in times and "vanilla" in times:

@@ -3,16 +3,26 @@
     python -m trainer.train --prefs LABELS.jsonl --model MODEL_ID_OR_PATH --output-dir DIR \\
         [--mode dense|vanilla] [--beta 500] [--lora-rank 128] [--steps N] [--batch-size B] \\
         [--grad-accum K] [--lr 1e-5] [--warmup 250] [--seed S] [--config FILE.yaml|.toml] [--tiny]
+    accelerate launch [--config_file configs/accelerate/ddp.yaml] -m trainer.train ...
 
 One readable loop (nanoGPT style). Latents and text embeddings are computed once and cached
 (``trainer.data``), then the VAE and text encoder are dropped. The policy is the transformer with a
 peft LoRA; the reference is the same transformer with the LoRA switched off, so there is no second
-copy of the weights. ``accelerate`` does mixed precision, gradient accumulation and multi-GPU.
+copy of the weights. ``accelerate`` does mixed precision, gradient accumulation and multi-process
+training (DDP, or FSDP for models whose weights do not fit one GPU; on a machine without CUDA the
+processes use the CPU and gloo).
 
-Writes ``OUTPUT_DIR/log.jsonl`` (one line per logged step: step, loss, implicit_acc, reward_margin,
-grad_norm, lr, step_time, and ``eval`` lines before and after training), ``checkpoint-<step>/``
-(``--resume`` continues from the latest, bit-identically) and ``lora/`` (the final LoRA in diffusers
-format: ``pipe.load_lora_weights(OUTPUT_DIR / "lora")``).
+With N processes every optimizer step consumes one global batch of ``N * grad_accum * batch_size``
+pairs from a seeded stream of per-epoch permutations, each process taking its own slice
+(``micro_batch_positions``): no pair is seen twice in an epoch, and the stream depends only on the
+seed. A pair's noise and t are keyed by its stream position, so the run does not depend on how the
+global batch is split over processes.
+
+Writes ``OUTPUT_DIR/log.jsonl`` (main process only: one line per logged step, averaged over the
+processes: step, loss, implicit_acc, reward_margin, grad_norm, lr, step_time; and ``eval`` lines
+before (step 0) and after training), ``checkpoint-<step>/`` (``--resume`` continues from the latest,
+bit-identically, and the log then reads like one uninterrupted run) and ``lora/`` (the final LoRA in
+diffusers format: ``pipe.load_lora_weights(OUTPUT_DIR / "lora")``).
 """
 
 from __future__ import annotations
@@ -22,15 +32,38 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from labeler.fileio import JsonlWriter, atomic_write_lines, read_lines
 from trainer.config import TrainConfig, parse_train_args
 
-__all__ = ["add_lora", "evaluate", "main", "train"]
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from diffusers import ModelMixin
+
+    from trainer.data import PreferenceDataset
+    from trainer.models import VideoModelAdapter
+    from trainer.step import TimestepSampler
+
+__all__ = [
+    "Session",
+    "TrainLog",
+    "add_lora",
+    "evaluate",
+    "main",
+    "micro_batch_positions",
+    "stream_index",
+    "train",
+    "train_step",
+]
 
 
-def add_lora(transformer: Any, rank: int, alpha: float | None, targets: list[str], seed: int) -> list[Any]:
+def add_lora(
+    transformer: ModelMixin, rank: int, alpha: float | None, targets: list[str], seed: int
+) -> list[torch.nn.Parameter]:
     """Freeze the transformer, add a LoRA (B = 0, so the policy starts equal to the reference) and
     return its parameters, kept in float32 whatever the base weights' dtype."""
     import torch
@@ -55,58 +88,181 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist())
 
 
-def _batch_indices(n: int, seed: int, position: int, size: int) -> list[int]:
-    """Items ``position .. position+size`` of an endless stream of seeded per-epoch permutations of
-    ``range(n)``: the data order depends only on the seed and the position, so resume is exact."""
-    return [_epoch_order(n, seed, q // n)[q % n] for q in range(position, position + size)]
+def stream_index(n: int, seed: int, position: int) -> int:
+    """Item ``position`` of an endless stream of seeded per-epoch permutations of ``range(n)``: the
+    data order depends only on the seed and the position, so resume is exact."""
+    return _epoch_order(n, seed, position // n)[position % n]
 
 
-def evaluate(
-    adapter: Any, transformer: Any, dataset: Any, cfg: TrainConfig, *, device: Any, autocast: Any = None
-) -> dict[str, float]:
-    """Loss and metrics of ``cfg.mode`` on the first ``cfg.eval_pairs`` pairs with fixed noise and t
-    (the same draws every call), batched like training: comparable before and after training."""
-    import contextlib
+def micro_batch_positions(
+    step: int, *, micro: int, rank: int, world: int, grad_accum: int, batch_size: int
+) -> list[int]:
+    """The stream positions of micro-batch ``micro`` of process ``rank`` at optimizer step ``step``.
 
+    Step ``step`` takes the next ``world * grad_accum * batch_size`` positions, ordered by micro-batch
+    then rank, so the processes read disjoint consecutive slices: within an epoch (``n`` consecutive
+    positions) every pair is seen exactly once, whichever process sees it, and N processes with batch
+    b read what one process with batch N*b reads."""
+    start = ((step * grad_accum + micro) * world + rank) * batch_size
+    return list(range(start, start + batch_size))
+
+
+class TrainLog:
+    """``log.jsonl``, written by the main process only (``enabled``).
+
+    A fresh run starts the file anew. A run resumed at ``resume_step`` keeps what an uninterrupted
+    run would hold at that point: the step lines up to it and the eval before training (step 0). It
+    drops lines a killed run wrote after its last checkpoint, a torn last line, and the eval after
+    training of a run that ended there; this run writes its own at its end."""
+
+    def __init__(self, path: Path, *, enabled: bool, resume_step: int = 0):
+        self.path = path
+        self.kept: list[dict[str, Any]] = []
+        self._writer: JsonlWriter | None = None
+        if not enabled:
+            return
+        raw = read_lines(path) if resume_step and path.exists() else []
+        lines = [(text, record) for text in raw if (record := _parse(text)) is not None]
+        kept = [(text, r) for text, r in lines if _keep(r, resume_step)]
+        atomic_write_lines(path, [text for text, _ in kept])
+        self.kept = [r for _, r in kept]
+        self._writer = JsonlWriter(path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._writer is not None:
+            self._writer.write_json(record)
+
+    def eval_before(self) -> dict[str, Any] | None:
+        return next((r["eval"] for r in self.kept if "eval" in r and r["step"] == 0), None)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _parse(text: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # a line cut short by the kill
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+def _keep(record: dict[str, Any], resume_step: int) -> bool:
+    if "eval" in record:
+        return record["step"] == 0
+    return record["step"] <= resume_step
+
+
+@dataclass
+class Session:
+    """Everything a training step needs, built once by ``_start``."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    adapter: VideoModelAdapter
+    dataset: PreferenceDataset
+    model: torch.nn.Module  # what the forwards call: the DDP / FSDP wrapper, or the module
+    unwrapped: ModelMixin  # the transformer with its peft LoRA
+    params: list[torch.nn.Parameter]
+    trainable_names: frozenset[str]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: TimestepSampler
+
+    @property
+    def sharded(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def evaluate(s: Session) -> dict[str, Any]:
+    """Loss and metrics of the mode on the first ``eval_pairs`` pairs with fixed per-pair noise and t
+    (the same draws every call and for any number of processes): comparable before and after
+    training. The pairs are split over the processes and their errors gathered, so every process
+    returns the same numbers; every process runs the same number of equally shaped batches (the last
+    one padded) because under FSDP each forward is a collective."""
     import torch
+    from accelerate.utils import gather_object
 
     from trainer.data import collate
-    from trainer.step import dpo_loss, flow_errors, step_generator, step_noise
+    from trainer.step import dpo_loss, flow_errors, pair_noise
 
-    count = min(cfg.eval_pairs, len(dataset))
+    cfg, acc = s.cfg, s.accelerator
+    count = min(cfg.eval_pairs, len(s.dataset))
     if count == 0:
         return {"pairs": 0}
-    was_training = transformer.training
-    transformer.eval()
-    errors, batches = [], []
-    for start in range(0, count, cfg.batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + cfg.batch_size, count))])
-        noise, t = step_noise(batch["latents_a"].shape, step_generator(cfg.seed, -1, start))
+    mine = list(range(acc.process_index, count, acc.num_processes))
+    per_rank = math.ceil(count / acc.num_processes)
+    padded = mine + [mine[-1] if mine else 0] * (per_rank - len(mine))
+    was_training = s.unwrapped.training
+    s.unwrapped.eval()
+    local: list[tuple[int, list[torch.Tensor]]] = []
+    for start in range(0, per_rank, cfg.batch_size):
+        indices = padded[start : start + cfg.batch_size]
+        batch = collate([s.dataset[i] for i in indices])
+        noise, t = pair_noise(batch["latents_a"].shape[1:], cfg.seed, [(-1, i) for i in indices], s.sampler)
+        dev = acc.device
         with torch.no_grad():
-            errors.append(flow_errors(
-                adapter, transformer, batch["latents_a"].to(device), batch["latents_b"].to(device),
-                batch["text"].to(device), noise, t, autocast=autocast or contextlib.nullcontext,
-            ))  # fmt: skip
-        batches.append({k: batch[k] for k in ("labels", "segment_ids", "video_label")})
-    transformer.train(was_training)
+            errors = flow_errors(
+                s.adapter, s.model, batch["latents_a"].to(dev), batch["latents_b"].to(dev), batch["text"].to(dev),
+                noise, t, lora_owner=s.unwrapped, autocast=acc.autocast,
+            )  # fmt: skip
+        for j, i in enumerate(indices[: max(0, len(mine) - start)]):
+            rows = [e[j].cpu() for e in errors] + [
+                batch[k][j] for k in ("labels", "segment_ids", "video_label")
+            ]
+            local.append((i, rows))
+    s.unwrapped.train(was_training)
+    everything = sorted(gather_object(local) if acc.num_processes > 1 else local, key=lambda item: item[0])
     # One loss over every eval pair (not a mean of batch means): each labeled frame / pair counts once.
-    joined = tuple(torch.cat(parts) for parts in zip(*errors, strict=True))
-    labels = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-    out = dpo_loss(joined, labels, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction)  # type: ignore[arg-type]
+    columns = [torch.stack(col) for col in zip(*(rows for _, rows in everything), strict=True)]
+    labels = dict(zip(("labels", "segment_ids", "video_label"), columns[4:], strict=True))
+    errs = (columns[0], columns[1], columns[2], columns[3])
+    out = dpo_loss(errs, labels, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction)
     return {"loss": out.loss.item(), **out.metrics, "pairs": count}
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint a run resumes from (a killed run may have logged steps it
-    never saved), so that the log reads like one uninterrupted run."""
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by the kill
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+def train_step(s: Session, step: int) -> dict[str, float]:
+    """One optimizer step (``grad_accum`` micro-batches on every process); returns its metrics
+    averaged over micro-batches and processes."""
+    import torch
+
+    from trainer.data import collate
+    from trainer.step import dpo_loss, flow_errors, pair_noise
+
+    cfg, acc = s.cfg, s.accelerator
+    rank, world, dev = acc.process_index, acc.num_processes, acc.device
+    sums: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        positions = micro_batch_positions(
+            step, micro=micro, rank=rank, world=world, grad_accum=cfg.grad_accum, batch_size=cfg.batch_size
+        )
+        batch = collate([s.dataset[stream_index(len(s.dataset), cfg.seed, q)] for q in positions])
+        noise, t = pair_noise(batch["latents_a"].shape[1:], cfg.seed, [(q,) for q in positions], s.sampler)
+        with acc.accumulate(s.model):
+            errors = flow_errors(
+                s.adapter, s.model, batch["latents_a"].to(dev), batch["latents_b"].to(dev), batch["text"].to(dev),
+                noise, t, lora_owner=s.unwrapped, autocast=acc.autocast,
+            )  # fmt: skip
+            out = dpo_loss(errors, batch, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction)
+            acc.backward(out.loss)
+            if acc.sync_gradients:
+                sums["grad_norm"] = float(acc.clip_grad_norm_(s.params, cfg.max_grad_norm))
+                sums["lr"] = s.scheduler.get_last_lr()[0]
+            s.optimizer.step()
+            s.optimizer.zero_grad(set_to_none=True)
+        for key, value in {"loss": out.loss.item(), **out.metrics}.items():
+            sums[key] = sums.get(key, 0.0) + value / cfg.grad_accum
+    s.scheduler.step()
+    if world > 1:  # the logged numbers are means over the processes
+        keys = sorted(sums)
+        mean = acc.reduce(torch.tensor([sums[k] for k in keys], device=dev), "mean")
+        sums = dict(zip(keys, mean.tolist(), strict=True))
+    if not math.isfinite(sums["loss"]):
+        raise FloatingPointError(f"step {step + 1}: loss is {sums['loss']}; lower --lr or use fp32")
+    return sums
 
 
 def _trackers(report_to: str) -> list[str]:
@@ -119,163 +275,180 @@ def _trackers(report_to: str) -> list[str]:
     return [name.strip() for name in report_to.split(",") if name.strip()]
 
 
-def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run the training described by ``cfg``; returns a summary (final step, last metrics, eval
-    before/after, paths)."""
+def _load_data(
+    cfg: TrainConfig, acc: Accelerator, adapter: VideoModelAdapter, out_dir: Path, progress: bool
+) -> tuple[PreferenceDataset, dict[str, int]]:
+    """Select the pairs inside the training window and encode them (main process first, the others
+    then read its cache)."""
+    from trainer.config import ConfigError
+    from trainer.data import SKIP_REASONS, DataError, Geometry, build_dataset, select_pairs
+
+    geometry = Geometry(
+        cfg.num_frames or adapter.num_frames, cfg.height or adapter.height, cfg.width or adapter.width
+    )
+    try:
+        adapter.check_geometry(geometry.num_frames, geometry.height, geometry.width)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    records, skipped = select_pairs(
+        cfg.prefs, num_frames=geometry.num_frames, temporal_compression=adapter.temporal_compression,
+        min_nontie_fraction=cfg.min_nontie_fraction, mode=cfg.mode,
+    )  # fmt: skip
+    acc.print(f"training window: first {geometry.num_frames} frames at {geometry.height}x{geometry.width}")
+    acc.print(f"pairs: {len(records)} used, skipped {dict(skipped) or 'none'}")
+    for reason, n in sorted(skipped.items()):
+        acc.print(f"  {n} skipped: {SKIP_REASONS[reason]}")
+    if not records:
+        raise DataError(f"{cfg.prefs}: no pair left to train on (skipped {dict(skipped)})")
+    with acc.main_process_first():
+        dataset = build_dataset(
+            records, adapter, geometry, cfg.cache_dir or out_dir / "cache", cfg.video_root or Path(cfg.prefs).parent,
+            progress=progress and acc.is_local_main_process,
+        )  # fmt: skip
+    adapter.release()
+    acc.print(f"latent frames by label: {dataset.label_counts()}")
+    return dataset, dict(skipped)
+
+
+def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, dict[str, int]]:
+    """Accelerator, data, frozen base + LoRA, optimizer and warm-up-then-constant LR."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
-    from trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from trainer.data import Geometry, build_dataset, collate, select_pairs
     from trainer.models import load_adapter
-    from trainer.step import dpo_loss, flow_errors, step_generator, step_noise
+    from trainer.step import TimestepSampler
 
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # several processes on a CPU-only machine: gloo
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=_trackers(cfg.report_to) or None,
         project_dir=str(out_dir),
     )
     set_seed(cfg.seed)
-    say = accelerator.print
     adapter = load_adapter(cfg.model, device=accelerator.device)
-    geometry = Geometry(
-        cfg.num_frames or adapter.num_frames, cfg.height or adapter.height, cfg.width or adapter.width
+    sampler = TimestepSampler.resolve(
+        cfg.timestep_sampling,
+        cfg.timestep_shift,
+        adapter.train_timestep_sampling,
+        adapter.train_timestep_shift,
     )
-
-    # ---- data: encode once (main process first, the others then read the cache), free the encoders
-    records, skipped = select_pairs(cfg.prefs, min_nontie_fraction=cfg.min_nontie_fraction, mode=cfg.mode)
-    say(f"pairs: {len(records)} used, skipped {dict(skipped) or 'none'}")
-    with accelerator.main_process_first():
-        dataset = build_dataset(
-            records, adapter, geometry, cfg.cache_dir or out_dir / "cache", cfg.video_root or Path(cfg.prefs).parent,
-            progress=progress and accelerator.is_local_main_process,
-        )  # fmt: skip
-    adapter.release()
-    say(f"latent frames by label: {dataset.label_counts()}")
-
-    # ---- model: frozen base + LoRA; optimizer; warm-up then constant LR
+    dataset, skipped = _load_data(cfg, accelerator, adapter, out_dir, progress)
     weights_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.weights_dtype]
     transformer = adapter.load_transformer(weights_dtype)
     targets = cfg.lora_targets.split(",") if cfg.lora_targets else list(adapter.lora_targets)
     params = add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, targets, cfg.seed)
+    names = frozenset(n for n, p in transformer.named_parameters() if p.requires_grad)
     if cfg.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = cfg.warmup
     # (step + 1) / warmup: the first step already moves (a 0 LR first step would be wasted work).
-    lr_lambda = lambda step: min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+    )
     model, optimizer = accelerator.prepare(transformer, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+    # Under FSDP the optimizer now holds the sharded parameters: clip those.
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    session = Session(
+        cfg, accelerator, adapter, dataset, model, accelerator.unwrap_model(model), params, names,
+        optimizer, scheduler, sampler,
+    )  # fmt: skip
+    accelerator.print(f"timesteps: {sampler.kind}, shift {sampler.shift:g}")
+    return session, skipped
 
-    start_step = 0
-    if cfg.resume and (ckpt := latest_checkpoint(out_dir)):
-        start_step = load_checkpoint(ckpt, unwrapped, optimizer, scheduler)["step"]
-        say(f"resumed from {ckpt} at step {start_step}")
-    summary: dict[str, Any] = {"output_dir": str(out_dir), "pairs": len(dataset), "skipped": dict(skipped)}
-    log_path = out_dir / "log.jsonl"
-    if start_step and accelerator.is_main_process and log_path.exists():
-        _truncate_log(log_path, start_step)
 
-    def log(record: dict[str, Any]) -> None:
-        if accelerator.is_main_process:
-            with log_path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+def _resume(s: Session, out_dir: Path) -> int:
+    from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
+    if not s.cfg.resume or not (ckpt := latest_checkpoint(out_dir)):
+        return 0
+    if s.sharded:
+        raise CheckpointError(f"{ckpt}: resuming a sharded (FSDP / DeepSpeed) run is not supported")
+    step = int(load_checkpoint(ckpt, s.unwrapped, s.optimizer, s.scheduler)["step"])
+    s.accelerator.print(f"resumed from {ckpt} at step {step}")
+    return step
+
+
+def _lora_state(s: Session) -> dict[str, torch.Tensor]:
+    """The LoRA weights by parameter name, whole on the main process. Every process must call it:
+    under FSDP ``get_state_dict`` gathers the shards."""
+    state = s.accelerator.get_state_dict(s.model)
+    return {k: v for k, v in state.items() if k in s.trainable_names} if s.accelerator.is_main_process else {}
+
+
+def _save(s: Session, out_dir: Path, step: int) -> None:
+    from trainer.checkpoint import save_checkpoint
+
+    s.accelerator.wait_for_everyone()
+    lora = _lora_state(s)
+    if s.accelerator.is_main_process:
+        optimizer_state = None if s.sharded else s.optimizer.state_dict()
+        save_checkpoint(out_dir, step, lora, optimizer_state, s.scheduler, s.cfg.to_dict(),
+                        keep=s.cfg.keep_checkpoints)  # fmt: skip
+    s.accelerator.wait_for_everyone()
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run the training described by ``cfg``; returns a summary (final step, last metrics, eval
+    before/after, paths)."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    s, skipped = _start(cfg, out_dir, progress)
+    acc = s.accelerator
+    start_step = _resume(s, out_dir)
+    log = TrainLog(out_dir / "log.jsonl", enabled=acc.is_main_process, resume_step=start_step)
+    summary: dict[str, Any] = {"output_dir": str(out_dir), "pairs": len(s.dataset), "skipped": skipped}
     if cfg.eval_pairs and start_step == 0:
-        summary["eval_before"] = evaluate(adapter, unwrapped, dataset, cfg, device=accelerator.device,
-                                          autocast=accelerator.autocast)  # fmt: skip
-        log({"step": 0, "eval": summary["eval_before"]})
-    if accelerator.trackers:
-        accelerator.init_trackers(
-            "densepref", config={k: v for k, v in cfg.to_dict().items() if v is not None}
-        )
-
-    rank, world = accelerator.process_index, accelerator.num_processes
+        summary["eval_before"] = evaluate(s)
+        log.write({"step": 0, "eval": summary["eval_before"]})
+    elif before := log.eval_before():
+        summary["eval_before"] = before
+    if acc.trackers:
+        acc.init_trackers("densepref", config={k: v for k, v in cfg.to_dict().items() if v is not None})
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=f"{cfg.mode} DPO",
-               disable=not (progress and accelerator.is_local_main_process))  # fmt: skip
+               disable=not (progress and acc.is_local_main_process))  # fmt: skip
     last: dict[str, Any] = {}
     for step in bar:
         tic = time.perf_counter()
-        sums: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
-            position = ((step * cfg.grad_accum + micro) * world + rank) * cfg.batch_size
-            batch = collate(
-                [dataset[i] for i in _batch_indices(len(dataset), cfg.seed, position, cfg.batch_size)]
-            )
-            noise, t = step_noise(batch["latents_a"].shape, step_generator(cfg.seed, step, micro, rank))
-            with accelerator.accumulate(model):
-                dev = accelerator.device
-                errors = flow_errors(
-                    adapter, model, batch["latents_a"].to(dev), batch["latents_b"].to(dev), batch["text"].to(dev),
-                    noise, t, reference_model=unwrapped, autocast=accelerator.autocast,
-                )  # fmt: skip
-                out = dpo_loss(errors, batch, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction)
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients:
-                    sums["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
-                    sums["lr"] = scheduler.get_last_lr()[0]
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key, value in {"loss": out.loss.item(), **out.metrics}.items():
-                sums[key] = sums.get(key, 0.0) + value / cfg.grad_accum
-        scheduler.step()
-        if world > 1:  # average the logged numbers over processes
-            keys = sorted(sums)
-            mean = accelerator.reduce(
-                torch.tensor([sums[k] for k in keys], device=accelerator.device), "mean"
-            )
-            sums = dict(zip(keys, mean.tolist(), strict=True))
-        if not math.isfinite(sums["loss"]):
-            raise FloatingPointError(f"step {step + 1}: loss is {sums['loss']}; lower --lr or use fp32")
-        last = {"step": step + 1, **sums, "step_time": time.perf_counter() - tic}
+        last = {"step": step + 1, **train_step(s, step), "step_time": time.perf_counter() - tic}
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            log(last)
-            accelerator.log({k: v for k, v in last.items() if k != "step"}, step=step + 1)
+            log.write(last)
+            acc.log({k: v for k, v in last.items() if k != "step"}, step=step + 1)
             bar.set_postfix(
                 loss=f"{last['loss']:.4f}", acc=f"{last['implicit_acc']:.2f}", lr=f"{last['lr']:.2e}"
             )
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(out_dir, step + 1, unwrapped, optimizer, scheduler, cfg.to_dict(),
-                                keep=cfg.keep_checkpoints)  # fmt: skip
-
-    accelerator.wait_for_everyone()
+            _save(s, out_dir, step + 1)
     if cfg.eval_pairs:
-        summary["eval_after"] = evaluate(adapter, unwrapped, dataset, cfg, device=accelerator.device,
-                                         autocast=accelerator.autocast)  # fmt: skip
-        log({"step": cfg.steps, "eval": summary["eval_after"]})
-    if accelerator.is_main_process:
-        summary["lora_dir"] = str(adapter.save_lora(unwrapped, out_dir / "lora"))
-    accelerator.end_training()
+        summary["eval_after"] = evaluate(s)
+        log.write({"step": cfg.steps, "eval": summary["eval_after"]})
+    lora = _lora_state(s)
+    if acc.is_main_process:
+        summary["lora_dir"] = str(s.adapter.save_lora(s.unwrapped, out_dir / "lora", state_dict=lora))
+    log.close()
+    acc.end_training()
     return summary | {"step": cfg.steps, "last": last}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError
     from trainer.data import DataError
+    from trainer.models import UnknownModelError
 
     try:
         cfg = parse_train_args(argv)
         summary = train(cfg)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, UnknownModelError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(
-        json.dumps(
-            {
-                k: summary[k]
-                for k in ("step", "pairs", "eval_before", "eval_after", "lora_dir")
-                if k in summary
-            }
-        )
-    )
+    keys = ("step", "pairs", "skipped", "eval_before", "eval_after", "lora_dir")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
 

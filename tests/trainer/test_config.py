@@ -94,3 +94,22 @@ def test_bad_values_and_missing_options():
         parse_train_args([*REQUIRED, "--config", "x.ini"])
     with pytest.raises(SystemExit):
         parse_train_args(["--model", "m"])  # no --prefs / --output-dir
+
+
+def test_timestep_options_and_their_checks():
+    cfg = parse_train_args([*REQUIRED, "--timestep-sampling", "logit-normal", "--timestep-shift", "3"])
+    assert (cfg.timestep_sampling, cfg.timestep_shift) == ("logit-normal", 3.0)
+    assert parse_train_args(REQUIRED).timestep_sampling == "auto"  # the model family's own
+    with pytest.raises(ConfigError, match="no effect with timestep_sampling 'uniform'"):
+        parse_train_args([*REQUIRED, "--timestep-sampling", "uniform", "--timestep-shift", "3"])
+    with pytest.raises(ConfigError, match="timestep_shift must be positive"):
+        parse_train_args([*REQUIRED, "--timestep-shift", "0"])
+    with pytest.raises(SystemExit):
+        parse_train_args([*REQUIRED, "--timestep-sampling", "cosine"])
+
+
+def test_num_frames_help_says_what_it_does_and_bad_values_fail():
+    text = " ".join(build_parser().format_help().split())
+    assert "Train on the first N frames" in text and "default: all" not in text
+    with pytest.raises(ConfigError, match="num_frames must be positive"):
+        parse_train_args([*REQUIRED, "--num-frames", "0"])

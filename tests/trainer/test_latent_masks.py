@@ -1,4 +1,4 @@
-"""Segment → latent-frame labels (DESIGN §2.6): hand-worked layouts and an exhaustive cross-check."""
+"""Segment → latent-frame labels (trainer.latents): hand-worked layouts and an exhaustive cross-check."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DenseDPO / vanilla DPO losses against hand computations and their invariants (DESIGN §2.7)."""
+"""DenseDPO / vanilla DPO losses against hand computations and their invariants (docs/training.md)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import textured_frames
-from trainer.models import UnknownModelError, WanAdapter, load_adapter
+from trainer.models import UnknownModelError, UnsupportedModelError, WanAdapter, load_adapter
 from trainer.step import flow_errors, lora_disabled
 from trainer.steptime import measure_step_time
 from trainer.train import add_lora
@@ -46,6 +46,40 @@ def test_load_adapter_reads_model_index(tmp_path):
     (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(UnknownModelError, match="FluxPipeline"):
         load_adapter(str(other))
+
+
+def index_dir(root, name: str, index: dict) -> str:
+    path = root / name
+    path.mkdir()
+    (path / "model_index.json").write_text(json.dumps(index))
+    return str(path)
+
+
+def test_wan22_two_expert_and_ti2v_models_are_refused_with_a_reason(tmp_path):
+    # As in Wan-AI/Wan2.2-T2V-A14B-Diffusers: a high-noise transformer, a low-noise transformer_2.
+    a14b = {"_class_name": "WanPipeline", "boundary_ratio": 0.875, "transformer": ["diffusers", "WanTransformer3DModel"],
+            "transformer_2": ["diffusers", "WanTransformer3DModel"]}  # fmt: skip
+    with pytest.raises(
+        UnsupportedModelError, match=r"transformer_2 below.*high-noise expert at every noise level"
+    ):
+        load_adapter(index_dir(tmp_path, "Wan2.2-T2V-A14B", a14b))
+    ti2v = {"_class_name": "WanPipeline", "expand_timesteps": True, "boundary_ratio": None,
+            "transformer_2": [None, None]}  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="TI2V"):
+        load_adapter(index_dir(tmp_path, "Wan2.2-TI2V-5B", ti2v))
+    wan21 = {"_class_name": "WanPipeline", "boundary_ratio": None, "transformer_2": [None, None],
+             "expand_timesteps": False}  # fmt: skip
+    assert isinstance(load_adapter(index_dir(tmp_path, "Wan2.1-T2V-1.3B", wan21)), WanAdapter)
+
+
+def test_a_name_containing_wan_is_not_enough(tmp_path):
+    (tmp_path / "my-wan-finetune").mkdir()  # no model_index.json: no guessing from the name
+    with pytest.raises(UnknownModelError, match=r"cannot read its model_index\.json"):
+        load_adapter(str(tmp_path / "my-wan-finetune"))
+    with pytest.raises(UnknownModelError, match="names no pipeline class"):
+        load_adapter(
+            index_dir(tmp_path, "wan-no-class", {"transformer": ["diffusers", "WanTransformer3DModel"]})
+        )
 
 
 def test_vae_identity_changes_with_the_model_config_without_loading_it(tmp_path):

@@ -13,6 +13,7 @@ import torch
 from diffusers import WanPipeline
 from safetensors.torch import load_file
 
+from labeler.fileio import read_lines
 from labeler.schemas import read_records
 from trainer.config import parse_train_args
 from trainer.train import add_lora, main, train
@@ -48,7 +49,7 @@ def run(labels: Path, out: Path, cache: Path, *extra: str) -> dict:
 
 
 def log_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in read_lines(out / "log.jsonl")]
 
 
 def test_dense_training_lowers_the_loss_and_learns_the_labels(labels, cache, tmp_path):
@@ -68,14 +69,15 @@ def test_dense_training_lowers_the_loss_and_learns_the_labels(labels, cache, tmp
     assert (tmp_path / "dense" / "lora" / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_resume_continues_to_the_same_state(labels, cache, tmp_path):
+def test_resume_continues_to_the_same_state_and_the_log_reads_like_one_run(labels, cache, tmp_path):
+    args = ("--save-every", "3", "--eval-pairs", "2")
     straight = tmp_path / "straight"
-    run(labels, straight, cache, "--steps", "6", "--save-every", "3", "--eval-pairs", "0")
+    run(labels, straight, cache, "--steps", "6", *args)
     split = tmp_path / "split"
-    run(labels, split, cache, "--steps", "3", "--save-every", "3", "--eval-pairs", "0")
+    first = run(labels, split, cache, "--steps", "3", *args)  # ends with its own eval at step 3
     with (split / "log.jsonl").open("a") as fh:  # a step the killed run logged but never saved
         fh.write(json.dumps({"step": 4, "loss": 99.0}) + "\n" + '{"step": 5, "lo')
-    run(labels, split, cache, "--steps", "6", "--save-every", "3", "--eval-pairs", "0", "--resume")
+    resumed = run(labels, split, cache, "--steps", "6", *args, "--resume")
     a, b = (
         load_file(straight / "checkpoint-6" / "lora.safetensors"),
         load_file(split / "checkpoint-6" / "lora.safetensors"),
@@ -84,11 +86,27 @@ def test_resume_continues_to_the_same_state(labels, cache, tmp_path):
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-7) for k in a)
     at_3 = load_file(split / "checkpoint-3" / "lora.safetensors")
     assert any(not torch.equal(at_3[k], b[k]) for k in b)  # it did train after resuming
-    # The log reads like one run: the unsaved step 4 and the torn line are gone, the rest match.
-    straight_log = [(line["step"], line["loss"]) for line in log_lines(straight)]
-    resumed_log = [(line["step"], line["loss"]) for line in log_lines(split)]
-    assert [s for s, _ in resumed_log] == [1, 2, 3, 4, 5, 6] == [s for s, _ in straight_log]
-    assert [v for _, v in resumed_log] == pytest.approx([v for _, v in straight_log], abs=1e-6)
+    # The log reads like one run: the first run's final eval, the unsaved step 4 and the torn line
+    # are gone; the eval before training is kept; everything matches the uninterrupted run.
+    shape = [(line["step"], "eval" in line) for line in log_lines(split)]
+    assert shape == [(0, True), *((s, False) for s in range(1, 7)), (6, True)]
+    assert shape == [(line["step"], "eval" in line) for line in log_lines(straight)]
+    values = [line.get("loss", line.get("eval", {}).get("loss")) for line in log_lines(split)]
+    expected = [line.get("loss", line.get("eval", {}).get("loss")) for line in log_lines(straight)]
+    assert values == pytest.approx(expected, abs=1e-6)
+    assert resumed["eval_before"] == first["eval_before"]
+
+
+def test_timestep_sampling_changes_the_draws_training_uses(labels, cache, tmp_path):
+    common = ("--steps", "1", "--eval-pairs", "0", "--lr", "0")
+    grad_norms = {}
+    for sampling in ("auto", "uniform", "shift"):
+        run(labels, tmp_path / sampling, cache, *common, "--timestep-sampling", sampling)
+        grad_norms[sampling] = log_lines(tmp_path / sampling)[0]["grad_norm"]
+    assert grad_norms["auto"] == grad_norms["shift"]  # Wan's own: shift 5
+    assert grad_norms["uniform"] != grad_norms["shift"]
+    run(labels, tmp_path / "shift3", cache, *common, "--timestep-shift", "3")
+    assert log_lines(tmp_path / "shift3")[0]["grad_norm"] != grad_norms["shift"]
 
 
 def test_vanilla_mode_runs_on_the_same_data(labels, cache, tmp_path):
