@@ -4,13 +4,17 @@ batch CLI and the HTTP service build judges and engines the same way."""
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 from labeler.cache import JudgmentCache, default_cache_dir
 from labeler.engine import Engine, EngineConfig
 from labeler.judges import JUDGE_NAMES, build_judge
 from labeler.judges.base import Judge
+from labeler.judges.openai_request import ANSWER_ORDERS, EFFORTS, parse_price
 
 
 class UsageError(ValueError):
@@ -58,6 +62,7 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not ask the endpoint for logprobs (probabilities then come from votes)",
     )
+    _add_openai_arguments(g)
     g.add_argument("--device", default=None, help="torch device for --judge hf (default: cpu)")
     g.add_argument("--dtype", default=None, help="torch dtype for --judge hf, e.g. bfloat16 (default: auto)")
     g.add_argument(
@@ -80,6 +85,65 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_openai_arguments(g: argparse._ArgumentGroup) -> None:
+    """--judge openai options for real endpoints (docs/endpoints.md)."""
+    g.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="send the answer schema with strict: false (default: strict: true; vLLM ignores it)",
+    )
+    g.add_argument(
+        "--reasoning-effort",
+        choices=EFFORTS,
+        default=None,
+        help="reasoning models: the effort to ask for (default: the model's own, from the model table); "
+        "on a model outside the table it marks it as a reasoning model and reserves thinking tokens",
+    )
+    g.add_argument(
+        "--extra-body",
+        type=_json_object,
+        default=None,
+        metavar="JSON",
+        help="server-specific fields merged into every request body, e.g. vLLM's "
+        '\'{"structured_outputs": {"disable_any_whitespace": true}}\'',
+    )
+    g.add_argument(
+        "--price",
+        type=_price,
+        default=None,
+        metavar="IN,OUT",
+        help="USD per 1M input and output tokens, for a model the price table does not list "
+        "(needed for --max-cost on it)",
+    )
+    g.add_argument(
+        "--answer-order",
+        choices=ANSWER_ORDERS,
+        default=None,
+        help="label-first: p_* are the model's belief before any rationale (comparable with --judge hf); "
+        "rationale-first: the model reasons first (default: label-first)",
+    )
+
+
+def _price(text: str) -> tuple[float, float]:
+    try:
+        return parse_price(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    for key in ("model", "messages"):
+        if key in value:
+            raise argparse.ArgumentTypeError(f"must not set {key!r} (the judge sends it)")
+    return value
+
+
 def build_judge_from_args(args: argparse.Namespace) -> Judge:
     if args.judge == "metrics":
         return build_judge(
@@ -98,6 +162,11 @@ def build_judge_from_args(args: argparse.Namespace) -> Judge:
             max_tokens=args.max_tokens,
             logprobs=False if args.no_logprobs else None,
             timeout=args.timeout,
+            strict_schema=False if args.no_strict else None,
+            reasoning_effort=args.reasoning_effort,
+            extra_body=args.extra_body,
+            price=args.price,
+            answer_order=args.answer_order,
             **common,
         )
     return build_judge(
@@ -163,7 +232,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-cost",
         type=float,
         default=None,
-        help="stop once the estimated spend reaches this many USD (priced models only)",
+        help="stop once the billed spend reaches this many USD (a model without a listed price needs --price)",
     )
 
 
@@ -174,6 +243,10 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     for name in ("frames_per_segment", "concurrency", "max_attempts"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_cost is not None and not (math.isfinite(args.max_cost) and args.max_cost > 0):
+        raise UsageError(f"--max-cost must be a positive number of USD, got {args.max_cost}")
+    if args.max_requests is not None and args.max_requests < 1:
+        raise UsageError(f"--max-requests must be at least 1, got {args.max_requests}")
     return EngineConfig(
         segment_seconds=args.segment_seconds,
         frames_per_segment=args.frames_per_segment,
@@ -195,4 +268,11 @@ def cache_from_args(args: argparse.Namespace) -> JudgmentCache:
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
-    return Engine(build_judge_from_args(args), engine_config_from_args(args), cache_from_args(args))
+    judge = build_judge_from_args(args)
+    config = engine_config_from_args(args)
+    if config.max_cost is not None and judge.cost_usd(1_000_000, 1_000_000) is None:
+        raise UsageError(
+            f"--max-cost cannot limit {judge.model}: the price table does not list it; "
+            "give its price with --price IN,OUT (USD per 1M tokens)"
+        )
+    return Engine(judge, config, cache_from_args(args))

@@ -24,7 +24,6 @@ from labeler import __version__, video
 from labeler.aggregate import combine_votes
 from labeler.cache import JudgmentCache, cache_key
 from labeler.judges.base import Judge
-from labeler.judges.pricing import estimate_cost
 from labeler.schemas import (
     DensePreferenceRecord,
     Judgment,
@@ -67,7 +66,7 @@ class BudgetExceeded(RuntimeError):
 class EngineStats:
     pairs: int = 0
     segments: int = 0
-    requests: int = 0  # judge calls sent (each attempt counts)
+    requests: int = 0  # requests sent: HTTP requests (re-asks included) for metering judges, else calls
     retries: int = 0
     cache_hits: int = 0
     input_tokens: int = 0
@@ -160,6 +159,7 @@ class Engine:
         self._decodes = asyncio.Semaphore(self.config.decode_workers)
         self._pause_until = 0.0  # a 429's Retry-After pauses every request, not just the one that got it
         self._fingerprint = judge.fingerprint()
+        judge.attach_meter(self)  # judges with meters_usage report each HTTP request and its tokens
         self._backoff = _exponential_jitter(self.config.backoff_initial, self.config.backoff_max)
 
     # ------------------------------------------------------------------ planning
@@ -253,8 +253,8 @@ class Engine:
         while (delay := self._pause_until - loop.time()) > 0:
             await asyncio.sleep(delay)
         async with self._requests:
-            self._check_budget()
-            self.stats.requests += 1
+            if not self.judge.meters_usage:
+                self.before_request()
             try:
                 return await asyncio.wait_for(self.judge.judge(request), self.config.request_timeout)
             except asyncio.TimeoutError as exc:
@@ -292,16 +292,23 @@ class Engine:
         except Exception:
             self.stats.judge_errors += 1
             raise
-        self._account(judgment)
+        if not self.judge.meters_usage:
+            self._account(judgment)
         return judgment
 
-    def _account(self, judgment: Judgment) -> None:
-        self.stats.input_tokens += judgment.input_tokens
-        self.stats.output_tokens += judgment.output_tokens
-        cost = estimate_cost(
-            judgment.model or self.judge.model or "", judgment.input_tokens, judgment.output_tokens
-        )
-        self.stats.cost_usd += cost or 0.0
+    def before_request(self) -> None:
+        """UsageMeter: one more request is about to go out (HTTP requests for metering judges)."""
+        self._check_budget()
+        self.stats.requests += 1
+
+    def billed(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> None:
+        """UsageMeter: tokens the endpoint billed, usable answer or not (``batch``: at Batch API price)."""
+        self.stats.input_tokens += input_tokens
+        self.stats.output_tokens += output_tokens
+        self.stats.cost_usd += self.judge.cost_usd(input_tokens, output_tokens, batch=batch) or 0.0
+
+    def _account(self, judgment: Judgment, *, batch: bool = False) -> None:
+        self.billed(judgment.input_tokens, judgment.output_tokens, batch=batch)
 
     @staticmethod
     def segment_request(
@@ -474,6 +481,8 @@ class Engine:
         self.stats.pairs += 1
         self.stats.segments += len(segments)
         extra: dict[str, Any] = {"max_side": self.config.max_side}
+        if self.judge.answer_order is not None:
+            extra["answer_order"] = self.judge.answer_order
         if seconds is not None:
             extra["segment_seconds"] = seconds
         labeler = LabelerInfo(

@@ -253,6 +253,10 @@ class LabelerInfo(BaseModel):
     frames_per_segment: int | None = None
     swap: bool | None = None
     densepref_version: str | None = None
+    answer_order: str | None = Field(
+        None,
+        description="'label-first' or 'rationale-first': the judge's answer field order (docs/endpoints.md).",
+    )
     annotator: str | None = Field(None, description="Human annotator name when judge == 'human'.")
 
 

@@ -13,9 +13,10 @@ import openai
 import pytest
 
 from labeler.judges.base import Judge
+from labeler.judges.models_table import REASONING_BUDGET
 from labeler.judges.openai_api import OpenAIJudge
 from labeler.judges.openai_errors import retry_after, status_error
-from labeler.judges.parsing import ANSWER_JSON_SCHEMA
+from labeler.judges.parsing import answer_json_schema
 from labeler.judges.pricing import chat_input_tokens
 from labeler.schemas import FatalJudgeError, JudgeParseError, SegmentRequest, TransientJudgeError
 from labeler.standin import canonical_hash
@@ -230,8 +231,13 @@ def test_request_body_settings(request_pair):
     body = openai_judge.build_body(request_pair)
     assert body["response_format"] == {
         "type": "json_schema",
-        "json_schema": {"name": "segment_judgment", "schema": ANSWER_JSON_SCHEMA, "strict": True},
+        "json_schema": {
+            "name": "segment_judgment",
+            "schema": answer_json_schema("label-first"),
+            "strict": True,
+        },
     }
+    assert list(body["response_format"]["json_schema"]["schema"]["properties"]) == ["label", "rationale"]
     assert (body["temperature"], body["max_tokens"], body["logprobs"], body["top_logprobs"]) == (
         0.0,
         300,
@@ -243,9 +249,10 @@ def test_request_body_settings(request_pair):
     local = OpenAIJudge("qwen", base_url="http://127.0.0.1:8000/v1", extra_body={"top_k": 1}).build_body(
         request_pair
     )
-    assert local["response_format"]["json_schema"]["strict"] is False and local["top_k"] == 1
+    # strict: true everywhere by default (a proxy or gateway in front of OpenAI must not lose it).
+    assert local["response_format"]["json_schema"]["strict"] is True and local["top_k"] == 1
     o3 = OpenAIJudge("o3", api_key="k", reasoning_effort="low").build_body(request_pair)
-    assert o3["max_completion_tokens"] == 300 + 4000 and o3["reasoning_effort"] == "low"
+    assert o3["max_completion_tokens"] == 300 + REASONING_BUDGET["low"] and o3["reasoning_effort"] == "low"
     assert not {"temperature", "max_tokens", "logprobs", "top_logprobs"} & set(o3)
 
 

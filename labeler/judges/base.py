@@ -10,9 +10,20 @@ type checker, and a capability a judge lacks has one documented behaviour.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from labeler.schemas import JudgeEstimate, Judgment, SegmentRequest
+
+
+class UsageMeter(Protocol):
+    """What a judge that sends several HTTP requests per judgment (re-asks, fallbacks) reports,
+    request by request, so budgets and bills count what the endpoint really received."""
+
+    def before_request(self) -> None:
+        """Called before every HTTP request; raises when a budget is spent (nothing is sent)."""
+
+    def billed(self, input_tokens: int, output_tokens: int) -> None:
+        """Tokens of one answered HTTP request, usable or not."""
 
 
 class BatchApiUnsupported(NotImplementedError):
@@ -33,6 +44,10 @@ class Judge(abc.ABC):
     :meth:`estimate`          no images, no tokens (a model-free judge costs nothing)
     ``supports_batch_api``    False; then :meth:`build_body` / :meth:`parse_body` /
                               :meth:`batch_client` raise :class:`BatchApiUnsupported`
+    ``meters_usage``          False: the engine counts one request and the judgment's tokens
+                              per call; True: the judge reports each HTTP request and its
+                              tokens to the :class:`UsageMeter` given to :meth:`attach_meter`
+    :meth:`cost_usd`          0.0: an in-process judge spends no API money
     ========================  ==============================================================
     """
 
@@ -43,7 +58,11 @@ class Judge(abc.ABC):
     #: (fps, frame count, aspect ratio) and decodes a pair's reference video, and the reference's
     #: content hash enters the cache key; a missing or mismatched reference fails that pair.
     uses_reference: bool = False
+    #: The order of a text answer's fields, "label-first" or "rationale-first" (None: the judge
+    #: writes no such answer). Recorded in each record's labeler block: it changes what p_* mean.
+    answer_order: str | None = None
     supports_batch_api: ClassVar[bool] = False
+    meters_usage: ClassVar[bool] = False
 
     @abc.abstractmethod
     def fingerprint(self) -> dict[str, Any]:
@@ -65,6 +84,14 @@ class Judge(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients, models and threads."""
+
+    def attach_meter(self, meter: UsageMeter) -> None:  # noqa: B027 - optional hook
+        """Receive the engine's meter (used only when ``meters_usage`` is True)."""
+
+    def cost_usd(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
+        """USD billed for these tokens (``batch``: through the Batch API), or None when the price
+        is unknown (then ``--max-cost`` cannot limit the judge)."""
+        return 0.0
 
     def estimate(self, request: SegmentRequest) -> JudgeEstimate:
         """What one request would send and cost, for ``--dry-run`` (frames may be blank)."""

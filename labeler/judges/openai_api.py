@@ -18,18 +18,18 @@ instead of "logprobs") and per run (``fallbacks``, for the labeler info of the o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import re
 import weakref
 from typing import Any
 from urllib.parse import urlparse
 
 from labeler.images import JpegUriCache
-from labeler.judges.base import Judge
+from labeler.judges.base import Judge, UsageMeter
+from labeler.judges.composite import LOW_DETAIL_SIDE, plan_composite, seen_size
+from labeler.judges.openai_answer import read_completion
 from labeler.judges.openai_errors import server_message, status_error
-from labeler.judges.parsing import ANSWER_JSON_SCHEMA, label_probabilities_from_logprobs, parse_answer
+from labeler.judges.openai_request import AnswerOrder, RequestSettings
 from labeler.judges.pricing import chat_input_tokens, estimate_cost
 from labeler.judges.prompts import LAYOUTS, load_prompt
 from labeler.schemas import (
@@ -48,11 +48,6 @@ log = logging.getLogger(__name__)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 #: A typical answer: one or two sentences of rationale plus the label, in tokens.
 EXPECTED_ANSWER_TOKENS = 60
-_REASONING_MODEL = re.compile(r"^(o\d|gpt-5(?!-chat))")
-
-
-def _is_reasoning_model(model: str) -> bool:
-    return bool(_REASONING_MODEL.match(model.lower().rsplit("/", 1)[-1]))
 
 
 class OpenAIJudge(Judge):
@@ -60,6 +55,7 @@ class OpenAIJudge(Judge):
 
     name = "openai"
     supports_batch_api = True
+    meters_usage = True
 
     def __init__(
         self,
@@ -75,12 +71,14 @@ class OpenAIJudge(Judge):
         max_tokens: int = 300,
         logprobs: bool = True,
         top_logprobs: int = 5,
-        strict_schema: bool | None = None,
+        strict_schema: bool = True,
         timeout: float = 60.0,
         max_parse_retries: int = 2,
         extra_body: dict[str, Any] | None = None,
         reasoning_effort: str | None = None,
-        reasoning_budget: int = 4000,
+        reasoning_budget: int | None = None,
+        answer_order: AnswerOrder = "label-first",
+        price: tuple[float, float] | None = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -98,20 +96,26 @@ class OpenAIJudge(Judge):
         self.layout = layout
         self.detail = detail
         self.jpeg_quality = jpeg_quality
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.reasoning = _is_reasoning_model(model)
-        # Reasoning models (o-series, gpt-5) return no logprobs and bill hidden reasoning as output.
-        self.logprobs = logprobs and not self.reasoning
-        self.top_logprobs = top_logprobs
+        self.settings = RequestSettings(
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            strict=strict_schema,
+            reasoning_effort=reasoning_effort,
+            reasoning_budget=reasoning_budget,
+            answer_order=answer_order,
+            extra_body=dict(extra_body or {}),
+        )
+        self.answer_order = answer_order
+        self.price = price
         self.is_openai = urlparse(self.base_url).hostname == "api.openai.com"
-        # OpenAI enforces strict schemas; vLLM's guided decoding needs no flag, others may reject it.
-        self.strict = self.is_openai if strict_schema is None else strict_schema
         self.timeout = timeout
         self.max_parse_retries = max_parse_retries
-        self.extra_body = dict(extra_body or {})
-        self.reasoning_effort = reasoning_effort
-        self.reasoning_budget = reasoning_budget
+        # Side-by-side composites are fitted to what a low-detail image keeps (composite module).
+        self.composite_fit = LOW_DETAIL_SIDE if detail == "low" else None
+        self._meter: UsageMeter | None = None
         #: parameter -> server message, for each parameter this endpoint refused (see module doc).
         self.fallbacks: dict[str, str] = {}
         self._async_client: Any = None
@@ -128,31 +132,21 @@ class OpenAIJudge(Judge):
     def fingerprint(self) -> dict[str, Any]:
         """Everything besides the frames that changes the answer. base_url is left out on purpose:
         the same model behind another URL answers alike. Fallbacks are left out too (module doc)."""
-        fp: dict[str, Any] = {
+        return {
             "judge": self.name,
             "model": self.model,
             "prompt_id": self.prompt_id,
             "layout": self.layout,
             "detail": self.detail,
             "jpeg_quality": self.jpeg_quality,
-            "temperature": None if self.reasoning else self.temperature,
-            "max_tokens": self.max_tokens,
-            "logprobs": self.logprobs,
-            "top_logprobs": self.top_logprobs if self.logprobs else None,
-            "strict": self.strict,
+            **self.settings.fingerprint(),
         }
-        if self.reasoning:
-            fp["reasoning_effort"] = self.reasoning_effort
-            fp["reasoning_budget"] = self.reasoning_budget
-        if self.extra_body:
-            fp["extra_body"] = json.loads(json.dumps(self.extra_body, sort_keys=True, default=str))
-        return fp
 
     # ------------------------------------------------------------------ request building
 
     def _messages(self, request: SegmentRequest) -> list[dict[str, Any]]:
         out = []
-        for message in self._prompt.render(request, layout=self.layout):  # type: ignore[arg-type]
+        for message in self._render(request):
             parts = []
             for part in message["content"]:
                 if part["type"] == "text":
@@ -167,40 +161,30 @@ class OpenAIJudge(Judge):
                 out.append({"role": message["role"], "content": parts})
         return out
 
+    def _render(self, request: SegmentRequest) -> list[dict[str, Any]]:
+        return self._prompt.render(
+            request,
+            layout=self.layout,
+            answer_order=self.settings.answer_order,
+            composite_fit=self.composite_fit,
+        )
+
     def _params(self) -> dict[str, Any]:
         """Sampling and format parameters, after any fallbacks this endpoint forced."""
-        params: dict[str, Any] = {}
-        if self.reasoning or "max_tokens" in self.fallbacks:
-            budget = self.reasoning_budget if self.reasoning else 0
-            params["max_completion_tokens"] = self.max_tokens + budget
-        else:
-            params["max_tokens"] = self.max_tokens
-        if not self.reasoning and "temperature" not in self.fallbacks:
-            params["temperature"] = self.temperature
-        if self.reasoning and self.reasoning_effort:
-            params["reasoning_effort"] = self.reasoning_effort
-        if self.logprobs and "logprobs" not in self.fallbacks:
-            params["logprobs"] = True
-            if self.top_logprobs:
-                params["top_logprobs"] = self.top_logprobs
-        if "response_format" not in self.fallbacks:
-            strict = self.strict and "strict" not in self.fallbacks
-            params["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "segment_judgment", "schema": ANSWER_JSON_SCHEMA, "strict": strict},
-            }
-        params.update(self.extra_body)
-        return params
+        return self.settings.params(self.fallbacks)
 
     def build_body(self, request: SegmentRequest) -> dict[str, Any]:
         """The exact chat.completions JSON body this judge sends (Batch API lines, cost benchmarks)."""
         return {"model": self.model, "messages": self._messages(request), **self._params()}
 
     def estimate(self, request: SegmentRequest) -> JudgeEstimate:
-        """Images and tokens of one request before it is sent, without encoding any JPEG."""
-        messages = self._prompt.render(request, layout=self.layout)  # type: ignore[arg-type]
-        input_tokens, images = chat_input_tokens(messages, self.model, default_detail=self.detail)
-        output_tokens = min(self.max_tokens, EXPECTED_ANSWER_TOKENS)
+        """Images and tokens of one request before it is sent, without encoding any JPEG. Output
+        tokens include the reasoning a reasoning model is assumed to spend (billed as output)."""
+        input_tokens, images = chat_input_tokens(
+            self._render(request), self.settings.model, default_detail=self.detail
+        )
+        reasoning = self.settings.expected_reasoning_tokens
+        output_tokens = min(self.settings.max_tokens, EXPECTED_ANSWER_TOKENS) + reasoning
         return JudgeEstimate(
             images=images,
             input_tokens=input_tokens,
@@ -208,52 +192,42 @@ class OpenAIJudge(Judge):
             extra={
                 "layout": self.layout,
                 "detail": self.detail,
-                "cost_usd": estimate_cost(self.model, input_tokens, output_tokens),
-                "batch_cost_usd": estimate_cost(self.model, input_tokens, output_tokens, batch=True),
-                "reasoning_tokens_excluded": self.reasoning,
+                "frames": self._frames_text(request),
+                "cost_usd": self.cost_usd(input_tokens, output_tokens),
+                "batch_cost_usd": self.cost_usd(input_tokens, output_tokens, batch=True),
+                "reasoning_effort": self.settings.effort,
+                "reasoning_tokens": reasoning,
             },
         )
+
+    def _frames_text(self, request: SegmentRequest) -> str:
+        """What each video's frames will be, as sent and as a low-detail image is seen."""
+        height, width = request.frames_first.shape[1:3]
+        if self.layout == "separate":
+            sent, seen = (width, height), seen_size(width, height, self.detail)
+            where = "separate images"
+        else:
+            plan = plan_composite(width, height, self.composite_fit)
+            sent = (plan.frame_width, plan.frame_height)
+            scale = seen_size(plan.width, plan.height, self.detail)[0] / plan.width
+            seen = (round(plan.frame_width * scale), round(plan.frame_height * scale))
+            where = f"{plan.arrangement} composite {plan.width}x{plan.height}"
+        return (
+            f"each video's frames {width}x{height} decoded, {sent[0]}x{sent[1]} sent ({where}), "
+            f"{seen[0]}x{seen[1]} seen by OpenAI at detail {self.detail}"
+        )
+
+    def cost_usd(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
+        return estimate_cost(self.settings.model, input_tokens, output_tokens, batch=batch, price=self.price)
+
+    def attach_meter(self, meter: UsageMeter) -> None:
+        self._meter = meter
 
     # ------------------------------------------------------------------ answer reading
 
     def _read(self, response: dict[str, Any]) -> tuple[Judgment | None, str, JudgeParseError | None]:
         """(judgment or None, raw text, parse error or None) of one chat.completion JSON."""
-        usage = response.get("usage") or {}
-        in_tok, out_tok = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        choices = response.get("choices") or []
-        if not choices:
-            return None, "", JudgeParseError("The response held no choices. Reply with the JSON object.")
-        choice = choices[0]
-        message = choice.get("message") or {}
-        raw = message.get("content") or ""
-        if message.get("refusal"):
-            return None, raw, JudgeParseError(f"The model refused: {message['refusal']}")
-        try:
-            answer = parse_answer(raw)
-        except JudgeParseError as exc:
-            if choice.get("finish_reason") == "length":
-                exc = JudgeParseError(
-                    f"{exc} (the answer was cut off at the token limit: keep the rationale short)"
-                )
-            return None, raw, exc
-        probs = label_probabilities_from_logprobs((choice.get("logprobs") or {}).get("content"))
-        if probs is None:
-            probs, source = {k: float(k == answer.label) for k in ("A", "B", "tie")}, "vote"
-        else:
-            source = "logprobs"
-        judgment = Judgment(
-            label=answer.label,
-            p_a=probs["A"],
-            p_b=probs["B"],
-            p_tie=probs["tie"],
-            rationale=answer.rationale,
-            raw=raw,
-            input_tokens=in_tok,
-            output_tokens=out_tok,
-            model=response.get("model") or self.model,
-            prob_source=source,
-        )
-        return judgment, raw, None
+        return read_completion(response, self.model or "")
 
     def parse_body(self, response: dict[str, Any]) -> Judgment:
         """A Judgment from a chat.completion JSON (e.g. a Batch API output line's ``response.body``)."""
@@ -304,18 +278,19 @@ class OpenAIJudge(Judge):
     def _apply_fallback(self, message: str) -> bool:
         """Adapt to a 400 that names an unsupported parameter; True if a retry is worth it."""
         text = message.lower()
-        if "logprobs" in text and self.logprobs and "logprobs" not in self.fallbacks:
+        settings = self.settings
+        if "logprobs" in text and settings.logprobs and "logprobs" not in self.fallbacks:
             self.fallbacks["logprobs"] = message
         elif ("response_format" in text or "json_schema" in text) and (
             "response_format" not in self.fallbacks
         ):
-            if self.strict and "strict" not in self.fallbacks:
+            if settings.strict and "strict" not in self.fallbacks:
                 self.fallbacks["strict"] = message
             else:
                 self.fallbacks["response_format"] = message
-        elif "max_tokens" in text and "max_tokens" not in self.fallbacks and not self.reasoning:
+        elif "max_tokens" in text and "max_tokens" not in self.fallbacks and not settings.reasoning_model:
             self.fallbacks["max_tokens"] = message
-        elif "temperature" in text and "temperature" not in self.fallbacks and not self.reasoning:
+        elif "temperature" in text and "temperature" not in self.fallbacks and settings.sampling:
             self.fallbacks["temperature"] = message
         else:
             return False
@@ -333,6 +308,8 @@ class OpenAIJudge(Judge):
         client = self._client()
         while True:
             body = {"model": self.model, "messages": messages, **self._params()}
+            if self._meter is not None:
+                self._meter.before_request()  # every HTTP request counts against --max-requests
             try:
                 # The body goes out as it is (the SDK's documented client.post): chat.completions.create
                 # would first walk every message part through the SDK's TypedDict transform, about
@@ -343,6 +320,11 @@ class OpenAIJudge(Judge):
                 if not isinstance(response, dict):
                     raise TransientJudgeError(
                         f"{self.base_url} answered with something other than a JSON object: {str(response)[:200]!r}"
+                    )
+                usage = response.get("usage") or {}
+                if self._meter is not None:  # billed whether or not the answer turns out usable
+                    self._meter.billed(
+                        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
                     )
                 return response
             except openai.BadRequestError as exc:
@@ -380,7 +362,7 @@ class OpenAIJudge(Judge):
             messages = [
                 *messages,
                 {"role": "assistant", "content": raw or "(empty answer)"},
-                {"role": "user", "content": self._prompt.reask(str(error))},
+                {"role": "user", "content": self._prompt.reask(str(error), self.settings.answer_order)},
             ]
         exc = JudgeParseError(
             f"{self.model} gave no usable answer after {self.max_parse_retries + 1} attempts: {error} "

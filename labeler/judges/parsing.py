@@ -1,7 +1,10 @@
 """Reading a judge's answer: the JSON format, a tolerant parser, and label probabilities from logprobs.
 
-The answer format is ``{"rationale": "...", "label": "A" | "B" | "tie"}`` with the rationale first,
-so a model writes its reasons before it commits to a label. "A" is always the video shown first.
+The answer is a JSON object with a ``label`` ("A" | "B" | "tie") and a ``rationale``, in the order
+the judge asks for (``answer_json_schema``): "label-first" makes the label's logprob the model's own
+belief about the frames, "rationale-first" lets it reason before committing, but then the label's
+probability mostly measures agreement with the rationale it has just written (docs/endpoints.md).
+"A" is always the video shown first.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from labeler.schemas import JudgeParseError
 __all__ = [
     "ANSWER_JSON_SCHEMA",
     "JudgeAnswer",
+    "answer_json_schema",
     "label_probabilities_from_logprobs",
     "normalize_label",
     "parse_answer",
@@ -44,6 +48,22 @@ ANSWER_JSON_SCHEMA: dict[str, Any] = {
     "required": ["rationale", "label"],
     "additionalProperties": False,
 }
+
+
+def answer_json_schema(order: str = "label-first") -> dict[str, Any]:
+    """The answer schema with its properties in ``order`` ("label-first" | "rationale-first").
+    Structured outputs (OpenAI's, vLLM's xgrammar/guidance) generate properties in schema order."""
+    if order == "rationale-first":
+        return ANSWER_JSON_SCHEMA
+    if order != "label-first":
+        raise ValueError(f"answer order must be 'label-first' or 'rationale-first', got {order!r}")
+    props = ANSWER_JSON_SCHEMA["properties"]
+    return {
+        **ANSWER_JSON_SCHEMA,
+        "properties": {"label": props["label"], "rationale": props["rationale"]},
+        "required": ["label", "rationale"],
+    }
+
 
 # Lower-cased, whitespace-collapsed spellings models use for each label.
 _SYNONYMS: dict[str, str] = {}

@@ -3,8 +3,9 @@
 The numbers are a small, dated, editable table — check them against the sources before
 budgeting real money:
 
-- Prices (USD per 1M tokens, standard tier; the Batch API takes 50 % off input and output):
-  https://platform.openai.com/docs/pricing (as republished at developers.openai.com/api/docs/pricing).
+- Prices (USD per 1M tokens, standard tier; the Batch API takes 50 % off input and output) live
+  in labeler.judges.models_table with their date and sources; ``price`` overrides them
+  (``--price IN,OUT``) for a model the table does not list.
 - Image tokens: https://platform.openai.com/docs/guides/images-vision#calculating-costs
   * tile models (gpt-4o, gpt-4.1, gpt-4o-mini, o1/o3, gpt-5): ``detail: low`` costs a fixed base;
     ``high`` scales the image to fit 2048x2048, then its shortest side to 768 px, and costs
@@ -27,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from labeler.judges.models_table import BATCH_DISCOUNT, MODELS, TABLE_AS_OF, lookup
+
 __all__ = [
     "BATCH_DISCOUNT",
     "PRICES",
@@ -37,21 +40,11 @@ __all__ = [
     "text_tokens",
 ]
 
-PRICES_AS_OF = "2025-08"
-BATCH_DISCOUNT = 0.5
+PRICES_AS_OF = TABLE_AS_OF
 
-#: model -> (input USD per 1M tokens, output USD per 1M tokens). Longest matching prefix wins,
-#: so dated snapshots ("gpt-4o-2024-08-06") take their family's price.
-PRICES: dict[str, tuple[float, float]] = {
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "o3": (2.00, 8.00),
-    "o4-mini": (1.10, 4.40),
-    "gpt-5": (1.25, 10.00),
-    "gpt-5-mini": (0.25, 2.00),
-}
+#: model family -> (input USD per 1M tokens, output USD per 1M tokens), from models_table. A name
+#: is priced only as its exact family or a dated snapshot of it (models_table.lookup).
+PRICES: dict[str, tuple[float, float]] = {name: (m.input_usd, m.output_usd) for name, m in MODELS.items()}
 
 
 @dataclass(frozen=True)
@@ -155,13 +148,22 @@ def text_tokens(text: str) -> int:
     return len(encoding.encode(text))
 
 
-def estimate_cost(model: str, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
-    """USD for a request, or None for a model without a listed price (e.g. a self-hosted VLM)."""
-    family = _family(model, PRICES)
-    if family is None:
-        return None
-    price_in, price_out = PRICES[family]
-    cost = (input_tokens * price_in + output_tokens * price_out) / 1_000_000
+def estimate_cost(
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    batch: bool = False,
+    price: tuple[float, float] | None = None,
+) -> float | None:
+    """USD for a request, or None for a model without a listed price (e.g. a self-hosted VLM).
+    ``price`` (input, output USD per 1M tokens) overrides the table."""
+    if price is None:
+        info = lookup(model)
+        if info is None:
+            return None
+        price = (info.input_usd, info.output_usd)
+    cost = (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
     return cost * BATCH_DISCOUNT if batch else cost
 
 

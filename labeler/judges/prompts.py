@@ -11,7 +11,12 @@ A template (``prompts/<name>.j2`` or any file) defines these blocks:
 
 Every block sees: ``prompt``, ``segment_index`` (0-based), ``segment_number`` (1-based),
 ``num_segments``, ``start_s``, ``end_s``, ``duration_s``, ``fps``, ``frame_times`` (seconds),
-``frame_times_text`` ("0.06 s, 0.19 s, ..."), ``num_frames`` (per video), ``num_images``, ``layout``.
+``frame_times_text`` ("0.06 s, 0.19 s, ..."), ``num_frames`` (per video), ``num_images``, ``layout``,
+``arrangement`` ("left-right" | "top-bottom": where each video sits in a side-by-side composite),
+``image_order_text`` (which image numbers show which video: servers whose chat template takes plain
+string content, vLLM without ``--interleave-mm-strings``, move every image ahead of the text, so
+captions alone cannot say which image is which) and ``answer_order`` ("label-first" |
+"rationale-first": the order of the answer's JSON fields).
 
 Templates render in ``jinja2.sandbox.SandboxedEnvironment``: a template can format text but not
 reach Python internals, so a prompt file from a user is not code execution. The prompt id is
@@ -28,14 +33,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from labeler.images import side_by_side
+from labeler.judges.composite import compose_pair, plan_composite
 from labeler.schemas import SegmentRequest
 
 __all__ = ["LAYOUTS", "JudgePrompt", "PromptTemplateError", "available_prompts", "load_prompt"]
 
-LAYOUTS = ("separate", "side-by-side")
-REQUIRED_BLOCKS = ("system", "user", "caption", "reask")
 Layout = Literal["separate", "side-by-side"]
+LAYOUTS: tuple[Layout, ...] = ("separate", "side-by-side")
+REQUIRED_BLOCKS = ("system", "user", "caption", "reask")
 
 
 class PromptTemplateError(ValueError):
@@ -81,9 +86,18 @@ class JudgePrompt:
         context = self._template.new_context(variables)
         return "".join(self._template.blocks[block](context)).strip()
 
-    def variables(self, request: SegmentRequest, layout: Layout) -> dict[str, Any]:
+    def variables(
+        self,
+        request: SegmentRequest,
+        layout: Layout,
+        *,
+        answer_order: str = "label-first",
+        composite_fit: int | None = None,
+    ) -> dict[str, Any]:
         times = _frame_times(request)
         k = request.frames_first.shape[0]
+        height, width = request.frames_first.shape[1:3]
+        arrangement = plan_composite(width, height, composite_fit).arrangement
         return {
             "prompt": request.prompt,
             "segment_index": request.index,
@@ -98,19 +112,30 @@ class JudgePrompt:
             "num_frames": k,
             "num_images": k if layout == "side-by-side" else 2 * k,
             "layout": layout,
+            "arrangement": arrangement,
+            "image_order_text": _image_order_text(k, layout),
+            "answer_order": answer_order,
         }
 
-    def render(self, request: SegmentRequest, *, layout: Layout = "separate") -> list[dict[str, Any]]:
+    def render(
+        self,
+        request: SegmentRequest,
+        *,
+        layout: Layout = "separate",
+        answer_order: str = "label-first",
+        composite_fit: int | None = None,
+    ) -> list[dict[str, Any]]:
         """Neutral chat messages ``[{"role", "content": [part, ...]}]``; a part is
         ``{"type": "text", "text"}`` or ``{"type": "image", "image": [H, W, 3] uint8}``.
 
         'separate': every frame of the first video, then every frame of the second, each after a
-        caption. 'side-by-side': one composite (first | second) per time step, half the images.
+        caption. 'side-by-side': one composite (first | second) per time step, half the images,
+        arranged to keep the most pixels within ``composite_fit`` (labeler.judges.composite).
         Reference frames are not shown: the judge compares the pair.
         """
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-        base = self.variables(request, layout)
+        base = self.variables(request, layout, answer_order=answer_order, composite_fit=composite_fit)
         times = base["frame_times"]
         parts: list[dict[str, Any]] = [{"type": "text", "text": self._block("user", base)}]
 
@@ -130,7 +155,7 @@ class JudgePrompt:
             for i, (first, second) in enumerate(
                 zip(request.frames_first, request.frames_second, strict=True)
             ):
-                add(side_by_side(first, second), None, i)
+                add(compose_pair(first, second, composite_fit)[0], None, i)
         closing = self._block("closing", base)
         if closing:
             parts.append({"type": "text", "text": closing})
@@ -139,9 +164,18 @@ class JudgePrompt:
             {"role": "user", "content": parts},
         ]
 
-    def reask(self, error: str) -> str:
+    def reask(self, error: str, answer_order: str = "label-first") -> str:
         """The follow-up user message after an unparseable answer: the error and the format."""
-        return self._block("reask", {"error": str(error)})
+        return self._block("reask", {"error": str(error), "answer_order": answer_order})
+
+
+def _image_order_text(frames: int, layout: str) -> str:
+    """Which image numbers show which video, said in words (see the module docstring)."""
+    if layout == "side-by-side":
+        return f"Images 1 to {frames} are the time steps in order, each holding both videos."
+    if frames == 1:
+        return "Image 1 is Video A and image 2 is Video B."
+    return f"Images 1 to {frames} are Video A and images {frames + 1} to {2 * frames} are Video B, in time order."
 
 
 def _templates_dir() -> Any:
@@ -154,7 +188,7 @@ def available_prompts() -> list[str]:
 
 
 def _probe_request() -> SegmentRequest:
-    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    frames = np.zeros((2, 8, 16, 3), np.uint8)  # landscape: composite_fit=16 stacks it top-bottom
     return SegmentRequest(prompt="probe", frames_first=frames, frames_second=frames, start_s=0.0, end_s=1.0)
 
 
@@ -183,7 +217,9 @@ def _compile(name: str, data: bytes, where: str) -> JudgePrompt:
     # Render once now, so an undefined variable or a sandbox violation fails at load, naming the file.
     try:
         for layout in LAYOUTS:
-            prompt.render(_probe_request(), layout=layout)
+            for order in ("label-first", "rationale-first"):
+                prompt.render(_probe_request(), layout=layout, answer_order=order)
+            prompt.render(_probe_request(), layout=layout, composite_fit=16)
         prompt.reask("probe error")
     except SecurityError as exc:
         raise PromptTemplateError(f"prompt template {where} tried an unsafe operation: {exc}") from exc

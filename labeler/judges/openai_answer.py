@@ -1,0 +1,57 @@
+"""Reading one chat.completion answer of the ``openai`` judge into a Judgment (online answers and
+Batch API output lines alike)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from labeler.judges.parsing import label_probabilities_from_logprobs, parse_answer
+from labeler.schemas import JudgeParseError, Judgment
+
+__all__ = ["read_completion"]
+
+
+def read_completion(
+    response: dict[str, Any], model: str
+) -> tuple[Judgment | None, str, JudgeParseError | None]:
+    """(judgment or None, raw text, parse error or None) of one chat.completion JSON."""
+    usage = response.get("usage") or {}
+    in_tok, out_tok = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    choices = response.get("choices") or []
+    if not choices:
+        return None, "", JudgeParseError("The response held no choices. Reply with the JSON object.")
+    choice = choices[0]
+    message = choice.get("message") or {}
+    raw = message.get("content") or ""
+    if message.get("refusal"):
+        return None, raw, JudgeParseError(f"The model refused: {message['refusal']}")
+    try:
+        answer = parse_answer(raw)
+    except JudgeParseError as exc:
+        if choice.get("finish_reason") == "length":
+            details = usage.get("completion_tokens_details") or {}
+            hint = "keep the rationale short"
+            if details.get("reasoning_tokens"):
+                hint = (
+                    f"{details['reasoning_tokens']} tokens went to hidden reasoning: give the model "
+                    "room with --reasoning-effort (lower) or a larger reasoning budget"
+                )
+            exc = JudgeParseError(f"{exc} (the answer was cut off at the token limit: {hint})")
+        return None, raw, exc
+    probs = label_probabilities_from_logprobs((choice.get("logprobs") or {}).get("content"))
+    source: Literal["logprobs", "vote"] = "logprobs"
+    if probs is None:
+        probs, source = {k: float(k == answer.label) for k in ("A", "B", "tie")}, "vote"
+    judgment = Judgment(
+        label=answer.label,
+        p_a=probs["A"],
+        p_b=probs["B"],
+        p_tie=probs["tie"],
+        rationale=answer.rationale,
+        raw=raw,
+        input_tokens=in_tok,
+        output_tokens=out_tok,
+        model=response.get("model") or model,
+        prob_source=source,
+    )
+    return judgment, raw, None
