@@ -270,7 +270,7 @@ def test_store_survives_a_truncated_last_line(tmp_path: Path) -> None:
 
 def test_manifest_key() -> None:
     assert manifest_key("manifest.jsonl") == "manifest"
-    assert manifest_key("sets/a/pairs.jsonl") == "sets__a__pairs"
+    assert manifest_key("sets/a/pairs.jsonl") == "sets%2Fa%2Fpairs"
 
 
 # --------------------------------------------------------------------------- export
