@@ -270,7 +270,7 @@ def test_store_survives_a_truncated_last_line(tmp_path: Path) -> None:
 
 def test_manifest_key() -> None:
     assert manifest_key("manifest.jsonl") == "manifest"
-    assert manifest_key("sets/a/pairs.jsonl") == "sets__a__pairs"
+    assert manifest_key("sets/a/pairs.jsonl") == "sets%2Fa%2Fpairs"
 
 
 # --------------------------------------------------------------------------- export
@@ -376,23 +376,41 @@ def test_media_path_rules(client: TestClient, media_root: Path, tmp_path: Path) 
 def test_auth_covers_page_api_and_media(media_root: Path, tmp_path: Path) -> None:
     with make_client(media_root, token=TOKEN, annotations_dir=tmp_path / "ann") as c:
         bearer = {"Authorization": f"Bearer {TOKEN}"}
-        # The page: 401 without; ?token= once sets a cookie that lets a reload in.
+        # The page: 401 without; ?token= is traded once for a session cookie and a redirect to
+        # the same URL without the token (so it leaves the address bar, history and access log).
         assert c.get("/annotate", params={"manifest": "manifest.jsonl"}).status_code == 401
         wrong = c.get("/annotate", params={"manifest": "manifest.jsonl", "token": "nope"})
-        assert wrong.status_code == 401 and "densepref_annotate" not in wrong.headers.get("set-cookie", "")
-        first = c.get("/annotate", params={"manifest": "manifest.jsonl", "token": TOKEN})
-        assert first.status_code == 200 and "<title>densepref" in first.text
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+        first = c.get(
+            "/annotate",
+            params={"manifest": "manifest.jsonl", "blind": "1", "token": TOKEN},
+            follow_redirects=False,
+        )
+        assert (
+            first.status_code == 303
+            and first.headers["location"] == "/annotate?manifest=manifest.jsonl&blind=1"
+        )
         cookie = first.headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+        assert (
+            "HttpOnly" in cookie
+            and "SameSite=strict" in cookie
+            and "Path=/" in cookie
+            and TOKEN not in cookie
+        )
         assert first.headers["referrer-policy"] == "no-referrer"
-        assert c.get("/annotate", params={"manifest": "manifest.jsonl"}).status_code == 200  # cookie
+        page = c.get(first.headers["location"])  # the cookie lets the page and its reloads in
+        assert page.status_code == 200 and "<title>densepref" in page.text
+        params = {"manifest": "manifest.jsonl", "annotator": "ann1"}
+        assert c.get("/annotate/api/pairs", params=params).status_code == 200  # and the page's API calls
+        assert c.get("/media/clips/p1_a.mp4").status_code == 200
         c.cookies.clear()
         assert c.get("/annotate", params={"manifest": "manifest.jsonl"}, headers=bearer).status_code == 200
         assert c.get("/annotate/static/annotate.js").status_code == 200  # the package's own script
+        c.cookies.set("densepref_session", "forged")
+        assert c.get("/annotate", params={"manifest": "manifest.jsonl"}).status_code == 401
+        c.cookies.clear()
 
-        # The API: bearer only (the cookie is not enough).
-        c.get("/annotate", params={"manifest": "manifest.jsonl", "token": TOKEN})
-        params = {"manifest": "manifest.jsonl", "annotator": "ann1"}
+        # The API without a session: the bearer header.
         assert c.get("/annotate/api/pairs", params=params).status_code == 401
         assert post(c).status_code == 401
         assert (

@@ -116,7 +116,7 @@ def test_auth_guards_every_endpoint_but_healthz(media):
 
 
 def test_token_compare_is_constant_time(media, monkeypatch):
-    import labeler.service.security as security
+    import labeler.service.auth as security
 
     seen = []
     real = security.hmac.compare_digest
@@ -179,8 +179,8 @@ def test_unreadable_file_is_forbidden(media, client):
 
 def test_path_form_needs_a_media_root():
     with make_client(None) as c:
-        assert_error(c.post("/label", json=pair()), 400, "PathFormDisabled", "--media-root")
-        assert_error(c.post("/label/batch", json={"pairs": [pair()]}), 400, "PathFormDisabled")
+        assert_error(c.post("/label", json=pair()), 400, "NoMediaRoot", "--media-root")
+        assert_error(c.post("/label/batch", json={"pairs": [pair()]}), 400, "NoMediaRoot")
 
 
 def test_mismatched_videos_and_server_paths_stay_private(client, media):

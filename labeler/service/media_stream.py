@@ -16,13 +16,16 @@ import hashlib
 import hmac
 import time
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from labeler.service.security import ServiceError, check_bearer, error_response, resolve_media_path
+from labeler.service.auth import check_bearer, check_session
+from labeler.service.errors import ServiceError, error_response
+from labeler.service.paths import media_root, resolve_media_path
 
 __all__ = [
     "MEDIA_TYPES",
@@ -117,27 +120,24 @@ def _header(holder: Scope | Message, name: bytes) -> str:
     return next((v.decode("latin-1") for k, v in holder.get("headers", ()) if k.lower() == name), "")
 
 
-def _media_root(request: Request) -> Path:
-    settings = request.app.state.settings
-    if settings.media_root is None:
-        raise ServiceError(400, "NoMediaRoot", "path: the service was started without --media-root")
-    return Path(settings.media_root)
-
-
 @router.head("/media/{path:path}", include_in_schema=False)  # one documented operation, HEAD alike
 @router.get("/media/{path:path}", response_class=FileResponse)
-def get_media(path: str, request: Request) -> MediaFileResponse:
+def get_media(path: str, request: Request, root: Annotated[Path, Depends(media_root)]) -> MediaFileResponse:
     """A file under the media root, with range support (seeking in ``<video>``)."""
     token = request.app.state.settings.token()
-    if token is not None and not verify_media_signature(
-        token, path, request.query_params.get("exp"), request.query_params.get("sig")
+    if (
+        token is not None
+        and not check_session(request, token)
+        and not verify_media_signature(
+            token, path, request.query_params.get("exp"), request.query_params.get("sig")
+        )
     ):
         if "sig" in request.query_params and "authorization" not in request.headers:
             raise ServiceError(
                 401, "Unauthorized", "the signed media URL is invalid or expired; reload the page"
             )
         check_bearer(request.headers.get("authorization"), token)
-    real = resolve_media_path(_media_root(request), path, field="path")
+    real = resolve_media_path(root, path, field="path")
     media_type = MEDIA_TYPES.get(real.suffix.lower())
     # private: a signed URL must not end up in a shared cache; no-cache: revalidate by ETag.
     return MediaFileResponse(real, media_type=media_type, headers={"Cache-Control": "private, no-cache"})

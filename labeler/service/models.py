@@ -9,13 +9,8 @@ operator configures (segments, frames, pixels...) are checked by the service aga
 from __future__ import annotations
 
 import hashlib
-import logging
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,17 +19,13 @@ from pydantic import (
     Field,
     FiniteFloat,
     Tag,
+    TypeAdapter,
     model_validator,
 )
-from starlette.exceptions import HTTPException
 
-from labeler.schemas import DensePreferenceRecord, ErrorInfo
-
-log = logging.getLogger("labeler.app")
+from labeler.schemas import DensePreferenceRecord
 
 __all__ = [
-    "BatchErrorLine",
-    "ErrorResponse",
     "HealthResponse",
     "InlineSegment",
     "LabelBatchRequest",
@@ -42,10 +33,6 @@ __all__ = [
     "LabelInlineRequest",
     "LabelRequest",
     "ReadyResponse",
-    "ServiceError",
-    "error_body",
-    "error_response",
-    "install_error_handlers",
 ]
 
 _PATH_DOC = "Path relative to the service's --media-root. URLs and absolute paths are refused."
@@ -66,8 +53,9 @@ MAX_SECONDS = 86400.0
 
 
 class _Strict(BaseModel):
-    # Unknown fields are errors: a misspelt "segment_second" must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
+    # Unknown fields are errors: a misspelt "segment_second" must not be silently ignored. Strict
+    # types: "1" is not a number and 1 is not a text (a JSON integer still counts as a float).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LabelByPathRequest(_Strict):
@@ -164,20 +152,6 @@ class LabelBatchRequest(_Strict):
         return self
 
 
-class ErrorResponse(_Strict):
-    """The one error shape of the service."""
-
-    error: ErrorInfo
-
-
-class BatchErrorLine(_Strict):
-    """An NDJSON line of /label/batch for a pair that failed (the other pairs go on)."""
-
-    pair_id: str
-    error: ErrorInfo
-    status: int = Field(description="The HTTP status this error would have had on POST /label.")
-
-
 class HealthResponse(_Strict):
     status: Literal["ok"] = "ok"
 
@@ -189,105 +163,8 @@ class ReadyResponse(_Strict):
     detail: str | None = None
 
 
-#: The record of DESIGN §2.3, re-exported for the OpenAPI schema.
+#: The dense preference record (docs/contracts.md), re-exported for the OpenAPI schema.
 LabelResponse = DensePreferenceRecord
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in {
-        400: "Bad input: a path, a video, a frame or a limit (the message names the field).",
-        401: "Missing or wrong bearer token (when DENSEPREF_API_TOKEN is set).",
-        403: "A path leading outside the media root, or an unreadable file.",
-        404: "A path that does not exist under the media root.",
-        413: "Request body over the size limit.",
-        422: "Malformed JSON, wrong types or unknown fields (the message names the field).",
-        502: "The judge failed after the engine's retries (the upstream reason is in the message).",
-        503: "Overloaded (see Retry-After), shutting down, or the judge budget is spent.",
-    }.items()
-}
-
-
-# --------------------------------------------------------------------------- the one error shape
-
-# Names for the statuses Starlette raises on its own (unknown route, wrong method...).
-_STATUS_TYPES = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    413: "PayloadTooLarge",
-    415: "UnsupportedMediaType",
-    422: "ValidationError",
-    429: "TooManyRequests",
-    500: "InternalError",
-    502: "BadGateway",
-    503: "ServiceUnavailable",
-}
-
-
-class ServiceError(HTTPException):
-    """A refusal with a status, a type name for clients to branch on, and a human message."""
-
-    def __init__(
-        self, status_code: int, error_type: str, message: str, *, headers: Mapping[str, str] | None = None
-    ):
-        super().__init__(status_code=status_code, detail=message, headers=dict(headers) if headers else None)
-        self.error_type = error_type
-        self.message = message
-
-
-def error_body(error_type: str, message: str) -> dict[str, Any]:
-    """The one error shape of the service."""
-    return {"error": {"type": error_type, "message": message}}
-
-
-def error_response(
-    status_code: int, error_type: str, message: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(error_body(error_type, message), status_code=status_code, headers=dict(headers or {}))
-
-
-# --------------------------------------------------------------------------- error handlers
-
-
-def format_validation_errors(errors: list[dict[str, Any]]) -> str:
-    """``body.segments.0.frames_a: Field required; ...``: the field path first, as clients need it."""
-    parts = []
-    for err in errors:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
-        msg = err.get("msg", "invalid")
-        if err.get("type") == "json_invalid":  # FastAPI puts the character offset in the location
-            position = err.get("loc", ("body", "?"))[-1]
-            loc, msg = (
-                "body",
-                f"invalid JSON at character {position}: {(err.get('ctx') or {}).get('error', msg)}",
-            )
-        parts.append(f"{loc}: {msg}")
-    return "; ".join(parts) or "invalid request"
-
-
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    if isinstance(exc, ServiceError):
-        return error_response(exc.status_code, exc.error_type, exc.message, exc.headers)
-    error_type = _STATUS_TYPES.get(exc.status_code, f"HTTP{exc.status_code}")
-    return error_response(exc.status_code, error_type, str(exc.detail), exc.headers)
-
-
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    return error_response(422, "ValidationError", format_validation_errors(list(exc.errors())))
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    # Never expected: every known failure has a typed answer. Log it whole, answer in the one shape.
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "InternalError", f"internal error ({type(exc).__name__}); see the service log")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error of ``app`` (its routers included) in the one JSON shape."""
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+LABEL_REQUEST: TypeAdapter[LabelByPathRequest | LabelInlineRequest] = TypeAdapter(LabelRequest)
+LABEL_BATCH_REQUEST = TypeAdapter(LabelBatchRequest)

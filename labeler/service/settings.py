@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 __all__ = ["ENV_PREFIX", "TOKEN_ENV", "ServiceSettings"]
 
@@ -26,7 +26,7 @@ TOKEN_ENV = "DENSEPREF_API_TOKEN"
 
 def _token_from_env() -> SecretStr | None:
     value = os.environ.get(TOKEN_ENV)
-    return SecretStr(value) if value else None
+    return None if value is None else SecretStr(value)  # a set but empty token is refused below
 
 
 class ServiceSettings(BaseModel):
@@ -63,6 +63,12 @@ class ServiceSettings(BaseModel):
     max_request_pixels: int = Field(
         64 * 2**20, gt=0, description="Decoded pixels of all inline frames of one request together (400)."
     )
+    max_inflight_pixels: int = Field(
+        256 * 2**20,
+        gt=0,
+        description="Decoded pixels of the inline frames of all admitted jobs together; past it, "
+        "503 + Retry-After.",
+    )
     max_video_seconds: float = Field(
         600.0, gt=0, description="Duration of a video of the by-path form (400)."
     )
@@ -75,6 +81,18 @@ class ServiceSettings(BaseModel):
     retry_after_seconds: int = Field(
         2, ge=0, description="Retry-After sent with a 503 when the queue is full."
     )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Time a client has to send a request's headers; past it the connection is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Time a client has to send a whole request body (408, connection closed).",
+    )
     shutdown_grace_seconds: float = Field(
         30.0,
         ge=0,
@@ -85,6 +103,18 @@ class ServiceSettings(BaseModel):
         description="Judge and engine options exactly as on the batch CLI, e.g. "
         "['--judge', 'openai', '--model', 'gpt-4o-mini', '--cache-dir', '/var/cache/densepref'].",
     )
+
+    @field_validator("api_token")
+    @classmethod
+    def _usable_token(cls, token: SecretStr | None) -> SecretStr | None:
+        # An empty token used to turn auth off silently, and a blank one locked everyone out.
+        if token is not None:
+            value = token.get_secret_value()
+            if not value.strip():
+                raise ValueError("the API token is empty or blank; unset it to run without auth")
+            if value != value.strip():
+                raise ValueError("the API token starts or ends with whitespace")
+        return token
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServiceSettings:

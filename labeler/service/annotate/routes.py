@@ -28,13 +28,13 @@ import os
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from labeler.service.annotate.store import (
-    DEFAULT_SEGMENT_SECONDS,
     AnnotationError,
     AnnotationStore,
     Answer,
@@ -45,8 +45,10 @@ from labeler.service.annotate.store import (
     manifest_key,
     plan_manifest,
 )
+from labeler.service.auth import SESSION_COOKIE, check_bearer, check_session, require_token, session_value
+from labeler.service.errors import ServiceError
 from labeler.service.media_stream import media_url
-from labeler.service.security import ServiceError, check_bearer, require_token, resolve_media_path
+from labeler.service.paths import private_paths, require_media_root, resolve_media_path
 
 __all__ = ["AnnotationIn", "ExportIn", "blind_swapped", "router"]
 
@@ -60,7 +62,6 @@ _STATIC_FILES = {
     "synced_player.js": "text/javascript",
     "annotate.css": "text/css",
 }
-PAGE_COOKIE = "densepref_annotate"
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
     # The first visit carries ?token=: never send that URL on as a Referer.
@@ -79,11 +80,13 @@ class AnnotationIn(BaseModel):
 
     manifest: str = Field(min_length=1, description="Manifest path relative to the media root.")
     pair_id: str = Field(min_length=1)
-    segment: int = Field(ge=0, description="Segment index, from 0.")
+    segment: StrictInt = Field(ge=0, description="Segment index, from 0.")
     label: Literal["A", "B", "tie"]
     annotator: str
     note: str | None = Field(None, max_length=NOTE_MAX_CHARS)
-    blind: bool = Field(False, description="The page showed the sides in blind (randomly swapped) order.")
+    blind: StrictBool = Field(
+        False, description="The page showed the sides in blind (randomly swapped) order."
+    )
 
 
 class ExportIn(BaseModel):
@@ -101,10 +104,7 @@ def _settings(request: Request) -> Any:
 
 
 def _media_root(request: Request) -> Path:
-    root = _settings(request).media_root
-    if root is None:
-        raise ServiceError(400, "NoMediaRoot", "manifest: the service was started without --media-root")
-    return Path(root)
+    return require_media_root(_settings(request).media_root, "manifest")
 
 
 _store_lock = threading.Lock()
@@ -116,7 +116,7 @@ def _store(request: Request) -> AnnotationStore:
     with _store_lock:
         store = getattr(state, "annotation_store", None)
         if store is None:
-            directory = getattr(_settings(request), "annotations_dir", None)
+            directory = _settings(request).annotations_dir
             store = AnnotationStore(Path(directory) if directory else _media_root(request) / ".annotations")
             state.annotation_store = store
     return store
@@ -132,12 +132,14 @@ def _annotator(name: str) -> str:
 def _plan(request: Request, manifest: str) -> ManifestPlan:
     path = resolve_media_path(_media_root(request), manifest, field="manifest")
     # The service's own engine decides the default segment length, as it does for POST /label.
-    engine = getattr(getattr(request.app.state, "service", None), "engine", None)
-    seconds = engine.config.segment_seconds if engine is not None else DEFAULT_SEGMENT_SECONDS
+    seconds = request.app.state.service.engine.config.segment_seconds
     try:
         return plan_manifest(path, manifest, seconds, media_root=_media_root(request))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ServiceError(400, "InvalidManifest", f"manifest: {manifest!r} cannot be read: {exc}") from None
+        reason = private_paths(_media_root(request), {path: manifest})(str(exc))
+        raise ServiceError(
+            400, "InvalidManifest", f"manifest: {manifest!r} cannot be read: {reason}"
+        ) from None
 
 
 def blind_swapped(manifest: str, annotator: str, pair_id: str) -> bool:
@@ -199,13 +201,6 @@ def _shown_path(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _private(message: str, root: Path) -> str:
-    """``message`` with server paths under the media root shown relative to it."""
-    for prefix in {str(root), os.path.realpath(root)}:
-        message = message.replace(prefix.rstrip("/") + "/", "")
-    return message
-
-
 def _pairs_done(plan: ManifestPlan, answers: dict[tuple[str, int], Answer]) -> int:
     return sum(all((p.pair_id, s.index) in answers for s in p.segments) for p in plan.pairs)
 
@@ -213,39 +208,36 @@ def _pairs_done(plan: ManifestPlan, answers: dict[tuple[str, int], Answer]) -> i
 # --------------------------------------------------------------------------- page
 
 
-def _page_cookie_value(token: str) -> str:
-    return hmac.new(token.encode(), b"densepref annotate page v1", hashlib.sha256).hexdigest()
-
-
 @router.get("/annotate", response_class=FileResponse, include_in_schema=False)
 def annotate_page(request: Request, manifest: Annotated[str, Query(min_length=1)]) -> Response:
     """The annotation page. ``manifest`` is read by the page's script; it is required here so a
-    missing one fails at once."""
+    missing one fails at once. A valid ``?token=`` is traded once for an HttpOnly session cookie
+    and a redirect to the same URL without it, so the token leaves the address bar and history."""
     token = _settings(request).token()
-    set_cookie = False
-    if token is not None:
-        query_token = request.query_params.get("token")
-        cookie = request.cookies.get(PAGE_COOKIE)
-        if query_token is not None and hmac.compare_digest(query_token.encode(), token.encode()):
-            set_cookie = True
-        elif not (cookie and hmac.compare_digest(cookie.encode(), _page_cookie_value(token).encode())):
-            try:
-                check_bearer(request.headers.get("authorization"), token)
-            except ServiceError as exc:
-                raise ServiceError(
-                    401, "Unauthorized", f"{exc.message}; open /annotate?manifest=...&token=<token> once"
-                ) from None
-    response = FileResponse(STATIC_DIR / "annotate.html", media_type="text/html", headers=_PAGE_HEADERS)
-    if set_cookie:
+    if token is not None and "token" in request.query_params:
+        if not hmac.compare_digest(request.query_params["token"].encode(), token.encode()):
+            raise ServiceError(401, "Unauthorized", "invalid API token")
+        query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+        response: Response = RedirectResponse(
+            f"{request.url.path}?{query}", status_code=303, headers=_PAGE_HEADERS
+        )
         response.set_cookie(
-            PAGE_COOKIE,
-            _page_cookie_value(token),
+            SESSION_COOKIE,
+            session_value(token),
             httponly=True,
             samesite="strict",
-            path="/annotate",
+            path="/",
             secure=request.url.scheme == "https",
         )
-    return response
+        return response
+    if token is not None and not check_session(request, token):
+        try:
+            check_bearer(request.headers.get("authorization"), token)
+        except ServiceError as exc:
+            raise ServiceError(
+                401, "Unauthorized", f"{exc.message}; open /annotate?manifest=...&token=<token> once"
+            ) from None
+    return FileResponse(STATIC_DIR / "annotate.html", media_type="text/html", headers=_PAGE_HEADERS)
 
 
 @router.get("/annotate/static/{name}", include_in_schema=False)
@@ -283,7 +275,7 @@ def annotate_pairs(
         "blind": blind,
         "pairs": pairs,
         "problems": [
-            {"pair_id": p.pair_id, "type": p.type, "message": _private(p.message, root)}
+            {"pair_id": p.pair_id, "type": p.type, "message": private_paths(root)(p.message)}
             for p in plan.problems
         ],
         "pairs_done": _pairs_done(plan, answers),

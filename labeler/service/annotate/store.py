@@ -24,9 +24,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from labeler import __version__
 from labeler.engine import EngineConfig
+from labeler.fileio import atomic_write_lines, read_lines
 from labeler.schemas import (
     LABELS,
     DensePreferenceRecord,
@@ -95,10 +97,15 @@ def check_annotator(name: str) -> str:
 
 
 def manifest_key(name: str) -> str:
-    """File-name key of a manifest given relative to the media root: ``manifest.jsonl`` ->
-    ``manifest``, ``sets/a/pairs.jsonl`` -> ``sets__a__pairs``."""
-    path = PurePosixPath(name)
-    return "__".join([*path.parent.parts, path.stem]) if path.parent.parts else path.stem
+    """File-name key of a manifest given relative to the media root, one per manifest (the mapping
+    is injective: two manifests never share an answer log or an export): ``manifest.jsonl`` ->
+    ``manifest``, ``sets/a/pairs.jsonl`` -> ``sets%2Fa%2Fpairs``, ``sets__a__pairs.jsonl`` ->
+    ``sets__a__pairs``. Percent-encoding escapes ``%`` itself, so no two names meet; a name not
+    ending in ``.jsonl`` keeps its suffix and gets ``%00`` (which no encoded name contains)."""
+    posix = PurePosixPath(name).as_posix()  # "./a//m.jsonl" and "a/m.jsonl" are one file, one key
+    if posix.endswith(".jsonl"):
+        return quote(posix.removesuffix(".jsonl"), safe="")
+    return quote(posix, safe="") + "%00"
 
 
 # --------------------------------------------------------------------------- manifest plan
@@ -172,7 +179,7 @@ def _probe(path: str) -> VideoInfo:
 def _raw_entries(path: Path) -> dict[str, ManifestEntry]:
     """Entries with their paths exactly as written (iter_manifest resolves them), by pair_id."""
     raw: dict[str, ManifestEntry] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(path):  # "\n" only: a prompt may hold U+2028
         with contextlib.suppress(ValueError):  # bad lines are reported by iter_manifest
             entry = ManifestEntry.model_validate_json(line)
             raw.setdefault(entry.pair_id, entry)
@@ -268,12 +275,29 @@ class Answer:
         return answer
 
 
+@dataclass
+class _LogIndex:
+    """What one answer log holds, read up to ``offset``: the latest answer per (annotator, pair,
+    segment). A save reads only the lines appended since (by this or another process)."""
+
+    inode: int
+    offset: int = 0
+    latest: dict[str, dict[tuple[str, int], Answer]] = field(default_factory=dict)
+
+
 class AnnotationStore:
-    """Append-only answer logs, one ``<manifest key>.answers.jsonl`` per manifest in ``directory``."""
+    """Append-only answer logs, one ``<manifest key>.answers.jsonl`` per manifest in ``directory``.
+
+    Each log is indexed in memory: a save appends one line and reads back only what was appended
+    since the last read, so its cost does not grow with the log (a log replaced or truncated
+    behind the store's back is re-read whole). Lines are split on ``\n`` only, so a note holding
+    U+2028, U+2029 or U+0085 reads back as written.
+    """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self._lock = threading.Lock()
+        self._indexes: dict[str, _LogIndex] = {}
 
     def log_path(self, key: str) -> Path:
         return self.directory / f"{key}.answers.jsonl"
@@ -311,18 +335,31 @@ class AnnotationStore:
         path = self.log_path(key)
         if not path.exists():
             return {}
-        latest: dict[tuple[str, int], Answer] = {}
-        for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                answer = Answer.from_json(json.loads(raw))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("%s:%d: skipping unreadable answer line (%s)", path, lineno, exc)
-                continue
-            if answer.annotator == annotator:
-                latest[(answer.pair_id, answer.segment)] = answer
-        return latest
+        with open(path, "rb") as fh, self._lock:
+            index = self._indexes.get(key)
+            st = os.fstat(fh.fileno())
+            if index is None or index.inode != st.st_ino or st.st_size < index.offset:
+                index = self._indexes[key] = _LogIndex(st.st_ino)
+            fh.seek(index.offset)
+            tail = fh.read()
+            complete = tail.rfind(b"\n") + 1  # a line still being written is read next time
+            first_line = index.offset
+            for raw in tail[:complete].split(b"\n")[:-1]:
+                self._index_line(index, path, first_line, raw)
+                first_line += len(raw) + 1
+            index.offset += complete
+            return dict(index.latest.get(annotator, {}))
+
+    @staticmethod
+    def _index_line(index: _LogIndex, path: Path, offset: int, raw: bytes) -> None:
+        if not raw.strip():
+            return
+        try:
+            answer = Answer.from_json(json.loads(raw.decode("utf-8")))
+        except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+            log.warning("%s: byte %d: skipping unreadable answer line (%s)", path, offset, exc)
+            return
+        index.latest.setdefault(answer.annotator, {})[(answer.pair_id, answer.segment)] = answer
 
 
 # --------------------------------------------------------------------------- export
@@ -383,8 +420,5 @@ def export_annotations(plan: ManifestPlan, store: AnnotationStore, annotator: st
         lines.append(record.model_dump_json(exclude_none=True))
         written.append(pair.pair_id)
     out = store.export_path(key, annotator)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_lines(out, lines)  # a unique temporary per writer: concurrent exports never collide
     return ExportResult(out, written, incomplete)
