@@ -14,12 +14,9 @@ import os
 import pstats
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from benchmarks.common import StandinProcess, process_cpu_seconds
-
-if TYPE_CHECKING:
-    from labeler.judges.prompts import Layout
 
 
 def make_engine(base_url: str, concurrency: int, judge_options: dict[str, Any]) -> Any:
@@ -116,7 +113,7 @@ class _PartProfiler:
 
     async def measure(self) -> None:
         # One event loop for every pass: the judge's HTTP client belongs to the loop that made it.
-        layout = cast("Layout", self.build_judge.layout)  # the same options as the engine's judge
+        layout = self.build_judge.layout  # the same options as the engine's judge
         await self.timed_async("decode", self.decode_all())
         self.timed("render", lambda: [self.prompt.render(r, layout=layout) for r in self.requests])
         bodies = self.timed("build", lambda: [self.build_judge.build_body(r) for r in self.requests])
