@@ -1,6 +1,6 @@
 """densepref labeler: segment-level preference labels for aligned video pairs.
 
-Kept import-light on purpose (DESIGN §3): heavy libraries load inside the modules that use them.
+Kept import-light on purpose (docs/design.md §3): heavy libraries load inside the modules that use them.
 """
 
 try:

@@ -1,4 +1,4 @@
-"""Combine the swapped-order votes of one segment into its label (DESIGN §2.5).
+"""Combine the swapped-order votes of one segment into its label (docs/design.md §2.5).
 
 Each vote is a Judgment already mapped back to the pair's A/B. Votes that agree give that label.
 Votes that disagree are position bias, not evidence: the segment becomes a tie with

@@ -1,4 +1,4 @@
-"""The judgment cache (DESIGN §2.5): one diskcache entry per (judge settings, content, frames, order).
+"""The judgment cache (docs/design.md §2.5): one diskcache entry per (judge settings, content, frames, order).
 
 diskcache stores each entry in one SQLite transaction, so a killed process never leaves a
 half-written judgment, and several processes (batch jobs, the HTTP service) can share a directory.

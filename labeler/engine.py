@@ -1,4 +1,4 @@
-"""The labeling engine (DESIGN §2.5): one code path for the batch CLI and the HTTP service.
+"""The labeling engine (docs/design.md §2.5): one code path for the batch CLI and the HTTP service.
 
 For a pair it probes both videos, cuts aligned segments, looks every (segment, order) judgment up
 in the cache, decodes only the frames of segments still missing (in worker threads, so decoding

@@ -1,4 +1,4 @@
-"""The data contracts of densepref (shared/DESIGN.md §2): every module may import this one.
+"""The data contracts of densepref (docs/design.md §2): every module may import this one.
 
 Pair manifest entries go in, dense preference records (or error records) come out, and
 judges speak ``SegmentRequest`` -> ``Judgment``. Validation errors say which field is wrong
@@ -51,7 +51,7 @@ __all__ = [
 
 Label = Literal["A", "B", "tie"]
 LABELS: tuple[str, ...] = ("A", "B", "tie")
-#: Numeric value of a label: A better = +1, B better = -1, tie = 0 (DESIGN §2.3).
+#: Numeric value of a label: A better = +1, B better = -1, tie = 0 (docs/design.md §2.3).
 LABEL_VALUE: dict[str, int] = {"A": 1, "B": -1, "tie": 0}
 PROB_TOLERANCE = 1e-3
 
@@ -358,7 +358,7 @@ class DensePreferenceRecord(BaseModel):
 
 
 def video_level(segments: Iterable[Segment]) -> tuple[Label, float]:
-    """The video label and score of a pair (DESIGN §2.3, the DenseDPO paper's rule).
+    """The video label and score of a pair (docs/design.md §2.3, the DenseDPO paper's rule).
 
     Label: majority vote over the non-tie segment labels, equal counts -> tie.
     Score: mean of p_a - p_b over all segments, in [-1, 1].

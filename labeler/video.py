@@ -1,4 +1,4 @@
-"""Video access for the labeler: probe, segment (DESIGN §2.2), sample, decode, resize, write.
+"""Video access for the labeler: probe, segment (docs/design.md §2.2), sample, decode, resize, write.
 
 decord reads most files fast and seeks to just the frames asked for; PyAV is the fallback for
 what decord cannot open. Every failure is a VideoError that names the file and the reason.

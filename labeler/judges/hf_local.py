@@ -1,4 +1,4 @@
-"""The ``hf`` judge: a transformers image-text-to-text model loaded in-process (DESIGN §2.4).
+"""The ``hf`` judge: a transformers image-text-to-text model loaded in-process (docs/design.md §2.4).
 
 The model sees the same prompt as every other judge, rendered through its own chat template.
 Instead of sampling an answer and parsing it, the judge writes the start of the answer itself

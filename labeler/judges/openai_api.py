@@ -1,7 +1,7 @@
 """The ``openai`` judge: any OpenAI-compatible chat endpoint — OpenAI's GPT models or an open VLM
 behind ``vllm serve`` (``base_url="http://host:8000/v1"``).
 
-It only builds the request and reads the answer (DESIGN §2.4): caching, order swapping and
+It only builds the request and reads the answer (docs/design.md §2.4): caching, order swapping and
 retries belong to the engine, so the client is created with ``max_retries=0`` and every failure
 is mapped to TransientJudgeError (worth retrying), FatalJudgeError or JudgeParseError.
 

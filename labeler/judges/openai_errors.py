@@ -1,5 +1,5 @@
 """How the ``openai`` judge reads an endpoint's HTTP errors: the server's message, how long it
-asks us to wait, and which of our error types the status maps to (DESIGN §2.4: the engine
+asks us to wait, and which of our error types the status maps to (docs/design.md §2.4: the engine
 retries TransientJudgeError, never FatalJudgeError).
 
 Pure functions over the SDK's exception attributes (``body``, ``message``, ``status_code``,
