@@ -76,7 +76,35 @@ def test_openai_batch_on_vllm_fails_clearly_and_leaves_nothing(manifest, tmp_pat
         assert server.stats()["requests_total"] == 0
         again = cli(manifest, out, server, tmp_path / "cache", model="Qwen/Qwen2.5-VL-7B")  # a plain rerun
         assert again.returncode == 0, again.stderr
-        assert len(read_records(out)) == 2
+        records = read_records(out)
+        assert len(records) == 2 and all(r.labeler.answer_order == "label-first" for r in records)
+
+
+def test_vllm_router_answers_404_for_the_batch_api():
+    import httpx
+
+    with StandinServer(flavour="vllm") as server:
+        for method, path in (
+            ("GET", "/files"),
+            ("POST", "/files"),
+            ("POST", "/batches"),
+            ("GET", "/batches/b"),
+        ):
+            response = httpx.request(method, server.base_url + path)
+            assert (response.status_code, response.json()) == (404, {"detail": "Not Found"})
+        server.control(flavour="openai")
+        assert httpx.get(server.base_url + "/files").status_code == 200
+
+
+def test_dry_run_states_frames_and_reasoning(manifest, tmp_path):
+    with StandinServer() as server:
+        proc = cli(manifest, tmp_path / "o.jsonl", server, tmp_path / "c", "--dry-run", model="o3")
+        assert proc.returncode == 0, proc.stderr
+        assert "reasoning tokens per request" in proc.stdout and "effort 'medium'" in proc.stdout
+        assert (
+            "48x32 decoded, 48x32 sent (separate images), 48x32 seen by OpenAI at detail low" in proc.stdout
+        )
+        assert server.stats()["requests_total"] == 0
 
 
 def test_vllm_run_batch_path_exports_and_imports_the_same_jsonl(manifest, tmp_path):

@@ -219,3 +219,14 @@ def test_sharpness_standin_reads_stacked_composites(standin):
 
     j = asyncio.run(ask())
     assert j.label == "B" and "side-by-side" in j.rationale
+
+
+def test_the_prompt_names_the_image_order_in_words():
+    """vLLM without --interleave-mm-strings moves every image ahead of the text for string-content
+    chat templates: captions alone would no longer say which image is which video."""
+    separate = OpenAIJudge("m", base_url="http://h/v1").build_body(request(k=3))["messages"][1]["content"][0][
+        "text"
+    ]
+    assert "Images 1 to 3 are Video A and images 4 to 6 are Video B, in time order." in separate
+    composite = OpenAIJudge("m", base_url="http://h/v1", layout="side-by-side").build_body(request(k=3))
+    assert "Images 1 to 3 are the time steps in order" in composite["messages"][1]["content"][0]["text"]
