@@ -64,7 +64,7 @@ def _rescale(frames: np.ndarray, size: tuple[int, int] | None, max_side: int) ->
     if size is None:
         return frames
     h, w = size
-    big = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames])
+    big = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR)) for f in frames])
     return resize_max_side(big, max_side)
 
 
@@ -191,7 +191,7 @@ def run(*, quick: bool = False, manifest: Path | None = None, work: Path | None 
     return result
 
 
-def _times(usd: float | None, n: int) -> float | None:
+def _times(usd: float | None, n: float) -> float | None:
     return round(usd * n, 4) if usd is not None else None
 
 
@@ -240,4 +240,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(None))

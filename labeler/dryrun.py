@@ -83,7 +83,8 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
 def _details(estimates: Iterable[JudgeEstimate], requests: int) -> list[str]:
     """What each video's frames will be (per frame geometry), and the reasoning the output
     tokens assume: stated, so a reasoning model's estimate is not mistaken for a bill."""
-    lines, reasoning = [], []
+    lines: list[str] = []
+    reasoning: list[str] = []
     for est in estimates:
         if "frames" in est.extra:
             lines.append(f"  {'frames':<14}{est.extra['frames']}")

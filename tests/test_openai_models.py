@@ -230,3 +230,27 @@ def test_the_prompt_names_the_image_order_in_words():
     assert "Images 1 to 3 are Video A and images 4 to 6 are Video B, in time order." in separate
     composite = OpenAIJudge("m", base_url="http://h/v1", layout="side-by-side").build_body(request(k=3))
     assert "Images 1 to 3 are the time steps in order" in composite["messages"][1]["content"][0]["text"]
+
+
+def test_each_cli_option_reaches_the_request():
+    from labeler.batch import build_parser
+    from labeler.cli_options import build_judge_from_args
+
+    def body(*flags: str) -> dict:
+        args = build_parser().parse_args(["m.jsonl", "--out", "o", "--judge", "openai", *flags])
+        return build_judge_from_args(args).build_body(request())
+
+    base = body("--model", "gpt-4o")
+    assert body("--model", "gpt-4o", "--no-strict")["response_format"]["json_schema"]["strict"] is False
+    assert base["response_format"]["json_schema"]["strict"] is True
+    assert body("--model", "o3", "--reasoning-effort", "high")["reasoning_effort"] == "high"
+    assert body("--model", "m", "--extra-body", '{"top_k": 2}')["top_k"] == 2
+    order = body("--model", "gpt-4o", "--answer-order", "rationale-first")["response_format"]["json_schema"]
+    assert next(iter(order["schema"]["properties"])) == "rationale"
+    args = build_parser().parse_args(
+        ["m.jsonl", "--out", "o", "--judge", "openai", "--model", "m", "--price", "1,2"]
+    )
+    assert build_judge_from_args(args).cost_usd(M, M) == pytest.approx(3.0)
+    for bad in ('["x"]', "{nope", '{"model": "x"}'):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["m.jsonl", "--out", "o", "--model", "m", "--extra-body", bad])

@@ -127,6 +127,12 @@ async def _check_files_api(client: Any, base_url: str) -> None:
             "has none. Run without --openai-batch, or label offline with `vllm run-batch` "
             "(--batch-export / --batch-import, docs/endpoints.md)."
         ) from exc
+    except openai.APIStatusError as exc:
+        raise BatchApiUnavailable(
+            f"{base_url} refused the Files API ({exc.status_code}): {exc.message}"
+        ) from exc
+    except openai.APIConnectionError as exc:
+        raise BatchApiUnavailable(f"cannot reach {base_url}: {exc}") from exc
 
 
 async def _run_files(
