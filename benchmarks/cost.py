@@ -5,8 +5,10 @@ The engine builds the real requests for a demo segment (``engine.plan_pair`` -> 
 would send (``build_body``: JPEG data URIs, prompt text, sampling parameters). Images and input
 tokens are counted from those bodies with ``labeler.judges.pricing.chat_input_tokens`` (OpenAI's published
 image-token rules, per model; the stand-in server bills the same way); output tokens are the judge's
-own estimate of an answer. Prices come from ``labeler.judges.pricing`` — a small dated table to edit when
-prices change — with its Batch API discount.
+own estimate of an answer, plus the reasoning a reasoning model is assumed to spend. Prices come
+from ``labeler.judges.models_table`` — a dated, sourced table to edit when prices change — with
+its Batch API discount. At ``detail: low`` the side-by-side composite is fitted to 512 px and
+stacked top-bottom when that keeps more pixels per video (labeler.judges.composite).
 
 Two frame geometries: the demo clips as they are (320x180), and a Wan 480p clip (832x480, the
 common size of generated videos) resized by the engine to its default ``max_side`` 448.
@@ -62,7 +64,7 @@ def _rescale(frames: np.ndarray, size: tuple[int, int] | None, max_side: int) ->
     if size is None:
         return frames
     h, w = size
-    big = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BILINEAR)) for f in frames])
+    big = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR)) for f in frames])
     return resize_max_side(big, max_side)
 
 
@@ -134,7 +136,8 @@ def measure(requests: list[Any], model: str, layout: str, detail: str) -> dict[s
         "output_tokens": output_tokens,
         "usd": usd,
         "usd_batch": batch,
-        "reasoning_tokens_excluded": judge.reasoning,
+        "reasoning_tokens": judge.settings.expected_reasoning_tokens * len(requests),
+        "reasoning_effort": judge.settings.effort,
     }
 
 
@@ -188,7 +191,7 @@ def run(*, quick: bool = False, manifest: Path | None = None, work: Path | None 
     return result
 
 
-def _times(usd: float | None, n: int) -> float | None:
+def _times(usd: float | None, n: float) -> float | None:
     return round(usd * n, 4) if usd is not None else None
 
 
@@ -210,10 +213,13 @@ def table(result: dict[str, Any]) -> str:
          ("dense_over_video", "dense / video", ".1f")],
     )  # fmt: skip
     s = result["settings"]["scenario"]
-    reasoning = sorted({r["model"] for r in rows if r.get("reasoning_tokens_excluded")})
+    reasoning = sorted(
+        {f"{r['model']} (effort {r['reasoning_effort']})" for r in rows if r.get("reasoning_tokens")}
+    )
     if reasoning:
         per_pair += (
-            f"\n\n{', '.join(reasoning)}: hidden reasoning tokens, billed as output, are not included."
+            f"\n\n{', '.join(reasoning)}: output tokens include the hidden reasoning a dry run assumes "
+            "(labeler.judges.models_table.EXPECTED_REASONING_TOKENS), billed as output; the real amount varies."
         )
     return (
         f"Per segment pair (both orders), {geometry or 'all geometries'} frames, prices as of "
@@ -234,4 +240,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(None))

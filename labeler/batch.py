@@ -69,6 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="--openai-batch: seconds between status polls (default: %(default)s)",
     )
+    p.add_argument(
+        "--batch-max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="--openai-batch: input tokens per batch file and at most in flight at once (OpenAI's "
+        "enqueued-token limit for your tier); later files are submitted as earlier ones finish",
+    )
+    p.add_argument(
+        "--batch-export",
+        type=Path,
+        metavar="DIR",
+        help="--judge openai: write the uncached requests as Batch API JSONL into DIR and stop "
+        "(for `vllm run-batch`, docs/endpoints.md)",
+    )
+    p.add_argument(
+        "--batch-import",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="--judge openai: cache the answers of Batch output files (`vllm run-batch -o`), then label",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_judge_arguments(p)
     add_engine_arguments(p)
@@ -127,16 +149,42 @@ async def _label(
     quiet: bool,
     *,
     openai_batch_poll: float | None = None,
+    batch_max_tokens: int | None = None,
+    batch_import: list[Path] | None = None,
 ) -> BatchResult:
     """One event loop for the whole job (the engine's semaphores and HTTP clients belong to it)."""
     try:
+        if batch_import:
+            from labeler.judges.openai_batch import import_batch_outputs
+
+            report = import_batch_outputs(batch_import, engine)
+            print(
+                f"batch import: {report.answered} answers cached, {report.unusable} left for the online run"
+            )
         if openai_batch_poll is not None:
             from labeler.judges.openai_batch import prefill_with_batch_api
 
-            await prefill_with_batch_api(manifest, out, engine, poll_seconds=openai_batch_poll)
+            await prefill_with_batch_api(
+                manifest, out, engine, poll_seconds=openai_batch_poll, max_tokens=batch_max_tokens
+            )
         return await run_batch(manifest, out, engine, workers=workers, progress=not quiet)
     finally:
         await engine.aclose()
+
+
+def _export(manifest: Path, out: Path, engine: Engine, directory: Path) -> int:
+    from labeler.judges.openai_batch import export_batch_files
+
+    async def export() -> list[Path]:
+        try:
+            return await export_batch_files(manifest, out, engine, directory)
+        finally:
+            await engine.aclose()
+
+    paths = asyncio.run(export())
+    print(f"batch export: {len(paths)} file(s) in {directory}; e.g. vllm run-batch -i FILE -o FILE.out.jsonl "
+          f"--model {engine.judge.model}, then rerun with --batch-import")  # fmt: skip
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give MANIFEST and --out, or --demo DIR")
     if args.manifest is not None and not args.manifest.is_file():
         parser.error(f"manifest not found: {args.manifest}")
-    if args.openai_batch and args.judge != "openai":
-        parser.error("--openai-batch needs --judge openai")
+    if (args.openai_batch or args.batch_export or args.batch_import) and args.judge != "openai":
+        parser.error("--openai-batch, --batch-export and --batch-import need --judge openai")
+    if args.batch_max_tokens is not None and (args.batch_max_tokens < 1 or not args.openai_batch):
+        parser.error("--batch-max-tokens needs --openai-batch and a positive number of tokens")
     try:
         engine = engine_from_args(args)
     except (UsageError, ValueError, JudgeError) as exc:  # bad options, unknown prompt, missing model...
@@ -169,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(dry_run(manifest, engine))
         return EXIT_OK
+    if args.batch_export is not None:
+        return _export(manifest, out, engine, args.batch_export)
+    from labeler.judges.openai_batch import BatchApiUnavailable
+
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
         if ray_options is not None:
@@ -176,7 +230,21 @@ def main(argv: list[str] | None = None) -> int:
 
             result = label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
         else:
-            result = asyncio.run(_label(manifest, out, engine, workers, args.quiet, openai_batch_poll=poll))
+            result = asyncio.run(
+                _label(
+                    manifest,
+                    out,
+                    engine,
+                    workers,
+                    args.quiet,
+                    openai_batch_poll=poll,
+                    batch_max_tokens=args.batch_max_tokens,
+                    batch_import=args.batch_import,
+                )
+            )
+    except BatchApiUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(
             "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +68,31 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
                 totals["output_tokens"] += est.output_tokens
     lines = [f"dry run: {judge.name}" + (f" {judge.model}" if judge.model else "") + " - nothing was sent"]
     lines += [f"  {k:<14}{v}" for k, v in totals.items()]
-    try:
-        from labeler.judges.pricing import estimate_cost
-    except ImportError:
-        estimate_cost = None
-    if estimate_cost and judge.model:
-        online = estimate_cost(judge.model, totals["input_tokens"], totals["output_tokens"])
-        batch = estimate_cost(judge.model, totals["input_tokens"], totals["output_tokens"], batch=True)
-        if online is not None:
+    lines += _details(estimates.values(), totals["requests"])
+    if judge.model:
+        online = judge.cost_usd(totals["input_tokens"], totals["output_tokens"])
+        batch = judge.cost_usd(totals["input_tokens"], totals["output_tokens"], batch=True)
+        if online is not None and batch is not None:
             lines.append(f"  {'cost_usd':<14}{online:.4f} online, {batch:.4f} with --openai-batch")
         else:
-            lines.append(f"  {'cost_usd':<14}unknown model price (self-hosted?)")
+            lines.append(f"  {'cost_usd':<14}unknown model price (self-hosted? give --price IN,OUT)")
     lines += [f"  problem: {p}" for p in problems[:10]]
     return "\n".join(lines)
+
+
+def _details(estimates: Iterable[JudgeEstimate], requests: int) -> list[str]:
+    """What each video's frames will be (per frame geometry), and the reasoning the output
+    tokens assume: stated, so a reasoning model's estimate is not mistaken for a bill."""
+    lines: list[str] = []
+    reasoning: list[str] = []
+    for est in estimates:
+        if "frames" in est.extra:
+            lines.append(f"  {'frames':<14}{est.extra['frames']}")
+        if est.extra.get("reasoning_effort") is not None and not reasoning:
+            per = est.extra.get("reasoning_tokens", 0)
+            reasoning.append(
+                f"  {'reasoning':<14}output_tokens include ~{per} reasoning tokens per request "
+                f"({per * requests} in all) assumed for effort {est.extra['reasoning_effort']!r}; "
+                "the real amount varies and is billed as output"
+            )
+    return lines + reasoning

@@ -209,18 +209,18 @@ def test_openai_batch_interrupted_while_waiting_resumes_the_same_batch(
         return Engine(judge, EngineConfig(frames_per_segment=4), JudgmentCache(tmp_path / "cache"))
 
     out = tmp_path / "out.jsonl"
-    real_wait = openai_batch._wait
+    real_wait = openai_batch._wait_any
 
     async def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as if the process died while polling
 
-    monkeypatch.setattr(openai_batch, "_wait", killed)
+    monkeypatch.setattr(openai_batch, "_wait_any", killed)
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(openai_batch.prefill_with_batch_api(manifest, out, engine(), poll_seconds=0.01))
     state = json.loads(openai_batch.state_path_for(out).read_text())
     assert len(state["files"]) == 1 and state["files"][0]["batch_id"]
 
-    monkeypatch.setattr(openai_batch, "_wait", real_wait)
+    monkeypatch.setattr(openai_batch, "_wait_any", real_wait)
     eng = engine()
     report = asyncio.run(openai_batch.prefill_with_batch_api(manifest, out, eng, poll_seconds=0.01))
     assert report.batch_ids == [state["files"][0]["batch_id"]] and report.answered == 36

@@ -423,3 +423,17 @@ def test_engine_labels_a_pair_with_the_hf_judge(tiny_dir: Path, make_video, tmp_
 )
 def test_rationale_string_body(generated: str, body: str) -> None:
     assert json_string_body(generated) == body
+
+
+def test_answer_order_is_declared_and_recorded(tiny_dir: Path) -> None:
+    # The label's logits are read after the rationale when one is written first: p_* then mean
+    # something else, so the order goes into every record's labeler block.
+    from labeler.engine import Engine, EngineConfig, FrameSegment
+
+    for tokens, order in ((0, "label-first"), (6, "rationale-first")):
+        judge = HFJudge(str(tiny_dir), rationale_tokens=tokens)
+        assert judge.answer_order == order
+        segment = FrameSegment(textured_frames(2, seed=1), textured_frames(2, seed=2), 0.0, 1.0)
+        engine = Engine(judge, EngineConfig(swap=False, frames_per_segment=2))
+        record = asyncio.run(engine.label_frames("a dog runs", [segment]))
+        assert record.labeler.answer_order == order

@@ -10,6 +10,7 @@ shrunk to the bound here, so what is sent is what the model sees (and the upload
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,22 +36,22 @@ class CompositePlan:
     height: int
 
 
-def _scale(width: int, height: int, fit: int | None) -> float:
-    return 1.0 if fit is None else min(1.0, fit / width, fit / height)
-
-
 def plan_composite(width: int, height: int, fit: int | None) -> CompositePlan:
     """The arrangement of two ``width x height`` frames that keeps the most pixels per video within
-    ``fit`` x ``fit`` (None: no bound; left-right, the layout's historical arrangement)."""
+    ``fit`` x ``fit`` (None: no bound; left-right, the layout's historical arrangement). The white
+    stripe keeps its width; the frames shrink (never grow) so the whole composite fits."""
     if width < 1 or height < 1:
         raise ValueError(f"frame size must be positive, got {width}x{height}")
-    options: list[tuple[Arrangement, int, int]] = [
-        ("left-right", 2 * width + GAP, height),
-        ("top-bottom", width, 2 * height + GAP),
-    ]
-    scored = [(_scale(w, h, fit), -i, name) for i, (name, w, h) in enumerate(options)]
-    scale, _, name = max(scored)  # ties keep left-right
-    fw, fh = max(1, round(width * scale)), max(1, round(height * scale))
+    if fit is not None and fit <= 2 * GAP:
+        raise ValueError(f"composite bound must exceed {2 * GAP} px, got {fit}")
+    bound = float("inf") if fit is None else float(fit)
+    scales: dict[Arrangement, float] = {
+        "left-right": min(1.0, (bound - GAP) / (2 * width), bound / height),
+        "top-bottom": min(1.0, bound / width, (bound - GAP) / (2 * height)),
+    }
+    name: Arrangement = "top-bottom" if scales["top-bottom"] > scales["left-right"] else "left-right"
+    scale = scales[name]
+    fw, fh = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
     cw = 2 * fw + GAP if name == "left-right" else fw
     ch = fh if name == "left-right" else 2 * fh + GAP
     return CompositePlan(name, scale, fw, fh, cw, ch)

@@ -99,6 +99,9 @@ class HFJudge(Judge):
         self.max_side = max_side
         self.rationale_tokens = rationale_tokens
         self.trust_remote_code = trust_remote_code
+        # The label is scored from its logits after whatever text precedes it: with a rationale
+        # first, p_* measure agreement with that rationale (docs/endpoints.md, "answer order").
+        self.answer_order = "rationale-first" if rationale_tokens > 0 else "label-first"
         self._processor: Any = None
         self._net: Any = None  # the loaded torch model (``model`` is the name, per the Judge protocol)
         self._load_error: FatalJudgeError | None = None

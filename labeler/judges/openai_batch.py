@@ -2,11 +2,19 @@
 
 Every uncached (segment, order) request of the manifest becomes one line of a Batch API input
 file whose ``custom_id`` is the request's cache key; the answers are joined back by ``custom_id``
-straight into the cache. The ordinary run that follows then finds every answer cached and writes
-the records; whatever the batch could not answer goes online there, so nothing is lost.
+straight into the cache, costed at the Batch API's price. The ordinary run that follows then finds
+every answer cached and writes the records; whatever the batch could not answer goes online there.
 
-The submitted batch id is saved beside the output before waiting, so a run killed while polling
-resumes the same batch on restart instead of paying for a second one.
+- Budgets cap what is submitted (openai_batch_files.SubmissionBudget): ``--max-requests`` lines,
+  ``--max-cost`` at each line's worst case.
+- ``--batch-max-tokens`` splits the files by enqueued input tokens (OpenAI limits the tokens a
+  model may have enqueued) and submits the next file only when the unfinished ones leave room; a
+  batch failed with ``token_limit_exceeded`` is submitted again later.
+- Each batch id is saved beside the output as soon as it exists, and each collected file is marked,
+  so a run killed while polling resumes the same batches instead of paying for them again.
+- A server without the Files API (plain ``vllm serve``) is detected before anything is written:
+  :class:`BatchApiUnavailable`, and nothing is left behind. Self-hosted models take the same JSONL
+  offline with ``vllm run-batch`` (:func:`export_batch_files`, :func:`import_batch_outputs`).
 """
 
 from __future__ import annotations
@@ -14,18 +22,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labeler import jobfiles
 from labeler.engine import Engine
+from labeler.fileio import atomic_write_json, read_lines, split_lines
+from labeler.judges.openai_batch_files import (
+    MAX_LINES_PER_BATCH,
+    SubmissionBudget,
+    write_batch_files,
+)
 from labeler.schemas import JudgeError, ManifestEntry, iter_manifest
-from labeler.video import VideoError
 
 log = logging.getLogger(__name__)
 DONE_STATES = {"completed", "failed", "expired", "cancelled"}
+#: Times a batch refused for the enqueued-token limit is submitted again before its lines go online.
+MAX_RESUBMITS = 5
+
+
+class BatchApiUnavailable(RuntimeError):
+    """The endpoint has no Files/Batch API (e.g. ``vllm serve``); the CLI exits 2."""
 
 
 @dataclass
@@ -33,6 +52,7 @@ class BatchApiReport:
     requests: int = 0  # lines submitted
     answered: int = 0  # cached from the batch output
     unusable: int = 0  # failed or unparseable lines (left for the online run)
+    capped: int = 0  # lines a budget kept out of the batch (left for the online run)
     batch_ids: list[str] = field(default_factory=list)
     status: str | None = None
 
@@ -42,81 +62,8 @@ def state_path_for(out: str | Path) -> Path:
     return out.with_name(out.name + ".openai-batch.json")
 
 
-#: OpenAI's limits per batch: 50,000 requests and a 200 MB input file.
-MAX_LINES_PER_BATCH = 50_000
-MAX_BYTES_PER_BATCH = 190 * 2**20
-
-
-async def write_batch_files(
-    entries: list[ManifestEntry],
-    engine: Engine,
-    stem: Path,
-    *,
-    max_lines: int = MAX_LINES_PER_BATCH,
-    max_bytes: int = MAX_BYTES_PER_BATCH,
-) -> list[dict[str, Any]]:
-    """Stream one Batch API line per uncached (segment, order) into input files of at most
-    ``max_lines`` lines / ``max_bytes`` bytes (``custom_id`` = cache key). Pairs that cannot be
-    planned are left to the online run, which writes their error records."""
-    judge, seen = engine.judge, set()
-    files: list[dict[str, Any]] = []
-    fh = None
-
-    def start_file() -> Any:
-        path = stem.with_name(f"{stem.name}.input-{len(files):03d}.jsonl")
-        files.append({"path": str(path), "requests": 0, "bytes": 0, "batch_id": None})
-        return path.open("w", encoding="utf-8")
-
-    try:
-        for entry in entries:
-            try:
-                plan = await asyncio.to_thread(engine.plan_pair, entry)
-            except (VideoError, ValueError) as exc:
-                log.warning("%s: skipped in the batch (%s)", entry.pair_id, exc)
-                continue
-            hits = engine.cached_judgments(plan.segments)
-            missing = [s for s in plan.segments if any(k not in hits for k in s.keys.values())]
-            if not missing:
-                continue
-            frames = await engine.decode_segments(plan, missing)
-            for seg in missing:
-                for order, key in seg.keys.items():
-                    if key in hits or key in seen:
-                        continue
-                    seen.add(key)
-                    request = engine.segment_request(
-                        entry.prompt, seg, frames[seg.index], order, len(plan.segments), plan.fps
-                    )
-                    line = {
-                        "custom_id": key,
-                        "method": "POST",
-                        "url": "/v1/chat/completions",
-                        "body": judge.build_body(request),
-                    }  # type: ignore[attr-defined]
-                    text = json.dumps(line, separators=(",", ":")) + "\n"
-                    current = files[-1] if files else None
-                    if (
-                        current is None
-                        or current["requests"] >= max_lines
-                        or (current["requests"] and current["bytes"] + len(text) > max_bytes)
-                    ):
-                        if fh is not None:
-                            fh.close()
-                        fh = start_file()
-                        current = files[-1]
-                    fh.write(text)
-                    current["requests"] += 1
-                    current["bytes"] += len(text)
-    finally:
-        if fh is not None:
-            fh.close()
-    return files
-
-
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, state)
 
 
 async def _submit(client: Any, item: dict[str, Any]) -> str:
@@ -131,30 +78,11 @@ async def _submit(client: Any, item: dict[str, Any]) -> str:
     return batch.id
 
 
-async def _wait(client: Any, batch_id: str, poll_seconds: float) -> Any:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=f"openai batch {batch_id}", unit="req", dynamic_ncols=True)
-    try:
-        while True:
-            batch = await client.batches.retrieve(batch_id)
-            counts = getattr(batch, "request_counts", None)
-            if counts is not None:
-                bar.total = counts.total
-                bar.n = counts.completed + counts.failed
-                bar.set_postfix(status=batch.status, failed=counts.failed, refresh=True)
-            if batch.status in DONE_STATES:
-                return batch
-            await asyncio.sleep(poll_seconds)
-    finally:
-        bar.close()
-
-
-async def _collect(client: Any, batch: Any, engine: Engine, report: BatchApiReport) -> None:
-    if not batch.output_file_id:
-        return
-    content = await client.files.content(batch.output_file_id)
-    for raw in content.text.splitlines():
+def _cache_output_lines(
+    lines: Iterable[str], engine: Engine, report: BatchApiReport, *, billed: bool
+) -> None:
+    """Batch output lines (OpenAI's or ``vllm run-batch``'s, same format) into the cache."""
+    for raw in lines:
         if not raw.strip():
             continue
         try:
@@ -169,8 +97,95 @@ async def _collect(client: Any, batch: Any, engine: Engine, report: BatchApiRepo
             log.info("batch line left for the online run: %s", exc)
             continue
         engine.cache.set(key, judgment)
-        engine._account(judgment)
+        if billed:
+            engine._account(judgment, batch=True)  # the Batch API bills half price
         report.answered += 1
+
+
+async def _collect(client: Any, batch: Any, engine: Engine, report: BatchApiReport) -> None:
+    if not batch.output_file_id:
+        return
+    content = await client.files.content(batch.output_file_id)
+    _cache_output_lines(split_lines(content.text), engine, report, billed=True)
+
+
+def _token_limited(batch: Any) -> bool:
+    errors = getattr(getattr(batch, "errors", None), "data", None) or []
+    return batch.status == "failed" and any(
+        getattr(e, "code", None) == "token_limit_exceeded" for e in errors
+    )
+
+
+async def _check_files_api(client: Any, base_url: str) -> None:
+    import openai
+
+    try:
+        await client.files.list(limit=1)
+    except openai.NotFoundError as exc:
+        raise BatchApiUnavailable(
+            f"{base_url} has no Files API (404), so --openai-batch cannot run there; a plain `vllm serve` "
+            "has none. Run without --openai-batch, or label offline with `vllm run-batch` "
+            "(--batch-export / --batch-import, docs/endpoints.md)."
+        ) from exc
+    except openai.APIStatusError as exc:
+        raise BatchApiUnavailable(
+            f"{base_url} refused the Files API ({exc.status_code}): {exc.message}"
+        ) from exc
+    except openai.APIConnectionError as exc:
+        raise BatchApiUnavailable(f"cannot reach {base_url}: {exc}") from exc
+
+
+async def _run_files(
+    client: Any,
+    state: dict[str, Any],
+    state_path: Path,
+    engine: Engine,
+    report: BatchApiReport,
+    poll_seconds: float,
+) -> None:
+    """Submit files while the enqueued-token budget allows, collect each as it finishes."""
+    max_tokens = state.get("max_tokens")
+    items = state["files"]
+    while True:
+        inflight = [i for i in items if i["batch_id"] and not i["collected"]]
+        enqueued = sum(i["tokens"] for i in inflight)
+        for item in (i for i in items if not i["batch_id"] and not i["collected"]):
+            if inflight and max_tokens is not None and enqueued + item["tokens"] > max_tokens:
+                break
+            item["batch_id"] = await _submit(client, item)
+            _save_state(state_path, state)  # saved at once: a restart polls it instead of paying again
+            print(
+                f"submitted OpenAI batch {item['batch_id']}: {item['requests']} requests, ~{item['tokens']} tokens"
+            )
+            inflight.append(item)
+            enqueued += item["tokens"]
+        if not inflight:
+            return
+        for item, batch in await _wait_any(client, inflight, poll_seconds):
+            if _token_limited(batch) and item.get("resubmits", 0) < MAX_RESUBMITS:
+                print(f"batch {batch.id} hit the enqueued-token limit; submitting it again later")
+                item.update(batch_id=None, resubmits=item.get("resubmits", 0) + 1)
+                await asyncio.sleep(poll_seconds)
+            else:
+                await _collect(client, batch, engine, report)
+                report.batch_ids.append(batch.id)
+                item.update(collected=True, status=batch.status)
+            _save_state(state_path, state)
+
+
+async def _wait_any(
+    client: Any, inflight: list[dict[str, Any]], poll_seconds: float
+) -> list[tuple[dict, Any]]:
+    """The in-flight items whose batch has finished, polling every ``poll_seconds``."""
+    while True:
+        finished = []
+        for item in inflight:
+            batch = await client.batches.retrieve(item["batch_id"])
+            if batch.status in DONE_STATES:
+                finished.append((item, batch))
+        if finished:
+            return finished
+        await asyncio.sleep(poll_seconds)
 
 
 async def prefill_with_batch_api(
@@ -180,6 +195,7 @@ async def prefill_with_batch_api(
     *,
     poll_seconds: float = 30.0,
     max_lines: int = MAX_LINES_PER_BATCH,
+    max_tokens: int | None = None,
 ) -> BatchApiReport:
     """Answer the manifest's uncached requests through the Batch API into the engine's cache."""
     judge = engine.judge
@@ -190,6 +206,7 @@ async def prefill_with_batch_api(
     report = BatchApiReport()
     state_path = state_path_for(out)
     client = judge.batch_client()
+    await _check_files_api(client, str(client.base_url))
     if state_path.exists():
         state = json.loads(state_path.read_text(encoding="utf-8"))
         print(f"resuming the OpenAI batch job recorded in {state_path}")
@@ -198,24 +215,23 @@ async def prefill_with_batch_api(
         entries = [
             e for e in iter_manifest(manifest) if isinstance(e, ManifestEntry) and e.pair_id not in done
         ]
-        state = {"files": await write_batch_files(entries, engine, state_path, max_lines=max_lines)}
-        if not state["files"]:
-            print("openai batch: every request is already cached; nothing to submit")
+        budget = SubmissionBudget.of(engine)
+        files = await write_batch_files(
+            entries, engine, state_path, max_lines=max_lines, max_tokens=max_tokens, budget=budget
+        )
+        report.capped = budget.capped
+        if budget.capped:
+            print(f"openai batch: the budget leaves {budget.capped} requests out of the batch")
+        state = {"files": files, "max_tokens": max_tokens}
+        if not files:
+            print("openai batch: nothing to submit")
             return report
         _save_state(state_path, state)
     for item in state["files"]:
         report.requests += item["requests"]
-        if item["batch_id"] is None:
-            item["batch_id"] = await _submit(client, item)
-            _save_state(state_path, state)  # saved at once: a restart polls it instead of paying again
-            print(f"submitted OpenAI batch {item['batch_id']} with {item['requests']} requests")
-    statuses = []
-    for item in state["files"]:
-        batch = await _wait(client, item["batch_id"], poll_seconds)
-        statuses.append(batch.status)
-        await _collect(client, batch, engine, report)
-    report.batch_ids = [item["batch_id"] for item in state["files"]]
-    report.status = ",".join(sorted(set(statuses)))
+    engine.stats.requests += sum(i["requests"] for i in state["files"] if not i["collected"])
+    await _run_files(client, state, state_path, engine, report, poll_seconds)
+    report.status = ",".join(sorted({i.get("status", "?") for i in state["files"]}))
     for item in state["files"]:
         Path(item["path"]).unlink(missing_ok=True)
     state_path.unlink(missing_ok=True)
@@ -223,4 +239,24 @@ async def prefill_with_batch_api(
         f"openai batch: {report.status}; {report.answered} answers cached, "
         f"{report.unusable} left for the online run"
     )
+    return report
+
+
+async def export_batch_files(
+    manifest: str | Path, out: str | Path, engine: Engine, directory: Path
+) -> list[Path]:
+    """Write the uncached requests as Batch API JSONL into ``directory`` (for ``vllm run-batch``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    done = jobfiles.prepare_output(out)
+    entries = [e for e in iter_manifest(manifest) if isinstance(e, ManifestEntry) and e.pair_id not in done]
+    budget = SubmissionBudget.of(engine)
+    files = await write_batch_files(entries, engine, directory / "requests", budget=budget)
+    return [Path(f["path"]) for f in files]
+
+
+def import_batch_outputs(paths: Iterable[Path], engine: Engine) -> BatchApiReport:
+    """Cache the answers of Batch output files (``vllm run-batch -o``); self-hosted: nothing billed."""
+    report = BatchApiReport()
+    for path in paths:
+        _cache_output_lines(read_lines(path), engine, report, billed=True)
     return report

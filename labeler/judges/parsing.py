@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from labeler.schemas import JudgeParseError
 
+Label = Literal["A", "B", "tie"]
+
 __all__ = [
     "ANSWER_JSON_SCHEMA",
     "JudgeAnswer",
@@ -66,8 +68,8 @@ def answer_json_schema(order: str = "label-first") -> dict[str, Any]:
 
 
 # Lower-cased, whitespace-collapsed spellings models use for each label.
-_SYNONYMS: dict[str, str] = {}
-for _label, _words in {
+_SYNONYMS: dict[str, Label] = {}
+_WORDS: dict[Label, list[str]] = {
     "A": [
         "a",
         "first",
@@ -106,7 +108,8 @@ for _label, _words in {
         "similar",
         "tied",
     ],
-}.items():
+}
+for _label, _words in _WORDS.items():
     for _w in _words:
         _SYNONYMS[_w] = _label
 
@@ -124,7 +127,7 @@ FORMAT_HINT = (
 )
 
 
-def normalize_label(value: Any) -> str | None:
+def normalize_label(value: Any) -> Label | None:
     """Map a label spelling ("A", " first ", "Video 2", "equal", 1...) to "A"/"B"/"tie", or None."""
     if isinstance(value, bool) or value is None:
         return None

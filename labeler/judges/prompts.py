@@ -188,7 +188,7 @@ def available_prompts() -> list[str]:
 
 
 def _probe_request() -> SegmentRequest:
-    frames = np.zeros((2, 8, 16, 3), np.uint8)  # landscape: composite_fit=16 stacks it top-bottom
+    frames = np.zeros((2, 8, 32, 3), np.uint8)  # landscape: composite_fit=40 stacks it top-bottom
     return SegmentRequest(prompt="probe", frames_first=frames, frames_second=frames, start_s=0.0, end_s=1.0)
 
 
@@ -219,7 +219,7 @@ def _compile(name: str, data: bytes, where: str) -> JudgePrompt:
         for layout in LAYOUTS:
             for order in ("label-first", "rationale-first"):
                 prompt.render(_probe_request(), layout=layout, answer_order=order)
-            prompt.render(_probe_request(), layout=layout, composite_fit=16)
+            prompt.render(_probe_request(), layout=layout, composite_fit=40)
         prompt.reask("probe error")
     except SecurityError as exc:
         raise PromptTemplateError(f"prompt template {where} tried an unsafe operation: {exc}") from exc

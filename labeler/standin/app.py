@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -17,6 +18,22 @@ from labeler.standin.state import StandinState
 
 # --------------------------------------------------------------------------- the app
 
+VLLM_NOT_FOUND = {"detail": "Not Found"}  # what vllm serve's FastAPI router answers for /v1/files
+
+
+def _err(status: int, message: str) -> JSONResponse:
+    return JSONResponse(_error(status, message), status_code=status)
+
+
+def _authorized(state: StandinState, request: Request) -> bool:
+    key = state.config.api_key
+    return not key or request.headers.get("authorization") == f"Bearer {key}"
+
+
+def _no_batch_api(state: StandinState) -> JSONResponse | None:
+    """The vllm flavour has no Files or Batch API: every such route is an unknown path there."""
+    return JSONResponse(VLLM_NOT_FOUND, status_code=404) if state.config.flavour == "vllm" else None
+
 
 def create_app(config: StandinConfig | None = None) -> FastAPI:
     """The FastAPI app; ``app.state.standin`` is its StandinState. (FastAPI is imported at module
@@ -24,28 +41,27 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
     state = StandinState(config or StandinConfig())
     app = FastAPI(title="densepref OpenAI-compatible stand-in")
     app.state.standin = state
-    tasks: set[asyncio.Task[None]] = set()
+    _add_chat_routes(app, state)
+    _add_file_routes(app, state)
+    _add_batch_routes(app, state)
+    _add_control_routes(app, state)
+    return app
 
-    def err(status: int, message: str) -> JSONResponse:
-        return JSONResponse(_error(status, message), status_code=status)
 
-    def authorized(request: Request) -> bool:
-        key = state.config.api_key
-        return not key or request.headers.get("authorization") == f"Bearer {key}"
-
+def _add_chat_routes(app: FastAPI, state: StandinState) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> JSONResponse:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return err(400, "the body is not JSON")
+            return _err(400, "the body is not JSON")
         status, payload, headers = await state.complete(body, request.headers.get("authorization"))
         return JSONResponse(payload, status_code=status, headers=headers)
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        if not authorized(request):
-            return err(401, "Incorrect API key provided.")
+        if not _authorized(state, request):
+            return _err(401, "Incorrect API key provided.")
         names = state.config.models or ["standin-vlm"]
         return JSONResponse(
             {
@@ -54,50 +70,77 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
             }
         )
 
+
+def _add_file_routes(app: FastAPI, state: StandinState) -> None:
+    @app.get("/v1/files")
+    async def list_files(request: Request) -> JSONResponse:
+        if (missing := _no_batch_api(state)) is not None:
+            return missing
+        if not _authorized(state, request):
+            return _err(401, "Incorrect API key provided.")
+        data = [_file_object(f) for f in state.files.values()]
+        return JSONResponse({"object": "list", "data": data, "has_more": False})
+
     @app.post("/v1/files")
     async def upload_file(request: Request) -> JSONResponse:
-        if not authorized(request):
-            return err(401, "Incorrect API key provided.")
+        if (missing := _no_batch_api(state)) is not None:
+            return missing
+        if not _authorized(state, request):
+            return _err(401, "Incorrect API key provided.")
         try:
             fields = _parse_multipart(request.headers.get("content-type", ""), await request.body())
         except ValueError as exc:
-            return err(400, str(exc))
+            return _err(400, str(exc))
         if "file" not in fields:
-            return err(400, "missing the 'file' field")
+            return _err(400, "missing the 'file' field")
         purpose = fields.get("purpose", (None, b"batch"))[1].decode()
         filename, content = fields["file"]
         return JSONResponse(_file_object(_store_file(state, content, filename or "upload.jsonl", purpose)))
 
     @app.get("/v1/files/{file_id}")
     async def get_file(file_id: str) -> JSONResponse:
+        if (missing := _no_batch_api(state)) is not None:
+            return missing
         record = state.files.get(file_id)
-        return JSONResponse(_file_object(record)) if record else err(404, f"No such File object: {file_id}")
+        return JSONResponse(_file_object(record)) if record else _err(404, f"No such File object: {file_id}")
 
     @app.get("/v1/files/{file_id}/content")
     async def get_file_content(file_id: str) -> Response:
+        if (missing := _no_batch_api(state)) is not None:
+            return missing
         record = state.files.get(file_id)
         if record is None:
-            return err(404, f"No such File object: {file_id}")
+            return _err(404, f"No such File object: {file_id}")
         return Response(record["content"], media_type="application/octet-stream")
+
+
+def _new_batch(body: dict[str, Any]) -> dict[str, Any]:
+    now = _now()
+    return {
+        "id": "batch_" + uuid.uuid4().hex[:24], "object": "batch", "endpoint": body["endpoint"],
+        "errors": None, "input_file_id": body["input_file_id"], "completion_window": "24h",
+        "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": now,
+        "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None, "completed_at": None,
+        "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
+        "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
+    }  # fmt: skip
+
+
+def _add_batch_routes(app: FastAPI, state: StandinState) -> None:
+    tasks: set[asyncio.Task[None]] = set()
 
     @app.post("/v1/batches")
     async def create_batch(request: Request) -> JSONResponse:
-        if not authorized(request):
-            return err(401, "Incorrect API key provided.")
+        if (missing := _no_batch_api(state)) is not None:
+            return missing
+        if not _authorized(state, request):
+            return _err(401, "Incorrect API key provided.")
         body = await request.json()
         if body.get("input_file_id") not in state.files:
-            return err(400, f"unknown input_file_id {body.get('input_file_id')!r}")
+            return _err(400, f"unknown input_file_id {body.get('input_file_id')!r}")
         if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
-            return err(400, "endpoint must be /v1/chat/completions and completion_window 24h")
-        now = _now()
-        batch = {
-            "id": "batch_" + uuid.uuid4().hex[:24], "object": "batch", "endpoint": body["endpoint"],
-            "errors": None, "input_file_id": body["input_file_id"], "completion_window": "24h",
-            "status": "validating", "output_file_id": None, "error_file_id": None, "created_at": now,
-            "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None, "completed_at": None,
-            "failed_at": None, "expired_at": None, "cancelling_at": None, "cancelled_at": None,
-            "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata"),
-        }  # fmt: skip
+            return _err(400, "endpoint must be /v1/chat/completions and completion_window 24h")
+        batch = _new_batch(body)
         state.batches[batch["id"]] = batch
         task = asyncio.create_task(run_batch(state, batch["id"]))
         tasks.add(task)  # keep a reference until it finishes
@@ -106,18 +149,24 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
 
     @app.get("/v1/batches/{batch_id}")
     async def get_batch(batch_id: str) -> JSONResponse:
+        if (missing := _no_batch_api(state)) is not None:
+            return missing
         batch = state.batches.get(batch_id)
-        return JSONResponse(batch) if batch else err(404, f"No such batch: {batch_id}")
+        return JSONResponse(batch) if batch else _err(404, f"No such batch: {batch_id}")
 
     @app.post("/v1/batches/{batch_id}/cancel")
     async def cancel_batch(batch_id: str) -> JSONResponse:
+        if (missing := _no_batch_api(state)) is not None:
+            return missing
         batch = state.batches.get(batch_id)
         if batch is None:
-            return err(404, f"No such batch: {batch_id}")
+            return _err(404, f"No such batch: {batch_id}")
         if batch["status"] in ("validating", "in_progress"):
             batch.update(status="cancelling", cancelling_at=_now())
         return JSONResponse(batch)
 
+
+def _add_control_routes(app: FastAPI, state: StandinState) -> None:
     @app.get("/_stats")
     async def stats() -> JSONResponse:
         return JSONResponse(state.stats())
@@ -136,5 +185,3 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
         except (ValueError, ValidationError) as exc:  # ValidationError is a ValueError in pydantic 2
             return JSONResponse({"detail": str(exc)}, status_code=422)
         return JSONResponse(state.stats())
-
-    return app

@@ -9,6 +9,7 @@ import uuid
 from collections import deque
 from typing import Any
 
+from labeler.fileio import split_lines
 from labeler.standin.state import StandinState
 
 # --------------------------------------------------------------------------- Batch API
@@ -23,7 +24,7 @@ def _file_object(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _store_file(state: StandinState, content: bytes, filename: str, purpose: str) -> dict[str, Any]:
-    record = {
+    record: dict[str, Any] = {
         "id": "file-" + uuid.uuid4().hex[:24],
         "object": "file",
         "bytes": len(content),
@@ -47,11 +48,12 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | No
     )
     if not message.is_multipart():
         raise ValueError("expected a multipart/form-data body")
-    fields = {}
+    fields: dict[str, tuple[str | None, bytes]] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         if name:
-            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+            payload = part.get_payload(decode=True)
+            fields[str(name)] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
     return fields
 
 
@@ -66,13 +68,47 @@ def _batch_line_error(line: Any, number: int) -> str | None:
     return None
 
 
+_UNFINISHED = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+def _token_limit_errors(
+    state: StandinState, batch_id: str, lines: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """OpenAI's enqueued-token limit: the input tokens of a model's unfinished batches, this one
+    included, must stay within the limit, or this batch fails with ``token_limit_exceeded``."""
+    from labeler.judges.pricing import chat_input_tokens
+
+    limit = state.config.batch_enqueued_token_limit
+    model = str(lines[0]["body"].get("model", ""))
+    try:
+        tokens = sum(chat_input_tokens(line["body"]["messages"], model)[0] for line in lines)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        tokens = 0  # unreadable lines fail one by one when they run
+    state.enqueued_tokens[batch_id] = tokens
+    if limit is None:
+        return []
+    others = sum(
+        n
+        for bid, n in state.enqueued_tokens.items()
+        if bid != batch_id and state.batches[bid]["status"] in _UNFINISHED
+    )
+    if others + tokens <= limit:
+        return []
+    message = (
+        f"Enqueued token limit reached for {model} in organization org-standin. Limit: {limit:,} enqueued "
+        f"tokens. Please try submitting your batch again later."
+    )
+    state.enqueued_tokens[batch_id] = 0
+    return [{"code": "token_limit_exceeded", "message": message, "param": None, "line": None}]
+
+
 async def run_batch(state: StandinState, batch_id: str) -> None:
     """validating -> in_progress -> finalizing -> completed (or failed / cancelled)."""
     batch = state.batches[batch_id]
     await asyncio.sleep(state.config.batch_delay_s)
     raw = state.files[batch["input_file_id"]]["content"].decode("utf-8", errors="replace")
     lines, errors = [], []
-    for number, text in enumerate(raw.splitlines(), start=1):
+    for number, text in enumerate(split_lines(raw), start=1):
         if not text.strip():
             continue
         try:
@@ -84,6 +120,8 @@ async def run_batch(state: StandinState, batch_id: str) -> None:
         if problem:
             errors.append({"code": "invalid_request", "message": problem, "line": number})
         lines.append(line)
+    if not errors and lines:
+        errors = _token_limit_errors(state, batch_id, lines)
     if errors or not lines:
         errors = errors or [
             {"code": "empty_file", "message": "the input file holds no requests", "line": None}
@@ -101,7 +139,9 @@ async def run_batch(state: StandinState, batch_id: str) -> None:
         # A pool of max_concurrency workers, each checking for a cancel before its next line.
         while pending and batch["status"] != "cancelling":
             line = pending.popleft()
-            status, payload, _ = await state.complete(line["body"], f"Bearer {state.config.api_key}")
+            status, payload, _ = await state.complete(
+                line["body"], f"Bearer {state.config.api_key}", batch=True
+            )
             out = {
                 "id": "batch_req_" + uuid.uuid4().hex[:24],
                 "custom_id": line["custom_id"],

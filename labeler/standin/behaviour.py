@@ -15,6 +15,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 Policy = Literal["hash", "first", "second", "tie", "garbage", "sharpness"]
+Flavour = Literal["openai", "vllm"]
+#: vLLM clamps -inf logprobs (tokens its grammar masked out) to this (serving_chat.py).
+VLLM_MASKED_LOGPROB = -9999.0
 GARBAGE = "Both clips look rather nice to me; it is hard to say which one I would pick, honestly."
 _LABELS = ("A", "B", "tie")
 
@@ -36,6 +39,15 @@ class StandinConfig(BaseModel):
     batch_delay_s: float = 0.05
     faults: list[dict[str, Any]] = []
     rules: list[dict[str, Any]] = []
+    #: "vllm": like ``vllm serve`` — no Files or Batch API (404 from its router), ``strict`` ignored,
+    #: logprobs after the structured-output grammar (masked alternatives at -9999.0).
+    flavour: Flavour = "openai"
+    #: vllm flavour: under a json_schema without ``structured_outputs.disable_any_whitespace`` the
+    #: model emits whitespace until max_tokens (xgrammar issue 212, seen with Qwen models).
+    whitespace_loop: bool = False
+    #: OpenAI Batch API: input tokens a model may have enqueued across unfinished batches; a batch
+    #: over it fails with ``token_limit_exceeded`` (None: no limit).
+    batch_enqueued_token_limit: int | None = None
 
 
 # --------------------------------------------------------------------------- request analysis
@@ -101,7 +113,16 @@ def _sharpness(image: np.ndarray) -> float:
 
 
 def _split_composite(image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(left, right) of a side-by-side composite, found by its bright centre stripe; else None."""
+    """(first, second) of a composite: left | right, or top over bottom (labeler.judges.composite
+    stacks landscape frames at detail low), found by the bright centre stripe; else None."""
+    halves = _split_left_right(image)
+    if halves is None:
+        flipped = _split_left_right(image.transpose(1, 0, 2))
+        halves = None if flipped is None else (flipped[0].transpose(1, 0, 2), flipped[1].transpose(1, 0, 2))
+    return halves
+
+
+def _split_left_right(image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     width = image.shape[1]
     bright = image.min(axis=(0, 2)) >= 200  # JPEG ringing keeps the white stripe above ~200
     centre = width // 2
@@ -167,10 +188,21 @@ def decide(policy: str, image_urls: list[str], margin: float = 0.05) -> tuple[di
     return probs, f"Deterministic answer {digest % 997} for these frames."
 
 
-def answer_tokens(rationale: str, label: str) -> list[str]:
-    """The answer JSON split the way BPE tokenizers split it, the label value its own token."""
+def answer_tokens(rationale: str, label: str, *, label_first: bool = False) -> list[str]:
+    """The answer JSON split the way BPE tokenizers split it, the label value its own token, in
+    the field order the request's schema asks for (structured outputs follow schema order)."""
     words = re.findall(r"\s*\S+", json.dumps(rationale)[1:-1])
+    if label_first:
+        return ['{"', "label", '":', ' "', label, '",', ' "', "rationale", '":', ' "', *words, '"}']
     return ['{"', "rationale", '":', ' "', *words, '",', ' "', "label", '":', ' "', label, '"}']
+
+
+def schema_label_first(body: dict[str, Any]) -> bool:
+    """Whether the request's json_schema lists ``label`` before ``rationale``."""
+    fmt = body.get("response_format")
+    schema = ((fmt or {}).get("json_schema") or {}).get("schema") if isinstance(fmt, dict) else None
+    props = list((schema or {}).get("properties") or {}) if isinstance(schema, dict) else []
+    return bool(props) and props[0] == "label"
 
 
 def _logprob_entry(token: str, logprob: float, alternatives: list[tuple[str, float]]) -> dict[str, Any]:
@@ -180,6 +212,12 @@ def _logprob_entry(token: str, logprob: float, alternatives: list[tuple[str, flo
     return {**one(token, logprob), "top_logprobs": [one(t, lp) for t, lp in alternatives]}
 
 
+def _masked(alternatives: list[tuple[str, float]], top: int) -> list[tuple[str, float]]:
+    """Fill top_logprobs up to ``top`` with tokens a grammar masked out, as vLLM reports them."""
+    fillers = [f"<masked {i}>" for i in range(top)]
+    return (alternatives + [(f, VLLM_MASKED_LOGPROB) for f in fillers])[:top]
+
+
 def build_completion(
     model: str,
     content: str,
@@ -187,18 +225,26 @@ def build_completion(
     probs: dict[str, float] | None,
     top: int | None,
     prompt_tokens: int,
+    *,
+    grammar_masked: bool = False,
+    finish_reason: str = "stop",
 ) -> dict[str, Any]:
-    """A chat.completion object; ``logprobs`` when ``top`` is not None."""
+    """A chat.completion object; ``logprobs`` when ``top`` is not None. ``grammar_masked``: the
+    logprobs are read after the structured-output grammar, so a forced token has logprob 0 and
+    every alternative outside the grammar -9999.0 (vLLM)."""
     logprobs = None
     if top is not None:
-        entries = []
+        entries: list[dict[str, Any]] = []
+        forced = 0.0 if grammar_masked else -0.001
         for tok in tokens:
             if probs is not None and tok in probs and entries and entries[-1]["token"] == ' "':
                 ranked = sorted(probs.items(), key=lambda kv: -kv[1])
                 alts = [(k, math.log(max(v, 1e-12))) for k, v in ranked][:top]
+                alts = _masked(alts, top) if grammar_masked else alts
                 entries.append(_logprob_entry(tok, math.log(max(probs[tok], 1e-12)), alts))
             else:
-                entries.append(_logprob_entry(tok, -0.001, [(tok, -0.001)][:top]))
+                alts = [(tok, forced)][:top]
+                entries.append(_logprob_entry(tok, forced, _masked(alts, top) if grammar_masked else alts))
         logprobs = {"content": entries, "refusal": None}
     return {
         "id": "chatcmpl-" + uuid.uuid4().hex[:24],
@@ -210,7 +256,7 @@ def build_completion(
                 "index": 0,
                 "message": {"role": "assistant", "content": content, "refusal": None},
                 "logprobs": logprobs,
-                "finish_reason": "stop",
+                "finish_reason": finish_reason,
             }
         ],
         "usage": {

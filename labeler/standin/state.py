@@ -19,6 +19,7 @@ from labeler.standin.behaviour import (
     canonical_hash,
     decide,
     image_digest,
+    schema_label_first,
 )
 
 # --------------------------------------------------------------------------- server state
@@ -32,6 +33,7 @@ class StandinState:
         self.faults: deque[dict[str, Any]] = deque(config.faults)
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.enqueued_tokens: dict[str, int] = {}  # batch id -> input tokens (Batch API limit)
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_size = 0
         self.reset_counters()
@@ -45,6 +47,8 @@ class StandinState:
         self.answered_by_hash: Counter[str] = Counter()
         self.faults_served: Counter[str] = Counter()
         self.log: deque[dict[str, Any]] = deque(maxlen=500)
+        #: USD the answered requests would be billed at the models_table price ("batch": half).
+        self.billed_usd = {"online": 0.0, "batch": 0.0}
 
     @property
     def semaphore(self) -> asyncio.Semaphore:
@@ -85,6 +89,7 @@ class StandinState:
             "in_flight": self.in_flight,
             "max_concurrency_observed": self.max_in_flight,
             "batches": len(self.batches),
+            "billed_usd": dict(self.billed_usd),
             "config": self.config.model_dump(exclude={"faults", "api_key"}),
         }
 
@@ -97,9 +102,10 @@ class StandinState:
         return None
 
     async def complete(
-        self, body: Any, authorization: str | None
+        self, body: Any, authorization: str | None, *, batch: bool = False
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """Answer one chat.completions body: (status, JSON payload, extra headers)."""
+        """Answer one chat.completions body: (status, JSON payload, extra headers). ``batch``: a
+        Batch API line, billed at the Batch API's half price."""
         self.requests_total += 1
         key = canonical_hash(body)
         self.requests_by_hash[key] += 1
@@ -107,6 +113,7 @@ class StandinState:
         self.by_status[str(status)] += 1
         if status == 200:
             self.answered_by_hash[key] += 1
+            self._bill(payload, batch)
         entry = {"hash": key, "status": status, "time": time.time()}
         if isinstance(body, dict):
             texts, images = _parts(body)
@@ -118,6 +125,26 @@ class StandinState:
             )
         self.log.append(entry)
         return status, payload, headers
+
+    def _bill(self, payload: dict[str, Any], batch: bool) -> None:
+        from labeler.judges.pricing import estimate_cost
+
+        usage = payload.get("usage") or {}
+        cost = estimate_cost(
+            str(payload.get("model")),
+            usage.get("prompt_tokens", 0),
+            usage.get("completion_tokens", 0),
+            batch=batch,
+        )
+        self.billed_usd["batch" if batch else "online"] += cost or 0.0
+
+    def _loops_on_whitespace(self, body: dict[str, Any]) -> bool:
+        """vLLM's default grammar lets some models emit whitespace forever (StandinConfig)."""
+        cfg = self.config
+        if cfg.flavour != "vllm" or not cfg.whitespace_loop or not body.get("response_format"):
+            return False
+        options = body.get("structured_outputs")
+        return not (isinstance(options, dict) and options.get("disable_any_whitespace"))
 
     async def _complete(
         self, body: Any, authorization: str | None
@@ -156,7 +183,12 @@ class StandinState:
                 garbage = cfg.policy == "garbage" or bool(fault and fault.get("garbage"))
                 if fault and fault.get("garbage"):
                     self.faults_served["garbage"] += 1
-                if garbage:
+                finish = "stop"
+                if self._loops_on_whitespace(body):
+                    limit = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+                    tokens = ["{"] + ["\n"] * max(0, limit - 1)
+                    probs, content, finish = None, "".join(tokens), "length"
+                elif garbage:
                     probs, tokens, content = None, re.findall(r"\s*\S+", GARBAGE), GARBAGE
                 else:
                     try:
@@ -164,7 +196,7 @@ class StandinState:
                     except ValueError as exc:
                         return 400, _error(400, f"cannot judge this request: {exc}"), {}
                     label = max(probs, key=probs.__getitem__)
-                    tokens = answer_tokens(rationale, label)
+                    tokens = answer_tokens(rationale, label, label_first=schema_label_first(body))
                     content = "".join(tokens)
                 from labeler.judges.pricing import chat_input_tokens
 
@@ -175,7 +207,16 @@ class StandinState:
                 top = None
                 if cfg.logprobs and body.get("logprobs"):
                     top = int(body.get("top_logprobs") or 0)
-                completion = build_completion(model, content, tokens, probs, top, prompt_tokens)
+                completion = build_completion(
+                    model,
+                    content,
+                    tokens,
+                    probs,
+                    top,
+                    prompt_tokens,
+                    grammar_masked=cfg.flavour == "vllm" and bool(body.get("response_format")),
+                    finish_reason=finish,
+                )
                 # latency_ms is the whole service time of a request in its slot, the stand-in's own
                 # work included, like a GPU server whose answer takes L: sleep for what is left.
                 left = cfg.latency_ms / 1000 - (time.perf_counter() - started)
