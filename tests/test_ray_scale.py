@@ -31,6 +31,7 @@ from labeler.standin import StandinServer  # noqa: E402
 from labeler.video import write_video  # noqa: E402
 from tests.conftest import textured_frames  # noqa: E402
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = 8
 
