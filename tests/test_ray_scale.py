@@ -217,6 +217,7 @@ def test_a_worker_killed_mid_run_costs_only_its_chunk_and_the_cache_serves_the_r
     assert len(killed) == 1, "no worker was killed: the test proved nothing"
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert f"{PAIRS} labeled, 0 failed" in done.stdout
+    assert "worker process(es) on 1 node(s)" in done.stderr  # the driver's line about its actors
     got = records_by_pair(out)  # asserts each pair is there once
     expected = records_by_pair(tmp_path / "one.jsonl")
     assert {k: v["segments"] for k, v in got.items()} == {k: v["segments"] for k, v in expected.items()}
