@@ -24,7 +24,7 @@ from typing import Any
 from benchmarks.common import BenchmarkError, add_common_args, load_module, report_errors, write_result
 
 #: In running order: torch (trainer_step) is imported last, after the timing-sensitive ones.
-BENCHMARKS = ("throughput", "cache", "cost", "decode", "trainer_step")
+BENCHMARKS = ("throughput", "cache", "cost", "decode", "ray_scale", "trainer_step")
 DEFAULT_README = Path(__file__).with_name("README.md")
 RESULTS_DIR = Path(__file__).with_name("results")
 
