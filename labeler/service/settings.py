@@ -127,7 +127,7 @@ class ServiceSettings(BaseModel):
         values: dict[str, Any] = {}
         for name in cls.model_fields:
             raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is None or raw == "":
+            if raw is None or (raw == "" and name != "api_token"):  # an empty token is refused, not ignored
                 continue
             values[name] = shlex.split(raw) if name == "engine_args" else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
