@@ -196,3 +196,14 @@ def test_an_empty_token_in_the_environment_stops_the_app() -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "API_TOKEN" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_by_path_jobs_count_their_decoded_pixels_too(media: Path) -> None:
+    body = {"prompt": "p", "video_a": "a.mp4", "video_b": "b.mp4"}
+    one_job = 2 * 8 * 2 * 96 * 64  # 2 segments of 8 frames, A and B, 96x64 (under --max-side)
+    with make_client(media, max_inflight_pixels=one_job - 1) as client:
+        assert "over the limit" in error(client.post("/label", json=body), 400, "TooManyPixels")
+    with make_client(media, max_inflight_pixels=one_job) as client:
+        with client.app.state.service.pixels.hold(1):
+            error(client.post("/label", json=body), 503, "Overloaded")
+        assert client.post("/label", json=body).status_code == 200

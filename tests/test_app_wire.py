@@ -28,7 +28,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("media")
     for name, seed in (("a.mp4", 1), ("b.mp4", 2), ("c.mp4", 3)):
         video.write_video(root / name, textured_frames(16, h=64, w=96, seed=seed), 8.0, crf=20)
-    (root / "m.jsonl").write_text(json.dumps({"pair_id": "p", "prompt": "x", "video_a": "a.mp4", "video_b": "b.mp4"}) + "\n")
+    (root / "m.jsonl").write_text(
+        json.dumps({"pair_id": "p", "prompt": "x", "video_a": "a.mp4", "video_b": "b.mp4"}) + "\n"
+    )
     return root
 
 
@@ -66,7 +68,9 @@ def test_slow_headers_are_cut_off(fast: ServiceProcess) -> None:
 
 def test_a_slow_body_gets_408_and_the_connection_closes(fast: ServiceProcess) -> None:
     sock = connect(fast)
-    sock.sendall(b"POST /label HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    sock.sendall(
+        b"POST /label HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
     answer = read_all(sock)  # the body never completes
     sock.close()
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -76,7 +80,9 @@ def test_a_slow_body_gets_408_and_the_connection_closes(fast: ServiceProcess) ->
 
 def test_a_chunked_upload_past_the_limit_is_refused_and_not_read(fast: ServiceProcess) -> None:
     sock = connect(fast)
-    sock.sendall(b"POST /label HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sock.sendall(
+        b"POST /label HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
     sent = 0
     try:
@@ -96,10 +102,20 @@ def test_a_chunked_upload_past_the_limit_is_refused_and_not_read(fast: ServicePr
 
 def test_healthz_answers_while_a_huge_body_is_parsed(fast: ServiceProcess, media: Path) -> None:
     big = json.dumps({"prompt": "p", "segments": [{"frames_a": [1], "x": 2}] * 60_000}).encode()
-    args = ["--media-root", str(media), "--judge", "metrics", "--no-cache", "--max-body-bytes", str(64 * 2**20)]
+    args = [
+        "--media-root",
+        str(media),
+        "--judge",
+        "metrics",
+        "--no-cache",
+        "--max-body-bytes",
+        str(64 * 2**20),
+    ]
     with running_service(args) as svc, httpx.Client(base_url=svc.base_url, timeout=60) as client:
         result: dict = {}
-        posting = threading.Thread(target=lambda: result.setdefault("r", client.post("/label", content=big * 20)))
+        posting = threading.Thread(
+            target=lambda: result.setdefault("r", client.post("/label", content=big * 20))
+        )
         posting.start()
         worst = 0.0
         while posting.is_alive():
@@ -144,7 +160,16 @@ def test_a_client_that_leaves_cancels_its_job_and_frees_its_slot(media: Path) ->
 def test_sigterm_past_the_grace_period_answers_503_and_ends_streams(media: Path) -> None:
     with StandinServer(latency_ms=60_000) as standin:
         args = ["--media-root", str(media), "--base-url", standin.base_url, "--no-cache"]
-        args += ["--judge", "openai", "--model", "m", "--frames-per-segment", "1", "--shutdown-grace-seconds", "3"]
+        args += [
+            "--judge",
+            "openai",
+            "--model",
+            "m",
+            "--frames-per-segment",
+            "1",
+            "--shutdown-grace-seconds",
+            "3",
+        ]
         with running_service(args) as svc:
             results: dict = {}
 
@@ -176,7 +201,9 @@ def test_sigterm_past_the_grace_period_answers_503_and_ends_streams(media: Path)
 
 
 def test_the_page_token_is_exchanged_and_never_logged(media: Path) -> None:
-    with running_service(["--media-root", str(media), "--judge", "metrics", "--no-cache"], token=TOKEN) as svc:
+    with running_service(
+        ["--media-root", str(media), "--judge", "metrics", "--no-cache"], token=TOKEN
+    ) as svc:
         with httpx.Client(base_url=svc.base_url, timeout=30) as browser:
             first = browser.get(f"/annotate?manifest=m.jsonl&token={TOKEN}", follow_redirects=False)
             assert first.status_code == 303 and TOKEN not in first.headers["location"]
