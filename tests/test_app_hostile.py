@@ -207,3 +207,13 @@ def test_by_path_jobs_count_their_decoded_pixels_too(media: Path) -> None:
         with client.app.state.service.pixels.hold(1):
             error(client.post("/label", json=body), 503, "Overloaded")
         assert client.post("/label", json=body).status_code == 200
+
+
+def test_the_readme_tables_name_every_limit_and_error_type() -> None:
+    from labeler.service.errors import ERROR_TABLE
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ServiceSettings().limits():
+        assert f"`--{name.replace('_', '-')}`" in readme, name
+    for rule in ERROR_TABLE:
+        assert rule.error_type is None or f"`{rule.error_type}`" in readme, rule
