@@ -109,6 +109,10 @@ def test_malformed_bodies_get_422_naming_the_problem() -> None:
         assert "invalid JSON" in error(broken, 422, "ValidationError")
         typed = client.post("/label", json={"prompt": 5, "video_a": "a", "video_b": "b"})
         assert "body.path.prompt" in error(typed, 422, "ValidationError")
+        long_id = client.post(
+            "/label", json={"prompt": "p", "video_a": "a", "video_b": "b", "pair_id": "x" * 600}
+        )
+        assert "at most 512 characters" in error(long_id, 422, "ValidationError")
         garbage = inline([], [])
         garbage["segments"][0]["frames_a"] = [b64_image(np.zeros((20, 20, 3), np.uint8))[:40] + "AAAA"]
         garbage["segments"][0]["frames_b"] = garbage["segments"][0]["frames_a"]
