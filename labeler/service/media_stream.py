@@ -2,7 +2,7 @@
 a ``<video>`` element can seek (206 Partial Content, ``Accept-Ranges: bytes``, 416 for a range past
 the end; Starlette's ``FileResponse`` does the range work, starlette >= 0.49.1).
 
-Paths follow the service's rules (``labeler.service.security.resolve_media_path``: no URL, no absolute
+Paths follow the service's rules (``labeler.service.paths.resolve_media_path``: no URL, no absolute
 path, no ``..``, no symlink out of the root). Auth: when the service has an API token, a request
 needs either ``Authorization: Bearer <token>`` or a signed URL. A ``<video>`` element cannot send
 headers, so the annotation API hands the page URLs signed for one path with an expiry
