@@ -179,7 +179,9 @@ def create_app(settings: ServiceSettings | None = None, *, engine: Engine | None
         log.warning(
             "AUTH IS OFF: %s is not set; every client can label and read media", "DENSEPREF_API_TOKEN"
         )
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access_log.filters):
+        access_log.addFilter(RedactTokens())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
