@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -64,6 +65,17 @@ def test_slow_headers_are_cut_off(fast: ServiceProcess) -> None:
     assert read_all(sock) == b""  # closed by the server, no answer
     assert time.monotonic() - started < 20
     sock.close()
+
+
+def test_uvicorn_cli_users_get_the_header_deadline_too(media: Path) -> None:
+    command = [sys.executable, "-m", "uvicorn", "--factory", "labeler.app:create_app", "--host", "127.0.0.1"]
+    command += ["--http", "labeler.service.http_protocol:HeaderDeadlineProtocol"]
+    env = {"DENSEPREF_ENGINE_ARGS": "--judge metrics --no-cache", "DENSEPREF_HEADER_TIMEOUT_SECONDS": "1"}
+    with running_service(["--port", "0"], command=command, env=env) as svc:
+        sock = connect(svc)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert read_all(sock) == b""
+        sock.close()
 
 
 def test_a_slow_body_gets_408_and_the_connection_closes(fast: ServiceProcess) -> None:
