@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from labeler import video
 from labeler.engine import Engine
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
+from labeler.service.body import BodyCounts, BodyParser
 from labeler.service.errors import ServiceError, service_error
 from labeler.service.inline import decode_inline_frames, read_inline_headers
 from labeler.service.limits import Admission, PixelBudget
@@ -33,6 +34,13 @@ class LabelService:
         self.engine = engine
         self.admission = Admission(settings.max_queue, settings.retry_after_seconds)
         self.pixels = PixelBudget(settings.max_inflight_pixels, self.admission)
+        self.bodies = BodyParser(
+            BodyCounts(
+                settings.max_segments,
+                settings.max_frames_per_segment,
+                min(settings.max_batch_pairs, settings.max_queue),
+            )
+        )
         #: Label jobs running now (the tasks the service cancels at the end of a shutdown's grace).
         self.jobs: set[asyncio.Task[Any]] = set()
 
@@ -136,11 +144,6 @@ class LabelService:
                 req.effective_pair_id(), ServiceError(500, "InternalError", "internal error")
             )
         return record.model_dump(mode="json")
-
-    def check_segment_count(self, n_segments: int) -> None:
-        if n_segments > self.settings.max_segments:
-            limit = self.settings.max_segments
-            raise ServiceError(400, "TooManySegments", f"segments: {n_segments} over the limit of {limit}")
 
     def check_batch_size(self, n_pairs: int) -> None:
         require_media_root(self.settings.media_root, "pairs")
