@@ -210,7 +210,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 def open_annotate(page: Any, service: ServiceProcess, query: str) -> None:
     page.goto(f"{service.base_url}/annotate?manifest={MANIFEST}&{query}&token={TOKEN}")
-    assert "token=" not in page.url  # the page takes the token out of the address bar
+    assert "token=" not in page.url  # the server traded it for a session cookie and redirected
 
 
 def set_annotator(page: Any, name: str) -> None:
@@ -353,7 +353,7 @@ def test_keyboard_labeling_reload_export(
     wait_saved(page)
     assert page.text_content("#progress") == "2 / 2 pairs done"
 
-    # Reload: the answers come back (same tab: token in sessionStorage, page cookie).
+    # Reload: the answers come back (the session cookie keeps the page and its API calls in).
     page.reload()
     wait_ready(page, "Pair 1 / 2")
     assert timeline_labels(page) == ["tie", "A", "tie"]

@@ -116,11 +116,11 @@ def test_auth_guards_every_endpoint_but_healthz(media):
 
 
 def test_token_compare_is_constant_time(media, monkeypatch):
-    import labeler.service.auth as security
+    import labeler.service.auth as auth
 
     seen = []
-    real = security.hmac.compare_digest
-    monkeypatch.setattr(security.hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
+    real = auth.hmac.compare_digest
+    monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
     with make_client(media, api_token=TOKEN) as c:
         assert c.get("/readyz", headers={"Authorization": "Bearer guess"}).status_code == 401
     assert seen == [(b"guess", TOKEN.encode())]

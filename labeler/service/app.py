@@ -29,7 +29,7 @@ from labeler.engine import Engine
 from labeler.schemas import DensePreferenceRecord
 from labeler.service.annotate.routes import router as annotate_router
 from labeler.service.auth import require_token
-from labeler.service.body import body_schema, parse_json_body
+from labeler.service.body import body_schema
 from labeler.service.errors import ERROR_RESPONSES, install_error_handlers
 from labeler.service.lifecycle import Lifecycle, RedactTokens, label_until_disconnect, ndjson_lines
 from labeler.service.limits import BodyLimits
@@ -39,10 +39,13 @@ from labeler.service.models import (
     LABEL_BATCH_REQUEST,
     LABEL_REQUEST,
     HealthResponse,
+    LabelBatchRequest,
+    LabelByPathRequest,
     LabelInlineRequest,
     LabelResponse,
     ReadyResponse,
 )
+from labeler.service.paths import require_media_root
 from labeler.service.service import LabelService
 from labeler.service.settings import ServiceSettings
 
@@ -99,14 +102,6 @@ def _ops_routes(service: LabelService, metrics: ServiceMetrics) -> APIRouter:
 def _label_routes(service: LabelService, components: dict[str, Any]) -> APIRouter:
     routes = APIRouter(dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
 
-    def count_segments(data: Any) -> None:
-        if isinstance(data, dict) and isinstance(data.get("segments"), list):
-            service.check_segment_count(len(data["segments"]))
-
-    def count_pairs(data: Any) -> None:
-        if isinstance(data, dict) and isinstance(data.get("pairs"), list):
-            service.check_batch_size(len(data["pairs"]))
-
     @routes.post(
         "/label",
         response_model=LabelResponse,
@@ -116,12 +111,12 @@ def _label_routes(service: LabelService, components: dict[str, Any]) -> APIRoute
     async def label(request: Request) -> DensePreferenceRecord:
         """Label one pair: by paths inside the media root, or inline base64 frames per segment.
         A client that disconnects cancels its job."""
-        body = await parse_json_body(request, LABEL_REQUEST, count_segments)
-        job = (
-            service.label_inline(body)
-            if isinstance(body, LabelInlineRequest)
-            else service.label_by_path(body)
-        )
+        body = await service.bodies.parse(request, "label")
+        if isinstance(body, LabelInlineRequest):
+            job = service.label_inline(body)
+        else:
+            assert isinstance(body, LabelByPathRequest)
+            job = service.label_by_path(body)
         return await label_until_disconnect(request, job)
 
     @routes.post(
@@ -138,7 +133,9 @@ def _label_routes(service: LabelService, components: dict[str, Any]) -> APIRoute
     )
     async def label_batch(request: Request) -> StreamingResponse:
         """Label several by-path pairs; one NDJSON line per pair in completion order."""
-        body = await parse_json_body(request, LABEL_BATCH_REQUEST, count_pairs)
+        require_media_root(service.settings.media_root, "pairs")  # 400 before the body is parsed
+        body = await service.bodies.parse(request, "batch")
+        assert isinstance(body, LabelBatchRequest)
         return StreamingResponse(ndjson_lines(service.start_batch(body)), media_type="application/x-ndjson")
 
     return routes
@@ -179,7 +176,9 @@ def create_app(settings: ServiceSettings | None = None, *, engine: Engine | None
         log.warning(
             "AUTH IS OFF: %s is not set; every client can label and read media", "DENSEPREF_API_TOKEN"
         )
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    access_log = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactTokens) for f in access_log.filters):
+        access_log.addFilter(RedactTokens())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

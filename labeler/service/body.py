@@ -1,31 +1,55 @@
-"""JSON request bodies parsed off the event loop, with clear 422s and counts checked first.
+"""JSON request bodies parsed away from the event loop, with clear 422s and counts checked first.
 
 FastAPI parses bodies on the event loop, answers a non-UTF-8 or deeply nested body with a bare 400
 "error parsing the body", and lists every validation error (a 30 MB body of bad items gave a
-200 MB answer). Here a body is decoded, parsed, counted and validated in a worker thread, so
-``/healthz`` answers meanwhile; every malformed body gets 422 naming the problem; item counts are
-checked against the limits before any item is validated; a 422 lists at most
-:data:`~labeler.service.errors.MAX_REPORTED_ERRORS` problems.
+200 MB answer). Here a body is decoded, parsed, counted against the limits (before any item is
+validated) and validated outside the event loop; every malformed body gets 422 naming the problem;
+a 422 lists at most :data:`~labeler.service.errors.MAX_REPORTED_ERRORS` problems.
+
+``json.loads`` holds the GIL for its whole run (10 s for a 30 MB body of a million items on a busy
+machine), so a thread would still stall the loop: bodies from :data:`PROCESS_BODY_BYTES` up are
+parsed in a worker process, which sends back only the validated request (bounded by the limits)
+or the error. Smaller bodies parse in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fastapi import Request
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from labeler.service.errors import ServiceError, format_validation_errors
+from labeler.service.models import LABEL_BATCH_REQUEST, LABEL_REQUEST
 
-__all__ = ["MAX_JSON_DEPTH", "body_schema", "parse_json_body"]
-
-T = TypeVar("T")
+__all__ = ["MAX_JSON_DEPTH", "PROCESS_BODY_BYTES", "BodyCounts", "BodyParser", "body_schema", "parse_body"]
 
 #: Deepest nesting a request body may have; the deepest valid body has 4 levels.
 MAX_JSON_DEPTH = 32
+#: Bodies this large or larger are parsed in a worker process.
+PROCESS_BODY_BYTES = 1 << 20
+#: Large bodies one worker process parses before it is replaced.
+WORKER_BODIES = 16
+
+BodyKind = Literal["label", "batch"]
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {"label": LABEL_REQUEST, "batch": LABEL_BATCH_REQUEST}
+#: ("ok", request) or ("error", status, type, message): plain values cross the process boundary.
+Outcome = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class BodyCounts:
+    """The item counts checked on the raw JSON, before validation (see the service settings)."""
+
+    max_segments: int
+    max_frames_per_segment: int
+    max_batch_pairs: int
 
 
 def _invalid(message: str) -> ServiceError:
@@ -36,11 +60,10 @@ def _depth_exceeds(data: Any, limit: int) -> bool:
     stack = [(data, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            if depth > limit:
-                return True
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
 
 
@@ -56,30 +79,91 @@ def load_json(raw: bytes) -> Any:
         raise _invalid(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise _invalid(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    if _depth_exceeds(data, MAX_JSON_DEPTH):
+    if isinstance(data, dict | list) and _depth_exceeds(data, MAX_JSON_DEPTH):
         raise _invalid(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return data
 
 
-def _parse(raw: bytes, adapter: TypeAdapter[T], precheck: Callable[[Any], None]) -> T:
-    data = load_json(raw)
-    precheck(data)
+def check_counts(data: Any, kind: BodyKind, counts: BodyCounts) -> None:
+    """400 for a body with more segments, frames or pairs than the limits, before validation."""
+    if not isinstance(data, dict):
+        return
+    items = data.get("pairs" if kind == "batch" else "segments")
+    if not isinstance(items, list):
+        return
+    if kind == "batch" and len(items) > counts.max_batch_pairs:
+        message = f"pairs: {len(items)} over the limit of {counts.max_batch_pairs} per batch"
+        raise ServiceError(400, "TooManyPairs", message)
+    if kind == "label" and len(items) > counts.max_segments:
+        message = f"segments: {len(items)} over the limit of {counts.max_segments}"
+        raise ServiceError(400, "TooManySegments", message)
+    for i, segment in enumerate(items if kind == "label" else ()):
+        for side in ("frames_a", "frames_b"):
+            frames = segment.get(side) if isinstance(segment, dict) else None
+            if isinstance(frames, list) and len(frames) > counts.max_frames_per_segment:
+                limit = counts.max_frames_per_segment
+                message = f"segments.{i}.{side}: {len(frames)} frames over the limit of {limit}"
+                raise ServiceError(400, "TooManyFrames", message)
+
+
+def parse_body(raw: bytes, kind: BodyKind, counts: BodyCounts) -> Outcome:
+    """Decode, parse, count and validate a body (in a worker thread or process)."""
     try:
-        return adapter.validate_python(data)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_input=False)
-        for err in errors:
-            err["loc"] = ("body", *err["loc"])
-        raise ServiceError(422, "ValidationError", format_validation_errors(list(errors))) from None
+        data = load_json(raw)
+        check_counts(data, kind, counts)
+        try:
+            return ("ok", _ADAPTERS[kind].validate_python(data))
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_input=False)
+            for err in errors:
+                err["loc"] = ("body", *err["loc"])
+            raise ServiceError(422, "ValidationError", format_validation_errors(list(errors))) from None
+    except ServiceError as exc:
+        return ("error", exc.status_code, exc.error_type, exc.message)
 
 
-async def parse_json_body(
-    request: Request, adapter: TypeAdapter[T], precheck: Callable[[Any], None] = lambda _data: None
-) -> T:
-    """Read the body (under the body limits), then parse, ``precheck`` (item counts, on the raw
-    JSON) and validate it in a worker thread."""
-    raw = await request.body()
-    return await asyncio.to_thread(_parse, raw, adapter, precheck)
+class BodyParser:
+    """Parses the service's JSON bodies (see the module docstring); one worker process, started
+    on the first large body and replaced every :data:`WORKER_BODIES` to give its memory back."""
+
+    def __init__(self, counts: BodyCounts):
+        self.counts = counts
+        self._pool: ProcessPoolExecutor | None = None
+        self._parsed = 0
+
+    def _workers(self) -> ProcessPoolExecutor:
+        self._parsed += 1
+        if self._pool is not None and self._parsed % WORKER_BODIES == 0:
+            self._pool.shutdown(wait=False)  # its running body finishes; the memory goes back
+            self._pool = None
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+            self._pool = ProcessPoolExecutor(1, mp_context=context)
+        return self._pool
+
+    async def parse(self, request: Request, kind: BodyKind) -> BaseModel:
+        raw = await request.body()
+        if len(raw) < PROCESS_BODY_BYTES:
+            outcome = await asyncio.to_thread(parse_body, raw, kind, self.counts)
+        else:
+            try:
+                pool = self._workers()
+                outcome = await asyncio.get_running_loop().run_in_executor(
+                    pool, parse_body, raw, kind, self.counts
+                )
+            except BrokenProcessPool:  # the worker died (out of memory?): a fresh one next time
+                self._pool = None
+                raise ServiceError(503, "Overloaded", "the body parser restarted; retry") from None
+        if outcome[0] == "error":
+            _, status, error_type, message = outcome
+            raise ServiceError(status, error_type, message)
+        request_model: BaseModel = outcome[1]
+        return request_model
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
 
 def body_schema(adapter: TypeAdapter[Any], components: dict[str, Any]) -> dict[str, Any]:

@@ -37,9 +37,7 @@ def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
     for name, field in ServiceSettings.model_fields.items():
         if name in ("api_token", "engine_args"):
             continue  # the token only from the environment (not visible in `ps`); engine options above
-        kind: type = (
-            field.annotation if field.annotation in (int, float) else Path if name == "media_root" else str
-        )  # type: ignore[assignment]
+        kind = {int: int, float: float}.get(field.annotation, Path if name == "media_root" else str)  # type: ignore[arg-type]
         g.add_argument(
             f"--{name.replace('_', '-')}",
             type=kind,

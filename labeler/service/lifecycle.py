@@ -125,6 +125,7 @@ class Lifecycle:
         if not await admission.drain(grace):
             log.warning("shutdown: %d label jobs still running after %g s", admission.active, grace)
             self.cancel_jobs()
+        self.service.bodies.close()
         with contextlib.suppress(Exception):
             await self.service.engine.aclose()  # each cached judgment is one committed transaction
 

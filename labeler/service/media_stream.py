@@ -2,7 +2,7 @@
 a ``<video>`` element can seek (206 Partial Content, ``Accept-Ranges: bytes``, 416 for a range past
 the end; Starlette's ``FileResponse`` does the range work, starlette >= 0.49.1).
 
-Paths follow the service's rules (``labeler.service.security.resolve_media_path``: no URL, no absolute
+Paths follow the service's rules (``labeler.service.paths.resolve_media_path``: no URL, no absolute
 path, no ``..``, no symlink out of the root). Auth: when the service has an API token, a request
 needs either ``Authorization: Bearer <token>`` or a signed URL. A ``<video>`` element cannot send
 headers, so the annotation API hands the page URLs signed for one path with an expiry
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -85,6 +87,7 @@ class MediaFileResponse(FileResponse):
     malformed, 416 unsatisfiable) answered in the service's one JSON error shape instead."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope = _with_usable_range(scope, os.stat(self.path).st_size)
         replaced = False
 
         async def send_json_errors(message: Message) -> None:
@@ -114,6 +117,43 @@ class MediaFileResponse(FileResponse):
                 await send(message)
 
         await super().__call__(scope, receive, send_json_errors)
+
+
+_RANGE_PART = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+
+
+def usable_range(value: str, size: int) -> str | None:
+    """``value`` (a Range header) as RFC 9110 reads it: None to ignore it (another unit, or a part
+    that is not a valid byte range, such as ``bytes=100-50``: serve the whole file), else the
+    satisfiable parts only (``bytes=0-5,-0`` -> ``bytes=0-5``); the value unchanged when no part is
+    satisfiable (416)."""
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        return None
+    kept = []
+    for part in spec.split(","):
+        m = _RANGE_PART.match(part)
+        if m is None or not (m.group(1) or m.group(2)):
+            return None
+        first, last = m.group(1), m.group(2)
+        if first and last and int(first) > int(last):
+            return None
+        satisfiable = int(first) < size if first else int(last) > 0
+        if satisfiable:
+            kept.append(f"{first}-{last}")
+    return "bytes=" + ",".join(kept) if kept else value
+
+
+def _with_usable_range(scope: Scope, size: int) -> Scope:
+    headers = scope.get("headers", [])
+    raw = next((v for k, v in headers if k.lower() == b"range"), None)
+    if raw is None:
+        return scope
+    usable = usable_range(raw.decode("latin-1"), size)
+    rest = [(k, v) for k, v in headers if k.lower() != b"range"]
+    if usable is not None:
+        rest.append((b"range", usable.encode("latin-1")))
+    return {**scope, "headers": rest}
 
 
 def _header(holder: Scope | Message, name: bytes) -> str:

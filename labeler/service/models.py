@@ -18,6 +18,7 @@ from pydantic import (
     Discriminator,
     Field,
     FiniteFloat,
+    StringConstraints,
     Tag,
     TypeAdapter,
     model_validator,
@@ -48,6 +49,9 @@ def _utf8(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_utf8)]
+# Length rules sit before the Unicode check: after it, pydantic would count "items", not characters.
+PathText = Annotated[str, StringConstraints(min_length=1), AfterValidator(_utf8)]
+PairId = Annotated[str, StringConstraints(min_length=1, max_length=512), AfterValidator(_utf8)]
 #: Longest time the API accepts anywhere (segment length, segment bounds): one day.
 MAX_SECONDS = 86400.0
 
@@ -62,15 +66,13 @@ class LabelByPathRequest(_Strict):
     """Label two aligned videos the service reads from its media root."""
 
     prompt: Text = Field(description="The text prompt both videos were generated from.")
-    video_a: Text = Field(min_length=1, description=_PATH_DOC)
-    video_b: Text = Field(min_length=1, description=_PATH_DOC)
-    reference: Text | None = Field(None, min_length=1, description="Ground-truth video. " + _PATH_DOC)
+    video_a: PathText = Field(description=_PATH_DOC)
+    video_b: PathText = Field(description=_PATH_DOC)
+    reference: PathText | None = Field(None, description="Ground-truth video. " + _PATH_DOC)
     segment_seconds: FiniteFloat | None = Field(
         None, gt=0, le=MAX_SECONDS, description="Segment length (default: the service's)."
     )
-    pair_id: Text | None = Field(
-        None, min_length=1, max_length=512, description="Echoed in the record (default: a hash of the paths)."
-    )
+    pair_id: PairId | None = Field(None, description="Echoed in the record (default: a hash of the paths).")
 
     def effective_pair_id(self) -> str:
         if self.pair_id:
@@ -105,7 +107,7 @@ class LabelInlineRequest(_Strict):
 
     prompt: Text = Field(description="The text prompt both videos were generated from.")
     segments: list[InlineSegment] = Field(min_length=1, description="Aligned segments, in time order.")
-    pair_id: Text | None = Field(None, min_length=1, max_length=512, description="Echoed in the record.")
+    pair_id: PairId | None = Field(None, description="Echoed in the record.")
 
     @model_validator(mode="after")
     def _in_order(self) -> LabelInlineRequest:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from labeler import video
 from labeler.engine import Engine
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
+from labeler.service.body import BodyCounts, BodyParser
 from labeler.service.errors import ServiceError, service_error
 from labeler.service.inline import decode_inline_frames, read_inline_headers
 from labeler.service.limits import Admission, PixelBudget
@@ -33,6 +34,13 @@ class LabelService:
         self.engine = engine
         self.admission = Admission(settings.max_queue, settings.retry_after_seconds)
         self.pixels = PixelBudget(settings.max_inflight_pixels, self.admission)
+        self.bodies = BodyParser(
+            BodyCounts(
+                settings.max_segments,
+                settings.max_frames_per_segment,
+                min(settings.max_batch_pairs, settings.max_queue),
+            )
+        )
         #: Label jobs running now (the tasks the service cancels at the end of a shutdown's grace).
         self.jobs: set[asyncio.Task[Any]] = set()
 
@@ -42,9 +50,10 @@ class LabelService:
         # The engine's probe, remembered per file identity: a repeated request opens no video.
         return self.engine.video_meta(path)[0]
 
-    def _entry(self, req: LabelByPathRequest) -> tuple[ManifestEntry, Callable[[str], str]]:
+    def _entry(self, req: LabelByPathRequest) -> tuple[ManifestEntry, Callable[[str], str], int]:
         """Resolve and probe the paths of a request (blocking: call in a thread); with the entry
-        comes the rewriter that shows server paths as the client gave them."""
+        come the rewriter that shows server paths as the client gave them, and the pixels the
+        job will hold decoded."""
         root = require_media_root(self.settings.media_root, "video_a")
         given = {"video_a": req.video_a, "video_b": req.video_b}
         if req.reference is not None:
@@ -57,7 +66,9 @@ class LabelService:
             )
             for name, p in real.items()
         }
-        self._check_segments(infos["video_a"], req.segment_seconds or self.engine.config.segment_seconds)
+        n_segments = self._check_segments(
+            infos["video_a"], req.segment_seconds or self.engine.config.segment_seconds
+        )
         entry = ManifestEntry(
             pair_id=req.effective_pair_id(),
             prompt=req.prompt,
@@ -66,9 +77,25 @@ class LabelService:
             reference=str(real["reference"]) if "reference" in real else None,
             segment_seconds=req.segment_seconds,
         )
-        return entry, private
+        return entry, private, self._decoded_pixels(infos["video_a"], n_segments, len(real))
 
-    def _check_segments(self, info: video.VideoInfo, seconds: float) -> None:
+    def _decoded_pixels(self, info: video.VideoInfo, n_segments: int, n_videos: int) -> int:
+        """Pixels a by-path job holds decoded at most: every segment's frames of every video,
+        resized to the engine's --max-side (400 when one job alone could never fit the budget)."""
+        config = self.engine.config
+        scale = min(1.0, config.max_side / max(info.width, info.height))
+        frame = max(1, round(info.width * scale)) * max(1, round(info.height * scale))
+        pixels = n_segments * config.frames_per_segment * n_videos * frame
+        if pixels > self.settings.max_inflight_pixels:
+            raise ServiceError(
+                400,
+                "TooManyPixels",
+                f"video_a: {n_segments} segments of {config.frames_per_segment} frames of {n_videos} videos "
+                f"decode to {pixels} pixels, over the limit of {self.settings.max_inflight_pixels}",
+            )
+        return pixels
+
+    def _check_segments(self, info: video.VideoInfo, seconds: float) -> int:
         n_segments = len(video.plan_segments(info.num_frames, info.fps, seconds))
         if n_segments > self.settings.max_segments:
             raise ServiceError(
@@ -77,10 +104,12 @@ class LabelService:
                 f"segment_seconds: {seconds:g} s cuts a {info.duration:.1f} s video into {n_segments} "
                 f"segments, over the limit of {self.settings.max_segments}",
             )
+        return n_segments
 
     async def _label_path_admitted(self, req: LabelByPathRequest) -> DensePreferenceRecord:
-        entry, private = await asyncio.to_thread(self._entry, req)
-        record = await _translated(self.engine.label_pair(entry), private)
+        entry, private, pixels = await asyncio.to_thread(self._entry, req)
+        with self.pixels.hold(pixels):
+            record = await _translated(self.engine.label_pair(entry), private)
         # Echo the caller's relative paths: absolute server paths stay private.
         return record.model_copy(
             update={"video_a": req.video_a, "video_b": req.video_b, "reference": req.reference}
@@ -115,11 +144,6 @@ class LabelService:
                 req.effective_pair_id(), ServiceError(500, "InternalError", "internal error")
             )
         return record.model_dump(mode="json")
-
-    def check_segment_count(self, n_segments: int) -> None:
-        if n_segments > self.settings.max_segments:
-            limit = self.settings.max_segments
-            raise ServiceError(400, "TooManySegments", f"segments: {n_segments} over the limit of {limit}")
 
     def check_batch_size(self, n_pairs: int) -> None:
         require_media_root(self.settings.media_root, "pairs")

@@ -64,10 +64,10 @@ class ServiceSettings(BaseModel):
         64 * 2**20, gt=0, description="Decoded pixels of all inline frames of one request together (400)."
     )
     max_inflight_pixels: int = Field(
-        256 * 2**20,
+        512 * 2**20,
         gt=0,
-        description="Decoded pixels of the inline frames of all admitted jobs together; past it, "
-        "503 + Retry-After.",
+        description="Decoded pixels held by all admitted jobs together (inline frames, and by-path frames "
+        "resized to --max-side); past it, 503 + Retry-After.",
     )
     max_video_seconds: float = Field(
         600.0, gt=0, description="Duration of a video of the by-path form (400)."
@@ -127,7 +127,7 @@ class ServiceSettings(BaseModel):
         values: dict[str, Any] = {}
         for name in cls.model_fields:
             raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is None or raw == "":
+            if raw is None or (raw == "" and name != "api_token"):  # an empty token is refused, not ignored
                 continue
             values[name] = shlex.split(raw) if name == "engine_args" else raw
         values.update({k: v for k, v in overrides.items() if v is not None})

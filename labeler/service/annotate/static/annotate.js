@@ -1,6 +1,6 @@
 // The densepref annotation page: two synchronized videos, a segment timeline, A / B / tie answers
 // saved as they are given. A plain ES module, no build step. Server API: see labeler/annotate.py.
-import { adoptUrlToken, api, download } from "./annotate_api.js";
+import { api, download } from "./annotate_api.js";
 import { SyncedPlayer } from "./synced_player.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -24,7 +24,6 @@ const state = {
   loads: 0,
 };
 
-adoptUrlToken();
 
 // ------------------------------------------------------------------ messages
 

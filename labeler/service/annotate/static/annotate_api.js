@@ -1,26 +1,12 @@
-// The annotation page's side of the server API (labeler/annotate.py): the bearer token and fetches
-// that carry it, with the service's one error shape {"error": {"type", "message"}} turned into Errors.
+// The annotation page's side of the server API (labeler/service/annotate/routes.py): fetches, with
+// the service's one error shape {"error": {"type", "message"}} turned into Errors.
 
-const TOKEN_KEY = "densepref_token";
-
-/** Take ``?token=`` out of the address bar into sessionStorage (this tab only). The page itself is
- * reloaded by an HttpOnly cookie the server set on that first visit. */
-export function adoptUrlToken() {
-  const params = new URLSearchParams(location.search);
-  if (!params.has("token")) return;
-  sessionStorage.setItem(TOKEN_KEY, params.get("token"));
-  params.delete("token");
-  history.replaceState(null, "", location.pathname + "?" + params.toString());
-}
-
-function authHeaders(extra = {}) {
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  return token ? { ...extra, Authorization: "Bearer " + token } : { ...extra };
-}
+// Auth rides on the HttpOnly session cookie the server set when the page was first opened with
+// ?token= (it then redirected to the same address without the token): the script never sees it.
 
 /** JSON request; ``options.json`` becomes the body. Throws an Error with ``status`` and ``type``. */
 export async function api(path, options = {}) {
-  const headers = authHeaders({ Accept: "application/json", ...(options.headers || {}) });
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
   const init = { ...options, headers };
   if (options.json !== undefined) {
     headers["Content-Type"] = "application/json";
@@ -40,9 +26,9 @@ export async function api(path, options = {}) {
   return body;
 }
 
-/** Save the file at ``path`` (a GET needing the bearer header, so fetched and handed over as a blob). */
+/** Save the file at ``path`` (fetched and handed over as a blob, named by Content-Disposition). */
 export async function download(path, fallbackName) {
-  const resp = await fetch(path, { headers: authHeaders() });
+  const resp = await fetch(path);
   if (!resp.ok) throw new Error(`download failed (HTTP ${resp.status})`);
   const url = URL.createObjectURL(await resp.blob());
   const a = document.createElement("a");
