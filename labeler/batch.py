@@ -14,11 +14,15 @@ import asyncio
 import sys
 from pathlib import Path
 
+from labeler import jobfiles
 from labeler.cli_options import UsageError, add_engine_arguments, add_judge_arguments, engine_from_args
 from labeler.engine import Engine
 from labeler.runner import BatchResult, run_batch
 from labeler.schemas import JudgeError
 
+#: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
+#: cannot be used, found before any work (or another run holds --out); 3 stopped early (budget spent,
+#: or the judge rejected FATAL_STREAK_LIMIT pairs in a row); 130 interrupted.
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
@@ -137,20 +141,50 @@ async def _label(
         await engine.aclose()
 
 
+def _check_manifest(manifest: Path) -> None:
+    if manifest.is_dir():
+        raise UsageError(f"manifest {manifest} is a directory, not a JSONL file")
+    if not manifest.is_file():
+        raise UsageError(f"manifest not found: {manifest}")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no work: raises UsageError (or ValueError) with a one-line message."""
+    if args.demo is None and (args.manifest is None or (args.out is None and not args.dry_run)):
+        raise UsageError("give MANIFEST and --out (--out is optional with --dry-run), or --demo DIR")
+    if args.manifest is not None:
+        _check_manifest(args.manifest)
+    if args.openai_batch and args.judge != "openai":
+        raise UsageError("--openai-batch needs --judge openai")
+    if args.out is not None and not args.dry_run:
+        jobfiles.check_output_path(args.out, args.manifest)
+
+
+def _run(args: argparse.Namespace, engine: Engine, manifest: Path, out: Path) -> BatchResult | int:
+    """The labeling itself, holding the output's lock; an int is an exit code."""
+    workers = args.workers or max(4, engine.config.concurrency // 2)
+    poll = args.batch_poll_seconds if args.openai_batch else None
+    try:
+        with jobfiles.lock_output(out):
+            return asyncio.run(_label(manifest, out, engine, workers, args.quiet, openai_batch_poll=poll))
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr
+        )
+        return 130
+    except (ValueError, jobfiles.OutputInUseError) as exc:  # an --out that is not ours, or in use
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.demo is None and (args.manifest is None or args.out is None):
-        parser.error("give MANIFEST and --out, or --demo DIR")
-    if args.manifest is not None and not args.manifest.is_file():
-        parser.error(f"manifest not found: {args.manifest}")
-    if args.openai_batch and args.judge != "openai":
-        parser.error("--openai-batch needs --judge openai")
     try:
+        _check_args(args)
         engine = engine_from_args(args)
-    except (UsageError, ValueError, JudgeError) as exc:  # bad options, unknown prompt, missing model...
+    except (UsageError, ValueError, JudgeError) as exc:  # bad options or files, unknown prompt, no model...
         parser.error(str(exc))
-    workers = args.workers or max(4, engine.config.concurrency // 2)
     manifest, out, demo = args.manifest, args.out, None
     if args.demo is not None:
         from labeler.demo.build import build_demo
@@ -163,17 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(dry_run(manifest, engine))
         return EXIT_OK
-    poll = args.batch_poll_seconds if args.openai_batch else None
-    try:
-        result = asyncio.run(_label(manifest, out, engine, workers, args.quiet, openai_batch_poll=poll))
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr
-        )
-        return 130
-    except ValueError as exc:  # e.g. a corrupt existing output file
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    result = _run(args, engine, manifest, out)
+    if isinstance(result, int):
+        return result
     print(format_summary(result, engine, out))
     if demo is not None:
         _report_demo(out, demo.ground_truth, Path(args.demo) / "agreement")

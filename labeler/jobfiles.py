@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,38 @@ from labeler.schemas import DensePreferenceRecord, ErrorInfo, ErrorRecord
 
 class OutputInUseError(RuntimeError):
     """Another job holds the lock of this output file."""
+
+
+def check_output_path(out: Path, manifest: Path | None) -> None:
+    """Raise ValueError (one line) unless a job can write ``out`` and its errors and lock files:
+    checked before any work, so a bad --out never costs a judged pair."""
+    flag = f"--out {out}"
+    if out.is_dir():
+        raise ValueError(f"{flag} is a directory; give a .jsonl file path")
+    folder = out.parent
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{flag}: {ancestor} is a file, not a folder")
+            break
+    if manifest is not None and any(_same_file(p, manifest) for p in (out, errors_path_for(out))):
+        raise ValueError(f"{flag} is the manifest itself; the labels need a file of their own")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            with out.open("ab"):
+                pass
+        with tempfile.TemporaryFile(dir=folder, prefix=".densepref-write-check."):
+            pass  # a real write: os.access() says yes to root on a read-only file system
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot write there ({exc.strerror})") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def errors_path_for(out: str | Path) -> Path:
