@@ -115,11 +115,9 @@ def write_result(out_dir: str | Path, name: str, result: dict[str, Any]) -> Path
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     payload = {**result, "versions": versions()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n", encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    from labeler.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n")
     return path
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from labeler.engine import Engine
+from labeler.judges.pricing import estimate_cost
 from labeler.schemas import JudgeEstimate, ManifestLineError, SegmentRequest, iter_manifest
 
 
@@ -67,11 +68,7 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
                 totals["output_tokens"] += est.output_tokens
     lines = [f"dry run: {judge.name}" + (f" {judge.model}" if judge.model else "") + " - nothing was sent"]
     lines += [f"  {k:<14}{v}" for k, v in totals.items()]
-    try:
-        from labeler.judges.pricing import estimate_cost
-    except ImportError:
-        estimate_cost = None
-    if estimate_cost and judge.model:
+    if judge.model:
         online = estimate_cost(judge.model, totals["input_tokens"], totals["output_tokens"])
         batch = estimate_cost(judge.model, totals["input_tokens"], totals["output_tokens"], batch=True)
         if online is not None:

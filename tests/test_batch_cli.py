@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,15 @@ from tests.conftest import textured_frames
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m labeler.batch ARGS`` in a real subprocess; ``env`` adds to the environment."""
     return subprocess.run(
         [sys.executable, "-m", "labeler.batch", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
 
 

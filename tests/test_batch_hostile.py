@@ -17,21 +17,10 @@ from labeler import jobfiles, video
 from labeler.schemas import read_records
 from labeler.standin import StandinServer
 from tests.conftest import textured_frames
+from tests.test_batch_cli import REPO, cli
 
-REPO = Path(__file__).resolve().parents[1]
 FPS = 8.0
 AS_ROOT = os.geteuid() == 0
-
-
-def cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "labeler.batch", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def write_manifest(path: Path, rows: list[dict]) -> Path:

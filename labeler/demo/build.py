@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 
 from labeler import __version__
 from labeler.demo.degradations import DEMO_KINDS, degrade
+from labeler.fileio import atomic_write_json, atomic_write_lines
 from labeler.schemas import DensePreferenceRecord, LabelerInfo, ManifestEntry, Segment, one_hot_segment
 from labeler.video import plan_segments, probe, read_frames, write_video
 
@@ -176,9 +176,7 @@ def _stamp_ok(out_dir: Path, seed: int) -> DemoSet | None:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_lines(path, [json.dumps(row) for row in rows])
 
 
 def _segments_truth(
@@ -304,5 +302,5 @@ def build_demo(out_dir: str | Path, *, seed: int = 0, force: bool = False) -> De
         "segments": segments_total,
         "files": files,
     }
-    (out_dir / "demo.json").write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out_dir / "demo.json", stamp, indent=1)
     return DemoSet(manifest, ground_truth, len(_PAIRS), segments_total)

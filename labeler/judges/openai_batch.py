@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labeler import jobfiles
 from labeler.engine import Engine
+from labeler.fileio import atomic_write_json, split_lines
 from labeler.schemas import JudgeError, ManifestEntry, iter_manifest
 from labeler.video import VideoError
 
@@ -114,9 +114,7 @@ async def write_batch_files(
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, state)
 
 
 async def _submit(client: Any, item: dict[str, Any]) -> str:
@@ -154,7 +152,7 @@ async def _collect(client: Any, batch: Any, engine: Engine, report: BatchApiRepo
     if not batch.output_file_id:
         return
     content = await client.files.content(batch.output_file_id)
-    for raw in content.text.splitlines():
+    for raw in split_lines(content.text):
         if not raw.strip():
             continue
         try:
