@@ -18,9 +18,9 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, overload
 
 __all__ = [
     "Column",
@@ -206,6 +206,10 @@ def replicate_manifest(source: Path, dest: Path, *, pairs: int, tag: str = "") -
 # --------------------------------------------------------------------------- CPU clocks
 
 
+@overload
+def process_cpu_seconds(pid: None = None) -> float: ...
+@overload
+def process_cpu_seconds(pid: int) -> float | None: ...
 def process_cpu_seconds(pid: int | None = None) -> float | None:
     """User + system CPU seconds of a process (all its threads): ours when ``pid`` is None, another's
     read from /proc (None where /proc is unavailable)."""
@@ -281,7 +285,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def report_errors(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+class BenchmarkMain(Protocol):
+    def __call__(self, argv: list[str] | None = None) -> int: ...
+
+
+def report_errors(main: BenchmarkMain) -> BenchmarkMain:
     """Wrap a benchmark's ``main``: a BenchmarkError (bad settings, no video set...) becomes a one-line
     ``error:`` message and exit status 2 instead of a traceback."""
 

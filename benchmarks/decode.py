@@ -217,7 +217,8 @@ def run(
     )  # fmt: skip
     result.update(total)
     result["per_video"] = per_video
-    result["memory"] = peak_rss((work or default_work_dir()) / NAME / "rss", seconds=4.0 if quick else 20.0)
+    rss_work = (work or default_work_dir()) / NAME / "rss"
+    result["memory"] = peak_rss(rss_work, seconds=2.0, size=(360, 640)) if quick else peak_rss(rss_work)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
