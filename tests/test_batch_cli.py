@@ -75,6 +75,8 @@ def test_help_explains_the_options():
         (("--demo", "d", "--openai-batch"), "--openai-batch needs --judge openai"),
         (("--demo", "d", "--judge", "openai"), "--judge openai needs --model"),
         (("--demo", "d", "--frames-per-segment", "0"), "--frames-per-segment must be at least 1"),
+        (("--demo", "d", "--segment-seconds", "nan"), "--segment-seconds must be a positive number"),
+        ((".", "--out", "o.jsonl"), "manifest . is a directory"),
     ],
 )
 def test_usage_errors_are_clear(args, message, tmp_path):
@@ -83,6 +85,7 @@ def test_usage_errors_are_clear(args, message, tmp_path):
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout, not the installed one
         timeout=60,
     )
     assert proc.returncode == 2

@@ -21,7 +21,7 @@ from labeler.demo.degradations import DEMO_KINDS, HELD_OUT_KINDS, degrade
 from labeler.judges import build_judge
 from labeler.judges.base import Judge
 from labeler.judges.metrics import DEFAULT_WEIGHTS, MetricsJudge
-from labeler.schemas import FatalJudgeError, Judgment, SegmentRequest
+from labeler.schemas import FatalJudgeError, FramesTooSmallError, Judgment, SegmentRequest
 from labeler.video import read_frames, sample_indices, write_video
 from tests.conftest import textured_frames
 
@@ -307,5 +307,5 @@ def test_reference_of_another_size_is_resized_and_another_shape_rejected(windows
 
 def test_frames_too_small_to_measure_raise_a_clear_error():
     tiny = textured_frames(4, 8, 8)
-    with pytest.raises(FatalJudgeError, match="too small"):
+    with pytest.raises(FramesTooSmallError, match="too small"):
         MetricsJudge().score(SegmentRequest("p", tiny, tiny, 0.0, 1.0))
