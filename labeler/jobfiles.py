@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -95,16 +96,45 @@ def lock_output(out: str | Path) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def _pair_id_of(path: Path, lineno: int, text: str) -> str:
+_RECORD_FIELDS = frozenset(DensePreferenceRecord.model_fields)
+
+
+def _pair_id_of(path: Path, lineno: int, text: str, *, full: bool) -> str:
+    """The pair_id of an output line, refusing a line that is not a dense preference record.
+
+    The first line is validated in full; the others by shape (an object with the record's keys,
+    segments and labeler), which is what tells a record from a manifest line or any other JSONL at a
+    tenth of the cost: a resume reads every line of what may be a large file."""
+    problem: str | None
     try:
-        return DensePreferenceRecord.model_validate_json(text).pair_id
+        if full:
+            return DensePreferenceRecord.model_validate_json(text).pair_id
+        obj = json.loads(text)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "<record>"
-        raise ValueError(
-            f"{path}:{lineno} is not a dense preference record ({where}: {first['msg']}); "
-            "--out must be an output file of labeler.batch: move the file away or choose another --out"
-        ) from None
+        problem = f"{'.'.join(str(x) for x in first['loc']) or '<record>'}: {first['msg']}"
+    except ValueError as exc:
+        problem = f"invalid JSON: {exc}"
+    else:
+        problem = _shape_problem(obj)
+        if problem is None:
+            return str(obj["pair_id"])
+    raise ValueError(
+        f"{path}:{lineno} is not a dense preference record ({problem}); --out must be an output file of "
+        "labeler.batch: move the file away or choose another --out"
+    )
+
+
+def _shape_problem(obj: object) -> str | None:
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    missing = {"pair_id", "segments", "labeler", "fps", "num_frames", "video_label"} - obj.keys()
+    unknown = obj.keys() - _RECORD_FIELDS
+    if missing or unknown:
+        return f"missing {sorted(missing)}" if missing else f"unknown fields {sorted(unknown)}"
+    if not (isinstance(obj["pair_id"], str) and isinstance(obj["segments"], list) and obj["segments"]):
+        return "pair_id must be a string and segments a non-empty list"
+    return None
 
 
 def prepare_output(path: str | Path) -> set[str]:
@@ -118,7 +148,7 @@ def prepare_output(path: str | Path) -> set[str]:
         return set()
     repair_jsonl_tail(path)
     try:
-        return {_pair_id_of(path, lineno, text) for lineno, text in iter_jsonl(path)}
+        return {_pair_id_of(path, n, text, full=k == 0) for k, (n, text) in enumerate(iter_jsonl(path))}
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text ({exc.reason}): not an output of labeler.batch") from None
 
