@@ -6,7 +6,8 @@ manifest into a new output file with a new engine on that cache directory, as a 
 manifest would. The run must send no request and decode no frame (checked: the judge points at a
 closed port, so a single cache miss would fail its pair), and the probe results and content hashes
 come from the cache too. Reported: labeled segment pairs per second, the median of a few reruns, and
-the CPU split between planning (cache keys), cache lookups and the rest (records, files, asyncio).
+the CPU split between planning (cache keys), cache lookups and the rest (records, files, asyncio),
+and what the videos' content-hash identity costs: the memo against hashing every run.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ def _engine(cache_dir: Path) -> Any:
 
 
 def _judgment_for(key: str) -> Any:
-    from labeler.schemas import Judgment
+    from labeler.schemas import Judgment, Label
 
     digest = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    label = ("A", "B", "tie")[digest % 3]
+    label: Label = ("A", "B", "tie")[digest % 3]
     probs = {"A": 0.1, "B": 0.1, "tie": 0.1, label: 0.8}
     return Judgment(
         label=label, p_a=probs["A"], p_b=probs["B"], p_tie=probs["tie"], rationale="primed for the cache benchmark",
@@ -136,6 +137,37 @@ def time_parts(manifest: Path, cache_dir: Path, plans: list[Any]) -> dict[str, f
     return {"plan": plan_cpu / segments * 1000, "cache_lookups": lookup_cpu / segments * 1000}
 
 
+def identity_cost(manifest: Path, cache_dir: Path) -> dict[str, float]:
+    """CPU that the content-hash identity of the videos costs a rerun (#15 item 5), per manifest pair:
+    the engine's memo (a stat, and two small cache reads keyed by path, size, mtime, inode and
+    ctime) against hashing both videos' bytes on every run, the other safe choice."""
+    from labeler.schemas import read_manifest
+
+    engine = _engine(cache_dir)
+    entries = read_manifest(manifest)
+    start = time.process_time()
+    for entry in entries:
+        engine.video_meta(entry.video_a)
+        engine.video_meta(entry.video_b)
+    memo = (time.process_time() - start) / len(entries)
+    engine.cache.close()
+    start, size = time.process_time(), 0
+    for entry in entries:
+        for path in (entry.video_a, entry.video_b):
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:  # what video.file_hash does without its memo
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+    rehash = (time.process_time() - start) / len(entries)
+    return {
+        "memo_cpu_ms_per_pair": round(memo * 1000, 4),
+        "rehash_cpu_ms_per_pair": round(rehash * 1000, 4),
+        "rehash_over_memo": round(rehash / memo, 1) if memo > 0 else float("inf"),
+        "video_bytes_per_pair": size // len(entries),
+    }
+
+
 def run(
     *, quick: bool = False, pairs: int | None = None, repeats: int | None = None, manifest: Path | None = None,
     work: Path | None = None,
@@ -156,6 +188,7 @@ def run(
     cpu_per_pair = statistics.median(r["cpu_seconds"] / r["segment_pairs"] for r in runs) * 1000
     parts = time_parts(replicated, cache_dir, plans)
     parts["engine_rest"] = max(0.0, cpu_per_pair - sum(parts.values()))
+    identity = identity_cost(replicated, cache_dir)
     result = result_envelope(
         NAME,
         {"pairs": pairs, "repeats": repeats, "workers": runs[0]["workers"], "manifest": str(source),
@@ -170,6 +203,7 @@ def run(
             "cpu_ms_per_pair": round(cpu_per_pair, 3),
             "cpu_capacity_pairs_per_s": round((os.cpu_count() or 1) / cpu_per_pair * 1000, 1),
             "parts_cpu_ms_per_pair": {k: round(v, 3) for k, v in parts.items()},
+            "video_identity": identity,
             "requests": 0,
             "decode_seconds": 0.0,
             "target_pairs_per_s": TARGET_PAIRS_PER_S,
@@ -195,10 +229,14 @@ def table(result: dict[str, Any]) -> str:
          ("cpu_capacity_pairs_per_s", "CPU capacity pairs/s", ".0f"), ("target", "target", ".0f")],
     )  # fmt: skip
     parts = [{"part": k, "ms": v} for k, v in result["parts_cpu_ms_per_pair"].items()]
+    ident = result["video_identity"]
     return (
         text
         + "\n\n"
         + markdown_table(parts, [("part", "part", ""), ("ms", "CPU ms per segment pair", ".3f")])
+        + f"\n\nVideo identity per manifest pair: the content-hash memo costs {ident['memo_cpu_ms_per_pair']:.3f} CPU ms; "
+        f"hashing both videos ({ident['video_bytes_per_pair'] / 1e6:.1f} MB) on every run would cost "
+        f"{ident['rehash_cpu_ms_per_pair']:.3f} ms ({ident['rehash_over_memo']:.0f}x)."
     )
 
 

@@ -18,9 +18,9 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 __all__ = [
     "Column",
@@ -115,11 +115,9 @@ def write_result(out_dir: str | Path, name: str, result: dict[str, Any]) -> Path
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
     payload = {**result, "versions": versions()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n", encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    from labeler.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=1, sort_keys=False, default=_json_default) + "\n")
     return path
 
 
@@ -287,7 +285,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def report_errors(main: Callable[[list[str] | None], int]) -> Callable[..., int]:
+class BenchmarkMain(Protocol):
+    def __call__(self, argv: list[str] | None = None) -> int: ...
+
+
+def report_errors(main: BenchmarkMain) -> BenchmarkMain:
     """Wrap a benchmark's ``main``: a BenchmarkError (bad settings, no video set...) becomes a one-line
     ``error:`` message and exit status 2 instead of a traceback."""
 

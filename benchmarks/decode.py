@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    BenchmarkError,
     add_common_args,
     default_work_dir,
     markdown_table,
@@ -32,6 +33,8 @@ from benchmarks.common import (
 )
 
 NAME = "decode"
+#: #15 item 11: labeling one 20 s 720p pair must stay under this peak resident memory.
+RSS_BOUND_MIB = 700.0
 
 
 def demo_videos(manifest: Path) -> list[str]:
@@ -75,6 +78,70 @@ def _time(fn: Any) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), process_cpu_seconds()
     fn()
     return time.perf_counter() - wall, process_cpu_seconds() - cpu
+
+
+def _moving_texture(n: int, h: int, w: int, seed: int) -> Any:
+    """Frames of a texture that pans (real motion for the encoder), made one at a time."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tile = np.kron(
+        rng.integers(0, 256, size=(h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8),
+        np.ones((16, 16, 1), np.uint8),
+    )
+    for t in range(n):
+        yield tile[(t % 16) : (t % 16) + h, (2 * t) % 16 : (2 * t) % 16 + w]
+
+
+def _peak_rss_mib(manifest: Path, out: Path) -> float:
+    """Peak RSS of ``python -m labeler.batch`` labeling ``manifest``, read with getrusage in a
+    wrapper process whose only child is the batch run."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "labeler.batch", str(manifest), "--out", str(out), "--no-cache", "--quiet"]
+    probe = (
+        "import resource, subprocess, sys, json; "
+        f"rc = subprocess.run({cmd!r}, stdout=subprocess.DEVNULL).returncode; "
+        "print(json.dumps([rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    rc, max_kib = json.loads(done.stdout)
+    if rc != 0:
+        raise BenchmarkError(f"labeling {manifest} for the memory measure exited {rc}")
+    return max_kib / 1024
+
+
+def peak_rss(
+    work: Path, *, seconds: float = 20.0, size: tuple[int, int] = (720, 1280), fps: float = 24.0
+) -> dict[str, Any]:
+    """Peak RSS of labeling one pair of ``seconds`` at ``size`` with the default settings, beside the
+    same run on a 1 s pair of the same size (imports, judge, one segment: the fixed part)."""
+    import json
+
+    from labeler.video import write_video
+
+    h, w = size
+    work.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, float] = {}
+    for name, length in (("short", 1.0), ("long", seconds)):
+        n = round(length * fps)
+        a = write_video(work / f"{name}_a.mp4", _moving_texture(n, h, w, 1), fps, preset="ultrafast")
+        b = write_video(work / f"{name}_b.mp4", _moving_texture(n, h, w, 2), fps, preset="ultrafast")
+        manifest = work / f"{name}.jsonl"
+        manifest.write_text(
+            json.dumps({"pair_id": name, "prompt": "p", "video_a": str(a), "video_b": str(b)}) + "\n"
+        )
+        (work / f"{name}.out.jsonl").unlink(missing_ok=True)
+        figures[name] = _peak_rss_mib(manifest, work / f"{name}.out.jsonl")
+    return {
+        "video": f"{w}x{h}, {seconds:g} s at {fps:g} fps, a pair",
+        "peak_rss_mib": round(figures["long"], 1),
+        "peak_rss_1s_pair_mib": round(figures["short"], 1),
+        "bound_mib": RSS_BOUND_MIB,
+        "share_of_bound": round(figures["long"] / RSS_BOUND_MIB, 3),
+    }
 
 
 def run(
@@ -150,6 +217,8 @@ def run(
     )  # fmt: skip
     result.update(total)
     result["per_video"] = per_video
+    rss_work = (work or default_work_dir()) / NAME / "rss"
+    result["memory"] = peak_rss(rss_work, seconds=2.0, size=(360, 640)) if quick else peak_rss(rss_work)
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -172,7 +241,15 @@ def table(result: dict[str, Any]) -> str:
         f"{result['cpu_speedup']:.2f}x CPU): H.264 must still decode the frames the samples depend on. "
         f"Decoding the streams with non-reference frames dropped takes {result['nonref_skip_max_saving']:.0%} "
         "less CPU than decoding them whole (PyAV, one thread, no conversion): the most that skipping the "
-        "unwanted ones could save."
+        "unwanted ones could save." + _memory_line(result["memory"])
+    )
+
+
+def _memory_line(memory: dict[str, Any]) -> str:
+    return (
+        f"\n\nMemory: labeling one {memory['video']} with the default settings peaks at "
+        f"{memory['peak_rss_mib']:.0f} MiB resident ({memory['share_of_bound']:.0%} of the "
+        f"{memory['bound_mib']:.0f} MiB bound; a 1 s pair of the same size: {memory['peak_rss_1s_pair_mib']:.0f} MiB)."
     )
 
 

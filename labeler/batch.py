@@ -14,12 +14,16 @@ import asyncio
 import sys
 from pathlib import Path
 
+from labeler import jobfiles
 from labeler.cli_options import UsageError, add_engine_arguments, add_judge_arguments, engine_from_args
 from labeler.engine import Engine
 from labeler.runner import BatchResult, run_batch
-from labeler.scale.options import add_ray_arguments, ray_options_from_args
+from labeler.scale.options import RayOptions, add_ray_arguments, ray_options_from_args
 from labeler.schemas import JudgeError
 
+#: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
+#: cannot be used, found before any work (or another run holds --out); 3 stopped early (budget spent,
+#: or the judge rejected FATAL_STREAK_LIMIT pairs in a row); 130 interrupted.
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
@@ -187,20 +191,70 @@ def _export(manifest: Path, out: Path, engine: Engine, directory: Path) -> int:
     return EXIT_OK
 
 
+def _check_manifest(manifest: Path) -> None:
+    if manifest.is_dir():
+        raise UsageError(f"manifest {manifest} is a directory, not a JSONL file")
+    if not manifest.is_file():
+        raise UsageError(f"manifest not found: {manifest}")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no work: raises UsageError (or ValueError) with a one-line message."""
+    if args.demo is None and (args.manifest is None or (args.out is None and not args.dry_run)):
+        raise UsageError("give MANIFEST and --out (--out is optional with --dry-run), or --demo DIR")
+    if args.manifest is not None:
+        _check_manifest(args.manifest)
+    if (args.openai_batch or args.batch_export or args.batch_import) and args.judge != "openai":
+        raise UsageError("--openai-batch, --batch-export and --batch-import need --judge openai")
+    if args.batch_max_tokens is not None and (args.batch_max_tokens < 1 or not args.openai_batch):
+        raise UsageError("--batch-max-tokens needs --openai-batch and a positive number of tokens")
+    if args.out is not None and not args.dry_run:
+        jobfiles.check_output_path(args.out, args.manifest)
+
+
+def _run(
+    args: argparse.Namespace, engine: Engine, manifest: Path, out: Path, ray_options: RayOptions | None
+) -> BatchResult | int:
+    """The labeling itself, holding the output's lock; an int is an exit code."""
+    from labeler.judges.openai_batch import BatchApiUnavailable
+
+    workers = args.workers or max(4, engine.config.concurrency // 2)
+    poll = args.batch_poll_seconds if args.openai_batch else None
+    try:
+        with jobfiles.lock_output(out):
+            if ray_options is not None:
+                from labeler.scale.ray_runner import label_on_ray
+
+                return label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
+            return asyncio.run(
+                _label(
+                    manifest,
+                    out,
+                    engine,
+                    workers,
+                    args.quiet,
+                    openai_batch_poll=poll,
+                    batch_max_tokens=args.batch_max_tokens,
+                    batch_import=args.batch_import,
+                )
+            )
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr
+        )
+        return 130
+    except (ValueError, jobfiles.OutputInUseError, BatchApiUnavailable) as exc:  # not ours, in use...
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.demo is None and (args.manifest is None or args.out is None):
-        parser.error("give MANIFEST and --out, or --demo DIR")
-    if args.manifest is not None and not args.manifest.is_file():
-        parser.error(f"manifest not found: {args.manifest}")
-    if (args.openai_batch or args.batch_export or args.batch_import) and args.judge != "openai":
-        parser.error("--openai-batch, --batch-export and --batch-import need --judge openai")
-    if args.batch_max_tokens is not None and (args.batch_max_tokens < 1 or not args.openai_batch):
-        parser.error("--batch-max-tokens needs --openai-batch and a positive number of tokens")
     try:
+        _check_args(args)
         engine = engine_from_args(args)
-    except (UsageError, ValueError, JudgeError) as exc:  # bad options, unknown prompt, missing model...
+    except (UsageError, ValueError, JudgeError) as exc:  # bad options or files, unknown prompt, no model...
         parser.error(str(exc))
     workers = args.workers or max(4, engine.config.concurrency // 2)
     try:
@@ -221,38 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.batch_export is not None:
         return _export(manifest, out, engine, args.batch_export)
-    from labeler.judges.openai_batch import BatchApiUnavailable
-
-    poll = args.batch_poll_seconds if args.openai_batch else None
-    try:
-        if ray_options is not None:
-            from labeler.scale.ray_runner import label_on_ray
-
-            result = label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
-        else:
-            result = asyncio.run(
-                _label(
-                    manifest,
-                    out,
-                    engine,
-                    workers,
-                    args.quiet,
-                    openai_batch_poll=poll,
-                    batch_max_tokens=args.batch_max_tokens,
-                    batch_import=args.batch_import,
-                )
-            )
-    except BatchApiUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr
-        )
-        return 130
-    except ValueError as exc:  # e.g. a corrupt existing output file
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    result = _run(args, engine, manifest, out, ray_options)
+    if isinstance(result, int):
+        return result
     print(format_summary(result, engine, out))
     if demo is not None:
         _report_demo(out, demo.ground_truth, Path(args.demo) / "agreement")

@@ -234,12 +234,42 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stop once the billed spend reaches this many USD (a model without a listed price needs --price)",
     )
+    g.add_argument(
+        "--max-retry-after",
+        type=float,
+        default=d.max_retry_after,
+        help="longest Retry-After (seconds) a 429/503 is honoured for; a longer one counts as a failed "
+        "attempt instead of pausing every request (default: %(default)s)",
+    )
+
+
+#: Longest sensible value of a seconds option (a day): 1e308 would overflow timers and frame counts.
+MAX_SECONDS = 86400.0
+
+
+def _check_seconds(args: argparse.Namespace) -> None:
+    for name in ("segment_seconds", "timeout", "max_retry_after"):
+        value, flag = getattr(args, name), f"--{name.replace('_', '-')}"
+        if not math.isfinite(value) or value < 0 or (value == 0 and name != "max_retry_after"):
+            raise UsageError(f"{flag} must be a positive number of seconds, got {value}")
+        if value > MAX_SECONDS:
+            raise UsageError(f"{flag} must be at most {MAX_SECONDS:g} s, got {value:g}")
+
+
+def _check_budgets(args: argparse.Namespace) -> None:
+    if args.max_requests is not None and args.max_requests < 0:
+        raise UsageError(f"--max-requests must be 0 or more, got {args.max_requests}")
+    if args.max_cost is not None and not (math.isfinite(args.max_cost) and args.max_cost >= 0):
+        raise UsageError(f"--max-cost must be a finite amount of USD, 0 or more, got {args.max_cost}")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
-    for name in ("segment_seconds", "max_side", "timeout"):
-        if getattr(args, name) <= 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive")
+    """The engine settings of the options; UsageError for values no run could use (NaN, inf,
+    1e308 seconds, negative budgets)."""
+    _check_seconds(args)
+    _check_budgets(args)
+    if args.max_side <= 0:
+        raise UsageError("--max-side must be positive")
     for name in ("frames_per_segment", "concurrency", "max_attempts"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -257,6 +287,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_attempts=args.max_attempts,
         max_requests=args.max_requests,
         max_cost=args.max_cost,
+        max_retry_after=args.max_retry_after,
     )
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,38 @@ from labeler.schemas import DensePreferenceRecord, ErrorInfo, ErrorRecord
 
 class OutputInUseError(RuntimeError):
     """Another job holds the lock of this output file."""
+
+
+def check_output_path(out: Path, manifest: Path | None) -> None:
+    """Raise ValueError (one line) unless a job can write ``out`` and its errors and lock files:
+    checked before any work, so a bad --out never costs a judged pair."""
+    flag = f"--out {out}"
+    if out.is_dir():
+        raise ValueError(f"{flag} is a directory; give a .jsonl file path")
+    folder = out.parent
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{flag}: {ancestor} is a file, not a folder")
+            break
+    if manifest is not None and any(_same_file(p, manifest) for p in (out, errors_path_for(out))):
+        raise ValueError(f"{flag} is the manifest itself; the labels need a file of their own")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            with out.open("ab"):
+                pass
+        with tempfile.TemporaryFile(dir=folder, prefix=".densepref-write-check."):
+            pass  # a real write: os.access() says yes to root on a read-only file system
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot write there ({exc.strerror})") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def errors_path_for(out: str | Path) -> Path:
@@ -62,16 +96,45 @@ def lock_output(out: str | Path) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def _pair_id_of(path: Path, lineno: int, text: str) -> str:
+_RECORD_FIELDS = frozenset(DensePreferenceRecord.model_fields)
+
+
+def _pair_id_of(path: Path, lineno: int, text: str, *, full: bool) -> str:
+    """The pair_id of an output line, refusing a line that is not a dense preference record.
+
+    The first line is validated in full; the others by shape (an object with the record's keys,
+    segments and labeler), which is what tells a record from a manifest line or any other JSONL at a
+    tenth of the cost: a resume reads every line of what may be a large file."""
+    problem: str | None
     try:
-        return DensePreferenceRecord.model_validate_json(text).pair_id
+        if full:
+            return DensePreferenceRecord.model_validate_json(text).pair_id
+        obj = json.loads(text)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "<record>"
-        raise ValueError(
-            f"{path}:{lineno} is not a dense preference record ({where}: {first['msg']}); "
-            "--out must be an output file of labeler.batch: move the file away or choose another --out"
-        ) from None
+        problem = f"{'.'.join(str(x) for x in first['loc']) or '<record>'}: {first['msg']}"
+    except ValueError as exc:
+        problem = f"invalid JSON: {exc}"
+    else:
+        problem = _shape_problem(obj)
+        if problem is None:
+            return str(obj["pair_id"])
+    raise ValueError(
+        f"{path}:{lineno} is not a dense preference record ({problem}); --out must be an output file of "
+        "labeler.batch: move the file away or choose another --out"
+    )
+
+
+def _shape_problem(obj: object) -> str | None:
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    missing = {"pair_id", "segments", "labeler", "fps", "num_frames", "video_label"} - obj.keys()
+    unknown = obj.keys() - _RECORD_FIELDS
+    if missing or unknown:
+        return f"missing {sorted(missing)}" if missing else f"unknown fields {sorted(unknown)}"
+    if not (isinstance(obj["pair_id"], str) and isinstance(obj["segments"], list) and obj["segments"]):
+        return "pair_id must be a string and segments a non-empty list"
+    return None
 
 
 def prepare_output(path: str | Path) -> set[str]:
@@ -85,7 +148,7 @@ def prepare_output(path: str | Path) -> set[str]:
         return set()
     repair_jsonl_tail(path)
     try:
-        return {_pair_id_of(path, lineno, text) for lineno, text in iter_jsonl(path)}
+        return {_pair_id_of(path, n, text, full=k == 0) for k, (n, text) in enumerate(iter_jsonl(path))}
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text ({exc.reason}): not an output of labeler.batch") from None
 

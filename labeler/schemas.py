@@ -95,13 +95,8 @@ class ManifestEntry(_Strict):
             path = Path(p).expanduser()
             return str(path if path.is_absolute() else (base / path).resolve())
 
-        return self.model_copy(
-            update={
-                "video_a": fix(self.video_a),
-                "video_b": fix(self.video_b),
-                "reference": fix(self.reference),
-            }
-        )
+        paths = {"video_a": fix(self.video_a), "video_b": fix(self.video_b), "reference": fix(self.reference)}
+        return self.model_copy(update=paths)
 
 
 @dataclass(frozen=True)
@@ -115,24 +110,8 @@ class ManifestLineError:
 
 
 def _format_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "<record>"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def _manifest_lines(path: Path) -> Iterator[tuple[int, str | UnicodeDecodeError]]:
-    """``(line number, text)`` of each line, split on ``\\n`` only; a line that is not UTF-8 comes
-    back as its decode error, so it fails alone. A UTF-8 BOM before the first line is dropped."""
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                yield lineno, raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield lineno, exc
+    where = (".".join(str(x) for x in err["loc"]) or "<record>" for err in exc.errors())
+    return "; ".join(f"{loc}: {err['msg']}" for loc, err in zip(where, exc.errors(), strict=True))
 
 
 def _manifest_item(lineno: int, text: str, seen: set[str], base: Path) -> ManifestEntry | ManifestLineError:
@@ -159,33 +138,32 @@ def _manifest_item(lineno: int, text: str, seen: set[str], base: Path) -> Manife
 
 def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineError]:
     """Yield resolved entries, or a ManifestLineError for each bad line (not UTF-8, bad JSON, bad
-    fields, duplicate pair_id). Blank lines and lines starting with ``#`` are skipped."""
-    path = Path(path)
-    seen: set[str] = set()
-    for lineno, text in _manifest_lines(path):
-        if isinstance(text, UnicodeDecodeError):
-            message = (
-                f"line {lineno}: not UTF-8 (byte {text.object[text.start]:#04x} at column {text.start + 1})"
-            )
-            yield ManifestLineError(lineno, f"<line {lineno}>", "ManifestEncodingError", message)
-            continue
-        text = text.strip(" \t\r\n")
-        if text and not text.startswith("#"):
-            yield _manifest_item(lineno, text, seen, path.parent)
+    fields, duplicate pair_id). Lines are split on ``\\n`` only and decoded one by one, so a bad
+    byte fails its line alone; a UTF-8 BOM is dropped; blank and ``#`` lines are skipped."""
+    path, seen = Path(path), set[str]()
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                text = (
+                    raw.removeprefix(b"\xef\xbb\xbf" if lineno == 1 else b"").decode("utf-8").strip(" \t\r\n")
+                )
+            except UnicodeDecodeError as exc:
+                where = f"byte {exc.object[exc.start]:#04x} at column {exc.start + 1}"
+                yield ManifestLineError(
+                    lineno, f"<line {lineno}>", "ManifestEncodingError", f"line {lineno}: not UTF-8 ({where})"
+                )
+                continue
+            if text and not text.startswith("#"):
+                yield _manifest_item(lineno, text, seen, path.parent)
 
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
     """All entries of a manifest; raises ValueError listing every bad line."""
-    entries: list[ManifestEntry] = []
-    errors: list[ManifestLineError] = []
-    for item in iter_manifest(path):
-        if isinstance(item, ManifestLineError):
-            errors.append(item)
-        else:
-            entries.append(item)
+    items = list(iter_manifest(path))
+    errors = [item.message for item in items if isinstance(item, ManifestLineError)]
     if errors:
-        raise ValueError(f"{path}: " + " | ".join(e.message for e in errors))
-    return entries
+        raise ValueError(f"{path}: " + " | ".join(errors))
+    return [item for item in items if isinstance(item, ManifestEntry)]
 
 
 # --------------------------------------------------------------------------- records (§2.3)

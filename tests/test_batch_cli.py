@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +18,15 @@ from tests.conftest import textured_frames
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m labeler.batch ARGS`` in a real subprocess; ``env`` adds to the environment."""
     return subprocess.run(
         [sys.executable, "-m", "labeler.batch", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -72,6 +75,8 @@ def test_help_explains_the_options():
         (("--demo", "d", "--openai-batch"), "--openai-batch needs --judge openai"),
         (("--demo", "d", "--judge", "openai"), "--judge openai needs --model"),
         (("--demo", "d", "--frames-per-segment", "0"), "--frames-per-segment must be at least 1"),
+        (("--demo", "d", "--segment-seconds", "nan"), "--segment-seconds must be a positive number"),
+        ((".", "--out", "o.jsonl"), "manifest . is a directory"),
     ],
 )
 def test_usage_errors_are_clear(args, message, tmp_path):
@@ -80,6 +85,7 @@ def test_usage_errors_are_clear(args, message, tmp_path):
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout, not the installed one
         timeout=60,
     )
     assert proc.returncode == 2

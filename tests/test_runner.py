@@ -178,7 +178,7 @@ def test_prepare_output_refuses_jsonl_with_pair_ids_that_is_not_an_output(tmp_pa
     """A manifest (or any JSONL keyed by pair_id) must not read as "already done"."""
     out = tmp_path / "o.jsonl"
     out.write_text(json.dumps({"pair_id": "a", "prompt": "p", "video_a": "a.mp4", "video_b": "b.mp4"}) + "\n")
-    with pytest.raises(ValueError, match="o.jsonl:1 is not a dense preference record"):
+    with pytest.raises(ValueError, match=r"o\.jsonl:1 is not a dense preference record"):
         jobfiles.prepare_output(out)
 
 
@@ -194,7 +194,7 @@ def test_a_duplicate_pair_id_stays_in_the_errors_file_after_its_first_copy_succe
     dup.write_text("\n".join([lines[0], lines[0], lines[1]]) + "\n")
     out = tmp_path / "out.jsonl"
     for attempt in (1, 2):
-        result, _ = label(dup, out)
+        label(dup, out)
         errors = jobfiles.read_errors(jobfiles.errors_path_for(out))
         assert errors["good0"].error.type == "DuplicatePairId" and errors["good0"].line == 2
         assert errors["good0"].attempts == attempt
@@ -254,3 +254,26 @@ def test_bad_input_between_judge_faults_does_not_reset_the_streak(manifest, tmp_
     result = asyncio.run(one_worker())
     assert result.stopped and "401" in result.stopped
     assert result.failed == 9  # five judge faults and the four bad pairs between them
+
+
+@pytest.mark.parametrize(
+    "second, problem",
+    [
+        ('{"pair_id": "b", "prompt": "p", "video_a": "a.mp4", "video_b": "b.mp4"}', "missing"),
+        ("[1, 2]", "not a JSON object"),
+        ("{}", "missing"),
+    ],
+)
+def test_prepare_output_refuses_a_foreign_line_after_a_good_first_line(tmp_path, second, problem):
+    out = tmp_path / "o.jsonl"
+    out.write_text(_record_line("a") + "\n" + second + "\n" + _record_line("c") + "\n")
+    with pytest.raises(ValueError, match=f"o.jsonl:2 is not a dense preference record \\({problem}"):
+        jobfiles.prepare_output(out)
+
+
+def test_prepare_output_refuses_unknown_fields(tmp_path):
+    out = tmp_path / "o.jsonl"
+    extra = json.dumps({**json.loads(_record_line("b")), "video_path": "x"})
+    out.write_text(_record_line("a") + "\n" + extra + "\n")
+    with pytest.raises(ValueError, match="unknown fields \\['video_path'\\]"):
+        jobfiles.prepare_output(out)

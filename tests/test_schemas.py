@@ -517,3 +517,36 @@ def test_segment_request_rejects_bad_frames(first, second, reference, match):
         SegmentRequest(
             prompt="p", frames_first=first, frames_second=second, start_s=0.0, end_s=1.0, reference=reference
         )
+
+
+# --------------------------------------------------------------------------- hostile bytes (#15)
+
+
+def test_iter_records_splits_on_newline_only(tmp_path):
+    """U+2028, U+2029 and U+0085 are legal raw inside JSON strings: they must not split a record."""
+    prompts = ["a\u2028b", "c\u2029d", "e\u0085f", "g\x0bh\x0ci\x1cj"]
+    lines = [json.dumps(record(pair_id=f"p{i}", prompt=p), ensure_ascii=False) for i, p in enumerate(prompts)]
+    path = write_lines(tmp_path / "r.jsonl", lines)
+    records = read_records(path, tolerate_truncated_tail=False)
+    assert [r.prompt for r in records] == prompts
+
+
+def test_iter_manifest_accepts_a_bom_and_fails_a_non_utf8_line_alone(tmp_path):
+    good = json.dumps({"pair_id": "g", "prompt": "p", "video_a": "a.mp4", "video_b": "b.mp4"}).encode()
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + good + b"\n" + b'{"pair_id": "x\xff"}\n' + good.replace(b'"g"', b'"h"') + b"\n"
+    )
+    items = list(iter_manifest(path))
+    assert [getattr(i, "pair_id", None) for i in items] == ["g", "<line 2>", "h"]
+    bad = items[1]
+    assert isinstance(bad, ManifestLineError) and bad.line == 2 and bad.type == "ManifestEncodingError"
+    assert "line 2: not UTF-8 (byte 0xff" in bad.message
+
+
+def test_iter_manifest_keeps_unicode_separators_inside_a_prompt(tmp_path):
+    row = {"pair_id": "p", "prompt": "one\u2028two\u0085three", "video_a": "a.mp4", "video_b": "b.mp4"}
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    (entry,) = list(iter_manifest(path))
+    assert isinstance(entry, ManifestEntry) and entry.prompt == row["prompt"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 
 from labeler import __version__
 from labeler.demo.degradations import DEMO_KINDS, degrade
+from labeler.fileio import atomic_write_json, atomic_write_lines
 from labeler.schemas import DensePreferenceRecord, LabelerInfo, ManifestEntry, Segment, one_hot_segment
 from labeler.video import plan_segments, probe, read_frames, write_video
 
@@ -181,9 +181,7 @@ def _stamp_ok(out_dir: Path, seed: int) -> DemoSet | None:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_lines(path, [json.dumps(row) for row in rows])
 
 
 def _segments_truth(
@@ -276,7 +274,7 @@ def finish_set(
     segments = sum(len(p.truth_row["segments"]) for p in pairs)
     files = extra_files + [f for p in pairs for f in p.files]
     full = {**stamp, "pairs": len(pairs), "segments": segments, "files": files}
-    (out_dir / "demo.json").write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(out_dir / "demo.json", full, indent=1)
     return DemoSet(manifest, ground_truth, len(pairs), segments)
 
 
