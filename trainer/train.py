@@ -447,8 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, UnknownModelError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    keys = ("step", "pairs", "skipped", "eval_before", "eval_after", "lora_dir")
-    print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary, not one per process
+        keys = ("step", "pairs", "skipped", "eval_before", "eval_after", "lora_dir")
+        print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
 
