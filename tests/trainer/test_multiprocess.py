@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from labeler.fileio import read_lines
-from labeler.schemas import iter_manifest
+from labeler.schemas import ManifestEntry, iter_manifest
 from tests.trainer.conftest import make_record, write_records
 from trainer.config import parse_train_args
 from trainer.train import train
@@ -30,7 +30,7 @@ LABELS = [["A", "A", "B", "tie"], ["B", "B", "A", "B"], ["A", "tie", "A", "B"], 
 
 @pytest.fixture(scope="module")
 def labels(tiny_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    entries = [e for e in iter_manifest(tiny_pairs) if not hasattr(e, "error")]
+    entries = [e for e in iter_manifest(tiny_pairs) if isinstance(e, ManifestEntry)]
     records = [
         make_record(e.pair_id, labs, video_a=str(e.video_a), video_b=str(e.video_b), prompt=e.prompt)
         for e, labs in zip(entries, LABELS, strict=True)
