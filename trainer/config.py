@@ -54,7 +54,9 @@ class TrainConfig:
     )
     beta: float = _f(500.0, "DPO beta (the DenseDPO and Flow-DPO papers use 500).")
     lora_rank: int = _f(128, "LoRA rank.")
-    lora_alpha: float | None = _f(None, "LoRA alpha (default: equal to the rank).")
+    lora_alpha: int | None = _f(
+        None, "LoRA alpha, an integer as peft declares it (default: equal to the rank)."
+    )
     lora_targets: str | None = _f(
         None, "Comma-separated module names to adapt (default: the adapter's attention projections)."
     )
@@ -240,7 +242,7 @@ def _coerce(name: str, value: Any, path: Path) -> Any:
             converted = None
         if converted is not None and (scalar is not int or float(value) == converted):
             return converted
-    raise ConfigError(f"{path}: option {name!r} must be {getattr(scalar, '__name__', scalar)}, got {value!r}")
+    raise ConfigError(f"{path}: option {name!r} must be {scalar.__name__}, got {value!r}")
 
 
 def parse_train_args(argv: list[str] | None = None) -> TrainConfig:

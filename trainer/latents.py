@@ -1,4 +1,4 @@
-"""Segment labels → latent-frame labels for a causal video VAE (docs/design.md §2.6).
+"""Segment labels → latent-frame labels for a causal video VAE (docs/training.md).
 
 A causal video VAE with temporal compression ``r`` (Wan, CogVideoX, LTX: r = 4 or 8) encodes
 pixel frame 0 alone into latent frame 0 and every following group of ``r`` pixel frames into one

@@ -100,7 +100,7 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     size = (max(width, round(w * scale)), max(height, round(h * scale)))
     top, left = (size[1] - height) // 2, (size[0] - width) // 2
     out = [
-        np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC, reducing_gap=2.0))[
+        np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0))[
             top : top + height, left : left + width
         ]
         for f in frames

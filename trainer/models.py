@@ -25,23 +25,22 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, cast
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from diffusers import ModelMixin
-
 __all__ = [
     "ADAPTERS",
     "TINY_MODEL",
+    "PeftHost",
     "UnknownModelError",
     "UnsupportedModelError",
     "VideoModelAdapter",
     "WanAdapter",
     "base_dtype",
     "load_adapter",
+    "peft_host",
 ]
 
 TINY_MODEL = "tiny"
@@ -54,6 +53,26 @@ class UnknownModelError(ValueError):
 
 class UnsupportedModelError(UnknownModelError):
     """A model of a known family in a variant its adapter cannot run correctly (e.g. Wan2.2 A14B)."""
+
+
+class PeftHost(Protocol):
+    """What the trainer calls on a transformer besides ``torch.nn.Module``: diffusers' ``ModelMixin``
+    and ``PeftAdapterMixin`` methods (declared here, since diffusers' own classes do not type-check)."""
+
+    peft_config: dict[str, Any]
+
+    def add_adapter(self, adapter_config: Any, adapter_name: str = "default") -> None: ...
+
+    def disable_adapters(self) -> None: ...
+
+    def enable_adapters(self) -> None: ...
+
+    def enable_gradient_checkpointing(self) -> None: ...
+
+
+def peft_host(module: torch.nn.Module) -> PeftHost:
+    """``module`` (a diffusers transformer) as the ``PeftHost`` it is."""
+    return cast(PeftHost, module)
 
 
 def _fingerprint(obj: Any) -> str:
@@ -109,7 +128,7 @@ class VideoModelAdapter:
         raise NotImplementedError
 
     # ---- loading (cached; release() frees the encoders once latents and embeddings are cached)
-    def load_transformer(self, dtype: torch.dtype = torch.float32) -> ModelMixin:
+    def load_transformer(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         raise NotImplementedError
 
     @cached_property
@@ -179,7 +198,7 @@ class VideoModelAdapter:
 
     def save_lora(
         self,
-        transformer: ModelMixin,
+        transformer: torch.nn.Module,
         directory: str | os.PathLike,
         *,
         state_dict: dict[str, torch.Tensor] | None = None,
@@ -189,7 +208,7 @@ class VideoModelAdapter:
         the caller when its own are sharded (FSDP); default: read from ``transformer``."""
         from peft.utils import get_peft_model_state_dict
 
-        config = transformer.peft_config["default"]
+        config = peft_host(transformer).peft_config["default"]
         meta = {
             "r": config.r,
             "lora_alpha": config.lora_alpha,
@@ -258,7 +277,7 @@ class WanAdapter(VideoModelAdapter):
             self.num_inference_steps, self.max_sequence_length, self.guidance_scale = 20, 32, 1.0
             self.text_shape = (32, 32)
 
-    def load_transformer(self, dtype: torch.dtype = torch.float32) -> ModelMixin:
+    def load_transformer(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         from diffusers import WanTransformer3DModel
 
         if self.is_tiny:
@@ -269,13 +288,12 @@ class WanAdapter(VideoModelAdapter):
                     out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
                     qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
                 )  # fmt: skip
-            if dtype != torch.float32:
-                model = model.to(dtype)
         else:
             model = WanTransformer3DModel.from_pretrained(
                 self.model, subfolder="transformer", torch_dtype=dtype
             )
-        return model.to(self.device)
+        # diffusers' model classes do not type-check as torch.nn.Module: say what they are.
+        return cast(torch.nn.Module, model).to(self.device, dtype)
 
     @cached_property
     def vae(self) -> torch.nn.Module:
@@ -293,12 +311,13 @@ class WanAdapter(VideoModelAdapter):
                 )
         else:  # the Wan VAE is run in float32, as the Wan pipelines do
             vae = AutoencoderKLWan.from_pretrained(self.model, subfolder="vae", torch_dtype=torch.float32)
-        return vae.to(self.device).eval().requires_grad_(False)
+        return cast(torch.nn.Module, vae).to(self.device).eval().requires_grad_(False)
 
     @cached_property
     def text_encoder(self) -> tuple[Any, torch.nn.Module]:
         from transformers import AutoTokenizer, ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
+        tokenizer: Any
         if self.is_tiny:  # a byte-level tokenizer needs no vocabulary file
             tokenizer = ByT5Tokenizer()
             with torch.random.fork_rng(devices=[]):
@@ -311,7 +330,7 @@ class WanAdapter(VideoModelAdapter):
             tokenizer = AutoTokenizer.from_pretrained(self.model, subfolder="tokenizer")
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
             encoder = UMT5EncoderModel.from_pretrained(self.model, subfolder="text_encoder", dtype=dtype)
-        return tokenizer, encoder.to(self.device).eval().requires_grad_(False)
+        return tokenizer, cast(torch.nn.Module, encoder).to(self.device).eval().requires_grad_(False)
 
     @cached_property
     def scheduler(self) -> Any:
@@ -327,7 +346,7 @@ class WanAdapter(VideoModelAdapter):
         return {"max_sequence_length": self.max_sequence_length} if part == "text" else {}
 
     def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.vae.config
+        cfg: Any = self.vae.config  # diffusers' FrozenDict of the VAE's config
         mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1).to(like)
         std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(like)
         return mean, std
@@ -337,7 +356,8 @@ class WanAdapter(VideoModelAdapter):
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float()
         video = (video / 127.5 - 1.0).to(self.device)
         # The distribution's mode, not a sample: cached latents must not depend on a random draw.
-        latents = self.vae.encode(video).latent_dist.mode()
+        vae: Any = self.vae  # AutoencoderKLWan: its encode / decode are not on torch.nn.Module
+        latents = vae.encode(video).latent_dist.mode()
         mean, std = self._latent_stats(latents)
         return ((latents - mean) / std)[0].float().cpu()
 
@@ -345,7 +365,8 @@ class WanAdapter(VideoModelAdapter):
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         latents = latents.to(self.device, torch.float32)
         mean, std = self._latent_stats(latents)
-        video = self.vae.decode(latents * std + mean).sample  # [B, 3, F, H, W] in [-1, 1]
+        vae: Any = self.vae
+        video = vae.decode(latents * std + mean).sample  # [B, 3, F, H, W] in [-1, 1]
         video = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return video.permute(0, 2, 3, 4, 1).cpu().numpy()
 

@@ -198,8 +198,8 @@ def dpo_loss(
         loss = dense_dpo_loss(*errors, labels, beta, segment_ids=segment_ids, reduction=reduction)
         return StepOutput(loss, preference_metrics(*errors, labels, beta))
     if mode == "vanilla":
-        pair_errors = tuple(e.mean(dim=1) for e in errors)
+        err_a, err_b, ref_a, ref_b = (e.mean(dim=1) for e in errors)  # frames averaged first
         labels = batch["video_label"].to(errors[0].device)
-        loss = vanilla_dpo_loss(*pair_errors, labels, beta)
-        return StepOutput(loss, preference_metrics(*pair_errors, labels, beta))
+        loss = vanilla_dpo_loss(err_a, err_b, ref_a, ref_b, labels, beta)
+        return StepOutput(loss, preference_metrics(err_a, err_b, ref_a, ref_b, labels, beta))
     raise ValueError(f"mode must be 'dense' or 'vanilla', got {mode!r}")

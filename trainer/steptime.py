@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-    from diffusers import ModelMixin
 
     from trainer.losses import Reduction
     from trainer.models import VideoModelAdapter
@@ -86,7 +85,7 @@ class _Bench:
     """One model with a LoRA, its optimizer and one synthetic batch: full training steps on demand."""
 
     adapter: VideoModelAdapter
-    transformer: ModelMixin
+    transformer: torch.nn.Module
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     batch: dict[str, torch.Tensor]
@@ -131,7 +130,7 @@ def _build_bench(
 ) -> tuple[_Bench, tuple[int, int, int]]:  # fmt: skip
     import torch
 
-    from trainer.models import load_adapter
+    from trainer.models import load_adapter, peft_host
     from trainer.train import add_lora
 
     adapter = load_adapter(model, device=device)
@@ -141,7 +140,7 @@ def _build_bench(
     transformer = adapter.load_transformer(dtype)
     params = add_lora(transformer, lora_rank, None, list(adapter.lora_targets), seed)
     if gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        peft_host(transformer).enable_gradient_checkpointing()
     transformer.train()
     batch = _synthetic_batch(adapter, batch_size, geometry, seed)
     on_device = {k: v.to(device) for k, v in batch.items() if k in ("latents_a", "latents_b", "text")}

@@ -42,7 +42,6 @@ from trainer.config import TrainConfig, parse_train_args
 if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
-    from diffusers import ModelMixin
 
     from trainer.data import PreferenceDataset
     from trainer.models import VideoModelAdapter
@@ -62,17 +61,19 @@ __all__ = [
 
 
 def add_lora(
-    transformer: ModelMixin, rank: int, alpha: float | None, targets: list[str], seed: int
+    transformer: torch.nn.Module, rank: int, alpha: int | None, targets: list[str], seed: int
 ) -> list[torch.nn.Parameter]:
     """Freeze the transformer, add a LoRA (B = 0, so the policy starts equal to the reference) and
     return its parameters, kept in float32 whatever the base weights' dtype."""
     import torch
     from peft import LoraConfig
 
+    from trainer.models import peft_host
+
     transformer.requires_grad_(False)
     with torch.random.fork_rng(devices=[]):  # LoRA A's init draws from the global RNG: seed it alone
         torch.manual_seed(seed)
-        transformer.add_adapter(
+        peft_host(transformer).add_adapter(
             LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights=True, target_modules=targets)
         )
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -163,7 +164,7 @@ class Session:
     adapter: VideoModelAdapter
     dataset: PreferenceDataset
     model: torch.nn.Module  # what the forwards call: the DDP / FSDP wrapper, or the module
-    unwrapped: ModelMixin  # the transformer with its peft LoRA
+    unwrapped: torch.nn.Module  # the transformer with its peft LoRA (a PeftHost)
     params: list[torch.nn.Parameter]
     trainable_names: frozenset[str]
     optimizer: torch.optim.Optimizer
@@ -187,6 +188,7 @@ def evaluate(s: Session) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
     from trainer.data import collate
+    from trainer.models import peft_host
     from trainer.step import dpo_loss, flow_errors, pair_noise
 
     cfg, acc = s.cfg, s.accelerator
@@ -207,7 +209,7 @@ def evaluate(s: Session) -> dict[str, Any]:
         with torch.no_grad():
             errors = flow_errors(
                 s.adapter, s.model, batch["latents_a"].to(dev), batch["latents_b"].to(dev), batch["text"].to(dev),
-                noise, t, lora_owner=s.unwrapped, autocast=acc.autocast,
+                noise, t, lora_owner=peft_host(s.unwrapped), autocast=acc.autocast,
             )  # fmt: skip
         for j, i in enumerate(indices[: max(0, len(mine) - start)]):
             rows = [e[j].cpu() for e in errors] + [
@@ -230,6 +232,7 @@ def train_step(s: Session, step: int) -> dict[str, float]:
     import torch
 
     from trainer.data import collate
+    from trainer.models import peft_host
     from trainer.step import dpo_loss, flow_errors, pair_noise
 
     cfg, acc = s.cfg, s.accelerator
@@ -244,13 +247,13 @@ def train_step(s: Session, step: int) -> dict[str, float]:
         with acc.accumulate(s.model):
             errors = flow_errors(
                 s.adapter, s.model, batch["latents_a"].to(dev), batch["latents_b"].to(dev), batch["text"].to(dev),
-                noise, t, lora_owner=s.unwrapped, autocast=acc.autocast,
+                noise, t, lora_owner=peft_host(s.unwrapped), autocast=acc.autocast,
             )  # fmt: skip
             out = dpo_loss(errors, batch, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction)
             acc.backward(out.loss)
             if acc.sync_gradients:
                 sums["grad_norm"] = float(acc.clip_grad_norm_(s.params, cfg.max_grad_norm))
-                sums["lr"] = s.scheduler.get_last_lr()[0]
+                sums["lr"] = float(s.scheduler.get_last_lr()[0])
             s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
         for key, value in {"loss": out.loss.item(), **out.metrics}.items():
@@ -316,7 +319,7 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from trainer.models import load_adapter
+    from trainer.models import load_adapter, peft_host
     from trainer.step import TimestepSampler
 
     accelerator = Accelerator(
@@ -341,7 +344,7 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
     params = add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, targets, cfg.seed)
     names = frozenset(n for n, p in transformer.named_parameters() if p.requires_grad)
     if cfg.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+        peft_host(transformer).enable_gradient_checkpointing()
     transformer.train()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup
@@ -447,8 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, UnknownModelError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    keys = ("step", "pairs", "skipped", "eval_before", "eval_after", "lora_dir")
-    print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary, not one per process
+        keys = ("step", "pairs", "skipped", "eval_before", "eval_after", "lora_dir")
+        print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
 
