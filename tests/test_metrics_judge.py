@@ -226,6 +226,26 @@ def test_async_judge_matches_score(windows):
     assert asyncio.run(judge.judge(req)) == judge.score(req)
 
 
+def test_both_orders_asked_at_once_are_measured_once(windows, monkeypatch):
+    clean = windows["carphone"]
+    judge = MetricsJudge()
+    req = request(degrade(clean, "noise", 0.7), clean, clean)
+    expected = judge.score(req)
+    calls = []
+    real_score = judge.score
+    monkeypatch.setattr(judge, "score", lambda r: calls.append(r) or real_score(r))
+
+    async def both() -> list[Judgment]:
+        return await asyncio.gather(judge.judge(req), judge.judge(swapped(req)), judge.judge(req))
+
+    forward, backward, again = asyncio.run(both())
+    assert len(calls) == 1 and forward == again == expected and backward == expected.swapped()
+    assert judge._in_flight == {}  # nothing kept once answered
+    # Other frames are another key: measured afresh.
+    other = request(clean, degrade(clean, "blur", 0.7), clean)
+    assert asyncio.run(judge.judge(other)) == real_score(other) and len(calls) == 2
+
+
 # --------------------------------------------------------------------------- settings
 
 

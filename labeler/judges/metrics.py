@@ -21,6 +21,7 @@ Every gap flips its sign when A and B swap: ``score(swapped) == score(request).s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 from typing import Any
@@ -108,6 +109,8 @@ class MetricsJudge(Judge):
         self.tie_margin = None if tie_margin is None else float(tie_margin)
         self.uses_reference = bool(use_reference)
         self.weights = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
+        # Judgments being computed, by content key (see ``judge``); entries leave when done.
+        self._in_flight: dict[tuple[Any, ...], asyncio.Future[Judgment]] = {}
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -119,8 +122,21 @@ class MetricsJudge(Judge):
         }
 
     async def judge(self, request: SegmentRequest) -> Judgment:
-        # numpy releases the GIL in the heavy parts; a thread keeps the event loop responsive.
-        return await asyncio.to_thread(self.score, request)
+        """``score`` in a worker thread (numpy releases the GIL in the heavy parts, and the event
+        loop stays responsive). The engine asks for both orders of a segment at once; since the
+        score mirrors exactly under a swap, the second order waits for the first and returns its
+        answer swapped instead of measuring everything again (half the work per segment)."""
+        key = _content_key(request, self.uses_reference)
+        mirror = (key[1], key[0], key[2])
+        pending = self._in_flight.get(mirror)
+        if pending is not None:
+            return (await asyncio.shield(pending)).swapped()
+        task = self._in_flight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(asyncio.to_thread(self.score, request))
+            self._in_flight[key] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(task)
 
     # ------------------------------------------------------------------ scoring
 
@@ -205,6 +221,20 @@ class MetricsJudge(Judge):
         top = max(evidence, key=lambda e: sign * e.value)
         loser = "B" if label == "A" else "A"
         return f"{label}: {loser} shows {top.text} [first vs second; score {total:+.2f}]"
+
+
+def _content_key(request: SegmentRequest, with_reference: bool) -> tuple[Any, ...]:
+    """Digests of the frames (first, second, reference), all that ``score`` reads: two requests with
+    equal keys get equal answers, and swapping the first two entries keys the mirrored request."""
+
+    def digest(frames: np.ndarray | None) -> tuple[Any, ...] | None:
+        if frames is None:
+            return None
+        data = np.ascontiguousarray(frames)
+        return (data.shape, str(data.dtype), hashlib.blake2b(data.data, digest_size=16).digest())
+
+    reference = request.reference if with_reference else None
+    return digest(request.frames_first), digest(request.frames_second), digest(reference)
 
 
 def _probabilities(total: float, margin: float) -> tuple[float, float, float]:
