@@ -24,7 +24,7 @@ from typing import Any
 from benchmarks.common import BenchmarkError, add_common_args, load_module, report_errors, write_result
 
 #: In running order: torch (trainer_step) is imported last, after the timing-sensitive ones.
-BENCHMARKS = ("throughput", "cache", "cost", "decode", "ray_scale", "trainer_step")
+BENCHMARKS = ("throughput", "cache", "cost", "decode", "judge_quality", "ray_scale", "trainer_step")
 DEFAULT_README = Path(__file__).with_name("README.md")
 RESULTS_DIR = Path(__file__).with_name("results")
 
@@ -73,6 +73,13 @@ def summary(results: dict[str, dict[str, Any]]) -> str:
     if dec := results.get("decode"):
         add("decode, sampler vs every frame", f"{dec['speedup']:.2f}x faster ({dec['sampled_share']:.0%} of the frames)",
             "–", None)  # fmt: skip
+    if jq := results.get("judge_quality"):
+        for row in (r for r in jq["rows"] if r["set"] == "generated_heldout"):
+            acc, ties, t = row["accuracy_no_ties"], row["tie_recall"], jq["targets"]
+            add(f"metrics judge, held-out generation-like pairs, {'with' if row['reference'] else 'no'} reference",
+                f"accuracy {acc:.3f}, tie recall {_fmt(ties, '.3f')}, ECE {_fmt(row['ece'], '.3f')}, "
+                f"{row['pairs_per_s']:.1f} segment pairs/s", f">= {t['accuracy_no_ties']}, >= {t['tie_recall']}",
+                acc >= t["accuracy_no_ties"] and ties is not None and ties >= t["tie_recall"])  # fmt: skip
     if ts := results.get("trainer_step"):
         add("trainer step, dense / vanilla", f"{ts['dense_over_vanilla']:.3f} (medians), {ts['dense_over_vanilla_min']:.3f} (minima)",
             f"<= {ts['target_ratio']}", ts["dense_over_vanilla"] <= ts["target_ratio"])  # fmt: skip

@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="build the demo set into DIR if missing, label it, and score it against its ground truth",
     )
     p.add_argument(
+        "--demo-set",
+        choices=("clear", "generated"),
+        default=None,
+        help="with --demo: 'clear' (default) pairs two copies of a clip with one injected defect; "
+        "'generated' renders each side with its own shift, grain and encoding and local, "
+        "generation-like artifacts (harder; see docs/metrics_judge.md). Use a fresh DIR per set",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -202,6 +210,8 @@ def _check_args(args: argparse.Namespace) -> None:
     """Every check that needs no work: raises UsageError (or ValueError) with a one-line message."""
     if args.demo is None and (args.manifest is None or (args.out is None and not args.dry_run)):
         raise UsageError("give MANIFEST and --out (--out is optional with --dry-run), or --demo DIR")
+    if args.demo_set is not None and args.demo is None:
+        raise UsageError("--demo-set needs --demo DIR")
     if args.manifest is not None:
         _check_manifest(args.manifest)
     if (args.openai_batch or args.batch_export or args.batch_import) and args.judge != "openai":
@@ -264,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest, out, demo = args.manifest, args.out, None
     if args.demo is not None:
         from labeler.demo.build import build_demo
+        from labeler.demo.generated import build_generated
 
-        demo = build_demo(args.demo)
+        demo = build_generated(args.demo) if args.demo_set == "generated" else build_demo(args.demo)
         manifest, out = demo.manifest, args.out or Path(args.demo) / "labels.jsonl"
         print(f"demo set   {demo.pairs} pairs, {demo.segments} segments -> {demo.manifest}", file=sys.stderr)
     if args.dry_run:

