@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from labeler.schemas import Judgment, Label, Vote
+from labeler.schemas import Judgment, Label, Order, Vote
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def _normalised(p_a: float, p_b: float, p_tie: float) -> tuple[float, float, flo
     return values[0], values[1], values[2]
 
 
-def combine_votes(votes: list[tuple[str, Judgment]], *, decisive_margin: float = 0.3) -> SegmentOutcome:
+def combine_votes(votes: list[tuple[Order, Judgment]], *, decisive_margin: float = 0.3) -> SegmentOutcome:
     """``votes``: (order, judgment mapped back to A/B) for "ab" and, with swap, "ba"."""
     if not votes:
         raise ValueError("combine_votes needs at least one vote")

@@ -29,13 +29,14 @@ from labeler.schemas import (
     Judgment,
     LabelerInfo,
     ManifestEntry,
+    Order,
     Segment,
     SegmentRequest,
     TransientJudgeError,
     Usage,
 )
 
-ORDERS = ("ab", "ba")
+ORDERS: tuple[Order, ...] = ("ab", "ba")
 T = TypeVar("T")
 
 
@@ -102,7 +103,7 @@ class SegmentPlan:
     start_s: float
     end_s: float
     frame_indices: list[int]
-    keys: dict[str, str]
+    keys: dict[Order, str]  # cache key per presentation order
 
 
 @dataclass
@@ -164,7 +165,7 @@ class Engine:
 
     # ------------------------------------------------------------------ planning
 
-    def _key(self, content: dict[str, Any], indices: Sequence[int], order: str, prompt: str) -> str:
+    def _key(self, content: dict[str, Any], indices: Sequence[int], order: Order, prompt: str) -> str:
         return cache_key(
             judge=self.judge.name,
             model=self.judge.model,
@@ -177,7 +178,7 @@ class Engine:
             prompt=prompt,
         )
 
-    def _orders(self) -> tuple[str, ...]:
+    def _orders(self) -> tuple[Order, ...]:
         return ORDERS if self.config.swap else ORDERS[:1]
 
     def video_meta(self, path: str) -> tuple[video.VideoInfo, str]:
@@ -312,7 +313,7 @@ class Engine:
 
     @staticmethod
     def segment_request(
-        prompt: str, seg: SegmentPlan, frames: tuple, order: str, n_segments: int, fps: float | None
+        prompt: str, seg: SegmentPlan, frames: tuple, order: Order, n_segments: int, fps: float | None
     ) -> SegmentRequest:
         """What the judge is shown for one segment in one order ("ba" shows B first)."""
         fa, fb, ref = frames
@@ -333,10 +334,10 @@ class Engine:
 
     async def _judge_segment(
         self, ctx: _PairContext, seg: SegmentPlan, frames: tuple | None
-    ) -> list[tuple[str, Judgment]]:
+    ) -> list[tuple[Order, Judgment]]:
         """Both votes of a segment (cache hits or judge calls), mapped back to A/B order."""
 
-        async def one(order: str) -> tuple[str, Judgment]:
+        async def one(order: Order) -> tuple[Order, Judgment]:
             cached = ctx.hits.get(seg.keys[order])
             if cached is not None:
                 ctx.tally["cache_hits"] += 1
@@ -356,7 +357,7 @@ class Engine:
 
     async def _judge_segments(
         self, ctx: _PairContext, plans: list[SegmentPlan], frames: dict[int, tuple]
-    ) -> list[list[tuple[str, Judgment]]]:
+    ) -> list[list[tuple[Order, Judgment]]]:
         return list(await _gather_or_raise(self._judge_segment(ctx, s, frames.get(s.index)) for s in plans))
 
     def cached_judgments(self, plans: list[SegmentPlan]) -> dict[str, Judgment]:
@@ -396,7 +397,7 @@ class Engine:
         """
         plan = await asyncio.to_thread(self.plan_pair, entry)
         ctx = _PairContext(entry.prompt, len(plan.segments), plan.fps, self.cached_judgments(plan.segments))
-        votes: list[list[tuple[str, Judgment]]] = []
+        votes: list[list[tuple[Order, Judgment]]] = []
         step = max(1, self.config.decode_window)
         for k in range(0, len(plan.segments), step):
             window = plan.segments[k : k + step]
@@ -446,7 +447,7 @@ class Engine:
     def _record(
         self,
         plans: list[SegmentPlan],
-        votes: list[list[tuple[str, Judgment]]],
+        votes: list[list[tuple[Order, Judgment]]],
         ctx: _PairContext,
         entry: ManifestEntry,
         fps: float,

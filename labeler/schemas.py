@@ -36,6 +36,7 @@ __all__ = [
     "LabelerInfo",
     "ManifestEntry",
     "ManifestLineError",
+    "Order",
     "Segment",
     "SegmentRequest",
     "TransientJudgeError",
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 Label = Literal["A", "B", "tie"]
+#: Presentation order of a vote: A shown first ("ab") or B shown first ("ba").
+Order = Literal["ab", "ba"]
 LABELS: tuple[str, ...] = ("A", "B", "tie")
 #: Numeric value of a label: A better = +1, B better = -1, tie = 0 (docs/design.md §2.3).
 LABEL_VALUE: dict[str, int] = {"A": 1, "B": -1, "tie": 0}
@@ -174,7 +177,7 @@ class Vote(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    order: Literal["ab", "ba"]
+    order: Order
     label: Label
     p_a: float | None = None
     p_b: float | None = None
@@ -232,10 +235,10 @@ class LabelerInfo(BaseModel):
     swap: bool | None = None
     densepref_version: str | None = None
     answer_order: str | None = Field(
-        None,
+        default=None,
         description="'label-first' or 'rationale-first': the judge's answer field order (docs/endpoints.md).",
     )
-    annotator: str | None = Field(None, description="Human annotator name when judge == 'human'.")
+    annotator: str | None = Field(default=None, description="Human annotator name when judge == 'human'.")
 
 
 class Usage(BaseModel):

@@ -165,7 +165,11 @@ def _mean_block(blocks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _human_ceiling(
-    humans: list[list[DensePreferenceRecord]], names: list[str], bootstrap: int, seed: int, notes: list[str]
+    humans: Sequence[Sequence[DensePreferenceRecord]],
+    names: list[str],
+    bootstrap: int,
+    seed: int,
+    notes: list[str],
 ) -> dict[str, Any] | None:
     if len(humans) < 2:
         return None
