@@ -55,3 +55,23 @@ def test_uvicorn_factory_is_importable() -> None:
     from labeler.app import create_app
 
     assert callable(create_app)
+
+
+def test_the_wheel_ships_every_package_and_data_file(tmp_path: Path) -> None:
+    # A non-editable install must not lose a subpackage, the annotation page or the prompts.
+    import zipfile
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
+    roots = ("labeler", "trainer", "prompts")
+    packages = {
+        p.parent.relative_to(REPO).as_posix() for r in roots for p in (REPO / r).glob("**/__init__.py")
+    }
+    missing = {p for p in packages if f"{p}/__init__.py" not in names}
+    assert not missing, missing
+    for data in ("labeler/service/annotate/static/annotate.html", "prompts/conservative.j2"):
+        assert data in names
