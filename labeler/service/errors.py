@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 
 from labeler.engine import BudgetExceeded
-from labeler.schemas import ErrorInfo, FatalJudgeError, JudgeError
+from labeler.schemas import ErrorInfo, FramesTooSmallError, InputError, JudgeError
 from labeler.video import VideoError, VideoMismatchError
 
 __all__ = [
@@ -71,11 +71,6 @@ def error_response(
 # --------------------------------------------------------------------------- the table
 
 
-def _too_small(exc: BaseException) -> bool:
-    # The judge cannot measure frames this small: bad input for this pair, not a judge fault.
-    return "too small" in str(exc)
-
-
 def _judgment(exc: BaseException) -> bool:
     return isinstance(exc, ValidationError) and exc.title == "Judgment"
 
@@ -94,7 +89,9 @@ class ErrorRule:
 ERROR_TABLE: tuple[ErrorRule, ...] = (
     ErrorRule(VideoMismatchError, 400, "VideoMismatch"),
     ErrorRule(VideoError, 400, "InvalidVideo"),
-    ErrorRule(FatalJudgeError, 400, "InputTooSmall", _too_small),
+    # The judge cannot use this input (frames too small to measure...): the client's fault, not the judge's.
+    ErrorRule(FramesTooSmallError, 400, "InputTooSmall"),
+    ErrorRule(InputError, 400, "InvalidInput"),
     ErrorRule(JudgeError, 502, None),  # already retried by the engine: the upstream reason goes back
     ErrorRule(BudgetExceeded, 503, "BudgetExceeded"),
     ErrorRule(ValidationError, 502, "InvalidJudgment", _judgment, "the judge gave an invalid answer: "),
