@@ -1,7 +1,7 @@
 """The data side of human annotation: a manifest's pairs as the annotation page sees them, the log of
 answers, and the export to dense preference records (``labeler.judge = "human"``).
 
-Segments come from the judges' own segmentation (``labeler.video.probe`` + ``plan_segments`` with the
+Segments come from the judges' own segmentation (``labeler.video.probe`` + ``segment_spans`` with the
 entry's ``segment_seconds`` or the engine default), so an exported record joins a judge's record on
 (pair_id, segment index) with identical frame ranges, ready for ``python -m labeler.agreement``.
 
@@ -38,7 +38,7 @@ from labeler.schemas import (
     iter_manifest,
     one_hot_segment,
 )
-from labeler.video import VideoError, VideoInfo, check_aligned, plan_segments, probe
+from labeler.video import VideoError, VideoInfo, check_aligned, file_identity, probe, segment_spans
 
 try:  # serialises appends across processes too (uvicorn --workers); absent on Windows
     import fcntl
@@ -163,17 +163,18 @@ class ManifestPlan:
 
 
 @functools.lru_cache(maxsize=4096)
-def _probe_version(path: str, size: int, mtime_ns: int) -> VideoInfo:
+def _probe_version(path: str, identity: str) -> VideoInfo:
     return probe(path)
 
 
 def _probe(path: str) -> VideoInfo:
-    """``probe`` memoised by (path, size, mtime): the page asks for the same manifest often."""
+    """``probe`` memoised by the file's identity (``video.file_identity``: a rewrite with its size
+    and mtime restored is probed again); the page asks for the same manifest often."""
     try:
-        st = os.stat(path)
-    except OSError:
-        return probe(path)  # raises the VideoReadError that says why
-    return _probe_version(path, st.st_size, st.st_mtime_ns)
+        identity = file_identity(path)
+    except VideoError:
+        return probe(path)  # raises the VideoReadError that says why (missing, unreadable...)
+    return _probe_version(path, identity)
 
 
 def _raw_entries(path: Path) -> dict[str, ManifestEntry]:
@@ -227,8 +228,8 @@ def plan_manifest(
             continue
         seconds = item.segment_seconds or default_segment_seconds
         segments = tuple(
-            PlannedSegment(i, start, end, round(start / info_a.fps, 4), round(end / info_a.fps, 4))
-            for i, (start, end) in enumerate(plan_segments(info_a.num_frames, info_a.fps, seconds))
+            PlannedSegment(span.index, span.start, span.end, span.start_s, span.end_s)
+            for span in segment_spans(info_a, seconds)
         )
         pairs.append(
             PlannedPair(
