@@ -280,6 +280,7 @@ class WanAdapter(VideoModelAdapter):
     def load_transformer(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         from diffusers import WanTransformer3DModel
 
+        model: Any  # diffusers' model classes do not type-check as torch.nn.Module
         if self.is_tiny:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.tiny_seed)
@@ -288,12 +289,13 @@ class WanAdapter(VideoModelAdapter):
                     out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
                     qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
                 )  # fmt: skip
-        else:
+            if dtype != torch.float32:
+                model = model.to(dtype)
+        else:  # from_pretrained keeps the modules Wan wants in float32 (norms, time embedder) there
             model = WanTransformer3DModel.from_pretrained(
                 self.model, subfolder="transformer", torch_dtype=dtype
             )
-        # diffusers' model classes do not type-check as torch.nn.Module: say what they are.
-        return cast(torch.nn.Module, model).to(self.device, dtype)
+        return cast(torch.nn.Module, model.to(self.device))
 
     @cached_property
     def vae(self) -> torch.nn.Module:

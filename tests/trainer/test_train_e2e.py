@@ -14,7 +14,8 @@ from diffusers import WanPipeline
 from safetensors.torch import load_file
 
 from labeler.fileio import read_lines
-from labeler.schemas import read_records
+from labeler.schemas import ManifestEntry, iter_manifest, read_records
+from tests.trainer.conftest import make_record, write_records
 from trainer.config import parse_train_args
 from trainer.train import add_lora, main, train
 
@@ -149,3 +150,24 @@ def test_cli_runs_and_reports_bad_label_files(labels, cache, tmp_path, capsys):
     bad.write_text('{"pair_id": "x"}\n{"pair_id": "y"}\n')
     assert main(["--tiny", "--prefs", str(bad), "--output-dir", str(tmp_path / "bad")]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_num_frames_sets_the_training_window(tiny_pairs, cache, tmp_path, capsys):
+    entries = [e for e in iter_manifest(tiny_pairs) if isinstance(e, ManifestEntry)][:2]
+    kept = make_record(entries[0].pair_id, ["A", "B", "tie", "tie"], video_a=str(entries[0].video_a),
+                       video_b=str(entries[0].video_b))  # fmt: skip
+    late = make_record(entries[1].pair_id, ["tie", "tie", "A", "A"], video_a=str(entries[1].video_a),
+                       video_b=str(entries[1].video_b))  # fmt: skip
+    labels = write_records(tmp_path / "labels.jsonl", [kept, late])
+    # 17 frames: the second pair's preferences (frames 16-33) lie past the window.
+    summary = run(
+        labels, tmp_path / "window", cache, "--num-frames", "17", "--steps", "1", "--eval-pairs", "1"
+    )
+    assert summary["pairs"] == 1 and summary["skipped"] == {"few_nontie_in_window": 1}
+    assert "enough non-tie segments in the whole video, too few inside the window" in capsys.readouterr().out
+    assert summary["eval_before"]["labeled"] == 3  # latent frames [0,1) [1,5) in A, [9,13) in B
+    whole = run(labels, tmp_path / "whole", cache, "--steps", "1", "--eval-pairs", "2")
+    assert whole["pairs"] == 2 and whole["skipped"] == {}
+    bad = ["--tiny", "--prefs", str(labels), "--output-dir", str(tmp_path / "bad"), "--num-frames", "18"]
+    assert main(bad) == 2
+    assert "num_frames must be 1 + k*4, got 18" in capsys.readouterr().err
