@@ -235,7 +235,8 @@ def table(result: dict[str, Any]) -> str:
         ("tie_recall", "tie recall", ".3f"),
         ("ece", "ECE", ".3f"),
         ("n", "segments (non-tie / tie)", ""),
-        ("pairs_per_s", "segment pairs/s (incl. decode)", ".1f"),
+        ("pairs_per_s", "segment pairs/s (incl. decode, wall)", ".1f"),
+        ("pairs_per_cpu_s", "segment pairs per CPU-second", ".1f"),
     ]
     rows = [
         {**r, "ref": "yes" if r["reference"] else "no", "n": f"{r['n_no_ties']} / {r['n_ties']}"}
