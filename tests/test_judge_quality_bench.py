@@ -22,14 +22,12 @@ def test_fit_recovers_coefficients_and_margin_of_a_known_model():
     p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     labels = [("A", "B", "tie")[rng.choice(3, p=row)] for row in p]
     feats = [{"one": float(a), "two": float(b)} for a, b in x]
-    saved = judge_quality.TIE_WEIGHT
-    judge_quality.TIE_WEIGHT = 1.0  # plain maximum likelihood
-    try:
-        coef, margin = judge_quality.fit(feats, labels, ["one", "two"])
-    finally:
-        judge_quality.TIE_WEIGHT = saved
+    coef, margin = judge_quality.fit(feats, labels, ["one", "two"])  # plain maximum likelihood
     assert coef["one"] == pytest.approx(1.5, abs=0.15) and coef["two"] < 0.1
     assert margin == pytest.approx(1.0, abs=0.15)
+    # Weighting the ties widens the margin (more ties), leaving the sign of S alone.
+    coef_w, margin_w = judge_quality.fit(feats, labels, ["one", "two"], tie_weight=4.0)
+    assert margin_w > margin + 0.3 and coef_w["one"] > 0.5
 
 
 def test_quick_report_runs_the_engine_on_the_held_out_part(tmp_path):

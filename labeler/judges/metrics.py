@@ -41,38 +41,38 @@ DEFAULT_WEIGHTS: dict[str, float] = dict.fromkeys(sorted(set(FAMILIES.values()))
 #: it; "no_reference": otherwise). Written by ``python -m benchmarks.judge_quality --fit``.
 COEFFICIENTS: dict[str, dict[str, float]] = {
     "no_reference": {
-        "detail": 2.914,
-        "grain": 2.787,
-        "blocks": 1.808,
-        "flicker": 1.029,
-        "stall": 3.484,
-        "roughness_frame": 1.485,
-        "roughness_local": 1.879,
-        "roughness_peak": 0.872,
-        "held_region": 2.384,
+        "detail": 3.224,
+        "grain": 3.059,
+        "blocks": 1.917,
+        "flicker": 1.186,
+        "stall": 3.713,
+        "roughness_frame": 1.593,
+        "roughness_local": 1.978,
+        "roughness_peak": 1.013,
+        "held_region": 2.64,
         "fidelity": 0.0,
         "fidelity_frame": 0.0,
         "fidelity_local": 0.0,
         "fidelity_peak": 0.0,
     },
     "reference": {
-        "detail": 0.894,
-        "grain": 1.056,
+        "detail": 0.837,
+        "grain": 1.669,
         "blocks": 0.0,
-        "flicker": 0.331,
-        "stall": 1.787,
-        "roughness_frame": 0.543,
-        "roughness_local": 3.185,
-        "roughness_peak": 1.156,
+        "flicker": 0.052,
+        "stall": 2.356,
+        "roughness_frame": 0.534,
+        "roughness_local": 3.405,
+        "roughness_peak": 1.398,
         "held_region": 0.0,
-        "fidelity": 2.229,
-        "fidelity_frame": 2.083,
-        "fidelity_local": 1.095,
+        "fidelity": 2.606,
+        "fidelity_frame": 1.833,
+        "fidelity_local": 1.168,
         "fidelity_peak": 0.0,
     },
 }
 #: Fitted tie margins per mode (same units as ``S``).
-TIE_MARGINS: dict[str, float] = {"no_reference": 0.684, "reference": 1.94}
+TIE_MARGINS: dict[str, float] = {"no_reference": 1.107, "reference": 2.867}
 _MIN_SIDE = 16  # smallest frame side (pixels) the measures make sense for
 
 
