@@ -78,7 +78,7 @@ def summary(results: dict[str, dict[str, Any]]) -> str:
             acc, ties, t = row["accuracy_no_ties"], row["tie_recall"], jq["targets"]
             add(f"metrics judge, held-out generation-like pairs, {'with' if row['reference'] else 'no'} reference",
                 f"accuracy {acc:.3f}, tie recall {_fmt(ties, '.3f')}, ECE {_fmt(row['ece'], '.3f')}, "
-                f"{row['pairs_per_s']:.1f} segment pairs/s", f">= {t['accuracy_no_ties']}, >= {t['tie_recall']}",
+                f"{row['pairs_per_s']:.1f} segment pairs/s wall, {_fmt(row['pairs_per_cpu_s'], '.1f')} per CPU-second", f">= {t['accuracy_no_ties']}, >= {t['tie_recall']}",
                 acc >= t["accuracy_no_ties"] and ties is not None and ties >= t["tie_recall"])  # fmt: skip
     if ts := results.get("trainer_step"):
         add("trainer step, dense / vanilla", f"{ts['dense_over_vanilla']:.3f} (medians), {ts['dense_over_vanilla_min']:.3f} (minima)",

@@ -41,38 +41,38 @@ DEFAULT_WEIGHTS: dict[str, float] = dict.fromkeys(sorted(set(FAMILIES.values()))
 #: it; "no_reference": otherwise). Written by ``python -m benchmarks.judge_quality --fit``.
 COEFFICIENTS: dict[str, dict[str, float]] = {
     "no_reference": {
-        "detail": 2.517,
-        "grain": 2.516,
-        "blocks": 1.626,
-        "flicker": 0.992,
-        "stall": 1.517,
-        "roughness_frame": 0.0,
-        "roughness_local": 0.0,
-        "roughness_peak": 1.241,
-        "held_region": 1.535,
+        "detail": 3.224,
+        "grain": 3.059,
+        "blocks": 1.917,
+        "flicker": 1.186,
+        "stall": 3.713,
+        "roughness_frame": 1.593,
+        "roughness_local": 1.978,
+        "roughness_peak": 1.013,
+        "held_region": 2.64,
         "fidelity": 0.0,
         "fidelity_frame": 0.0,
         "fidelity_local": 0.0,
         "fidelity_peak": 0.0,
     },
     "reference": {
-        "detail": 1.0,
-        "grain": 0.648,
+        "detail": 0.837,
+        "grain": 1.669,
         "blocks": 0.0,
-        "flicker": 0.548,
-        "stall": 0.048,
-        "roughness_frame": 0.309,
-        "roughness_local": 1.453,
-        "roughness_peak": 1.024,
+        "flicker": 0.052,
+        "stall": 2.356,
+        "roughness_frame": 0.534,
+        "roughness_local": 3.405,
+        "roughness_peak": 1.398,
         "held_region": 0.0,
-        "fidelity": 2.109,
-        "fidelity_frame": 1.937,
-        "fidelity_local": 1.197,
+        "fidelity": 2.606,
+        "fidelity_frame": 1.833,
+        "fidelity_local": 1.168,
         "fidelity_peak": 0.0,
     },
 }
 #: Fitted tie margins per mode (same units as ``S``).
-TIE_MARGINS: dict[str, float] = {"no_reference": 0.65, "reference": 1.874}
+TIE_MARGINS: dict[str, float] = {"no_reference": 1.107, "reference": 2.867}
 _MIN_SIDE = 16  # smallest frame side (pixels) the measures make sense for
 
 

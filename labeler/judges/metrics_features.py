@@ -231,9 +231,18 @@ def _local(h_a: np.ndarray, h_b: np.ndarray, h_r: np.ndarray | None) -> list[Evi
     def add(signal: str, value: float, text: str) -> None:
         out.append(Evidence(signal, _clip(value), text))
 
-    if len(h_a) >= 3:
+    held_a = held_b = None
+    if len(h_a) >= 2:
+        s_a, s_b = loc.cell_steps(loc.coarse(h_a)), loc.cell_steps(loc.coarse(h_b))
+        held_a, held_b = loc.held_cells(s_a, s_b), loc.held_cells(s_b, s_a)
+    if len(h_a) >= 3 and held_a is not None and held_b is not None:
+        # Roughness only where neither side holds still: a region that stopped would otherwise
+        # pass for perfectly smooth next to real motion.
+        moving = ~(held_a | held_b)
+        keep = (moving[:-1] & moving[1:]).astype(np.float32)
+        count = np.maximum(keep.sum(axis=0), 1.0)
         r_a, r_b = loc.roughness(h_a), loc.roughness(h_b)
-        c_a, c_b = r_a.mean(axis=0), r_b.mean(axis=0)
+        c_a, c_b = (r_a * keep).sum(axis=0) / count, (r_b * keep).sum(axis=0) / count
         floor = float(np.median(np.minimum(c_a, c_b))) + _ROUGH_FLOOR
         add(
             "roughness_frame",
@@ -254,15 +263,14 @@ def _local(h_a: np.ndarray, h_b: np.ndarray, h_r: np.ndarray | None) -> list[Evi
             math.log(t_b.max() + floor) - math.log(t_a.max() + floor),
             f"a sudden irregular frame change (peak {t_a.max():.2f} vs {t_b.max():.2f})",
         )
-    if len(h_a) >= 2:
-        s_a, s_b = loc.cell_steps(loc.coarse(h_a)), loc.cell_steps(loc.coarse(h_b))
-        held_a, held_b = loc.held_cells(s_a, s_b).mean(axis=0), loc.held_cells(s_b, s_a).mean(axis=0)
-        value, cell = _worst(held_b - held_a)
+    if held_a is not None and held_b is not None:
+        share_a, share_b = held_a.mean(axis=0), held_b.mean(axis=0)
+        value, cell = _worst(share_b - share_a)
         add(
             "held_region",
             value,
             f"a region standing still while the other side's moves ({_where(cell)}: "
-            f"{held_a[cell]:.0%} vs {held_b[cell]:.0%} of frame steps)",
+            f"{share_a[cell]:.0%} vs {share_b[cell]:.0%} of frame steps)",
         )
     if h_r is not None:
         out += _local_fidelity(h_a, h_b, h_r)
