@@ -257,6 +257,7 @@ def _check_seconds(args: argparse.Namespace) -> None:
 
 
 def _check_budgets(args: argparse.Namespace) -> None:
+    # 0 is a budget too: label only what the cache already holds, send nothing.
     if args.max_requests is not None and args.max_requests < 0:
         raise UsageError(f"--max-requests must be 0 or more, got {args.max_requests}")
     if args.max_cost is not None and not (math.isfinite(args.max_cost) and args.max_cost >= 0):
@@ -273,10 +274,6 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     for name in ("frames_per_segment", "concurrency", "max_attempts"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_cost is not None and not (math.isfinite(args.max_cost) and args.max_cost > 0):
-        raise UsageError(f"--max-cost must be a positive number of USD, got {args.max_cost}")
-    if args.max_requests is not None and args.max_requests < 1:
-        raise UsageError(f"--max-requests must be at least 1, got {args.max_requests}")
     return EngineConfig(
         segment_seconds=args.segment_seconds,
         frames_per_segment=args.frames_per_segment,

@@ -72,7 +72,10 @@ def test_help_explains_the_options():
     [
         ((), "give MANIFEST and --out"),
         (("nope.jsonl", "--out", "o.jsonl"), "manifest not found"),
-        (("--demo", "d", "--openai-batch"), "--openai-batch needs --judge openai"),
+        (
+            ("--demo", "d", "--openai-batch"),
+            "--openai-batch, --batch-export and --batch-import need --judge openai",
+        ),
         (("--demo", "d", "--judge", "openai"), "--judge openai needs --model"),
         (("--demo", "d", "--frames-per-segment", "0"), "--frames-per-segment must be at least 1"),
         (("--demo", "d", "--segment-seconds", "nan"), "--segment-seconds must be a positive number"),

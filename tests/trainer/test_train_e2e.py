@@ -26,10 +26,14 @@ STEP_KEYS = {"step", "loss", "implicit_acc", "reward_margin", "grad_norm", "lr",
 
 @pytest.fixture(scope="module")
 def labels(tiny_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny pairs labeled by `python -m labeler.batch ... --judge metrics`, as a user would."""
+    """The tiny pairs labeled by `python -m labeler.batch ... --judge metrics`, as a user would.
+
+    A random-weight model's two denoisings differ only faintly, which the judge's fitted margin
+    (made for real footage) calls ties; a small margin lets those faint differences decide, so the
+    trainer has preferences to learn."""
     out = tmp_path_factory.mktemp("labels") / "labels.jsonl"
     cmd = [sys.executable, "-m", "labeler.batch", str(tiny_pairs), "--out", str(out), "--judge", "metrics",
-           "--cache-dir", str(out.parent / "judge-cache"), "--quiet"]  # fmt: skip
+           "--tie-margin", "0.05", "--cache-dir", str(out.parent / "judge-cache"), "--quiet"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     records = read_records(out)
