@@ -1,0 +1,89 @@
+"""The engine's settings (:class:`EngineConfig`), counters (:class:`EngineStats`) and the plans it
+makes for a pair before decoding a frame; ``labeler.engine`` re-exports them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from labeler.schemas import ManifestEntry, Order
+
+__all__ = ["BudgetExceeded", "EngineConfig", "EngineStats", "FrameSegment", "PairPlan", "SegmentPlan"]
+
+
+@dataclass
+class EngineConfig:
+    segment_seconds: float = 1.0  # default segment length; a manifest entry may override it
+    frames_per_segment: int = 8  # frames shown per segment (the paper's 8 fps for 1 s segments)
+    max_side: int = 448  # long side of the frames shown to the judge
+    swap: bool = True  # judge every segment in both orders to cancel position bias
+    concurrency: int = 8  # judge requests in flight
+    decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    request_timeout: float = 120.0  # seconds per judge call, retried as a transient failure
+    max_attempts: int = 6  # per judge call, transient failures included
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    decisive_margin: float = 0.3  # see labeler.aggregate
+    max_requests: int | None = None  # budget: stop sending after this many requests
+    max_cost: float | None = None  # budget in USD, from token usage and labeler.judges.pricing
+    max_retry_after: float = 60.0  # longest Retry-After honoured; a longer one is a failed attempt
+    decode_window: int = 16  # segments decoded (and held in memory) at once per pair
+
+
+class BudgetExceeded(RuntimeError):
+    """The --max-requests / --max-cost budget is spent; nothing more is sent."""
+
+
+@dataclass
+class EngineStats:
+    pairs: int = 0
+    segments: int = 0
+    requests: int = 0  # requests sent: HTTP requests (re-asks included) for metering judges, else calls
+    retries: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    swapped_segments: int = 0
+    flips: int = 0  # swapped segments whose two votes disagreed
+    judge_errors: int = 0
+    decode_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["flip_rate"] = round(self.flips / self.swapped_segments, 4) if self.swapped_segments else None
+        out["cost_usd"] = round(self.cost_usd, 6)
+        return out
+
+
+@dataclass(frozen=True)
+class FrameSegment:
+    """A segment whose frames the caller already holds (the HTTP service's inline form)."""
+
+    frames_a: np.ndarray
+    frames_b: np.ndarray
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class SegmentPlan:
+    index: int
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    frame_indices: list[int]
+    keys: dict[Order, str]  # cache key per presentation order
+
+
+@dataclass
+class PairPlan:
+    entry: ManifestEntry
+    fps: float
+    num_frames: int
+    segments: list[SegmentPlan]
+    use_reference: bool
