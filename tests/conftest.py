@@ -77,3 +77,26 @@ def standin(standin_server: StandinServer) -> StandinServer:
         time.sleep(0.01)
     standin_server.control(reset=True, **STANDIN_DEFAULTS)
     return standin_server
+
+
+def level_pairs_manifest(
+    root: Path, pairs: int, segments: int, *, a: tuple[int, int], b: tuple[int, int], fps: float = 8.0
+) -> Path:
+    """A manifest of ``pairs`` flat-gray pairs of ``segments`` one-second segments at ``fps``: pair i's
+    A sits at gray level ``a[0] + a[1]·i`` and its B at ``b[0] + b[1]·i`` (plus the segment index)."""
+    import json
+
+    from labeler import video
+    from tests.fake_judges import frames_with_level
+
+    lines = []
+    for i in range(pairs):
+        for side, (base, step) in (("a", a), ("b", b)):
+            frames = [frames_with_level(int(fps), base + step * i + k, h=32, w=48) for k in range(segments)]
+            video.write_video(root / f"p{i}_{side}.mp4", np.concatenate(frames), fps)
+        lines.append(
+            {"pair_id": f"p{i}", "prompt": f"scene {i}", "video_a": f"p{i}_a.mp4", "video_b": f"p{i}_b.mp4"}
+        )
+    path = root / "manifest.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path

@@ -11,13 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from labeler import jobfiles, video
+from labeler import jobfiles
 from labeler.schemas import read_records
 from labeler.standin import StandinServer
-from tests.fake_judges import frames_with_level
+from tests.conftest import level_pairs_manifest
 
 FPS = 8.0
 REPO = Path(__file__).resolve().parents[1]
@@ -26,18 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pairs")
-    lines = []
-    for i in range(6):
-        a = np.concatenate([frames_with_level(8, 100 + 10 * i + k, h=32, w=48) for k in range(3)])
-        b = np.concatenate([frames_with_level(8, 130 - 10 * i + k, h=32, w=48) for k in range(3)])
-        video.write_video(root / f"p{i}_a.mp4", a, FPS)
-        video.write_video(root / f"p{i}_b.mp4", b, FPS)
-        lines.append(
-            {"pair_id": f"p{i}", "prompt": f"scene {i}", "video_a": f"p{i}_a.mp4", "video_b": f"p{i}_b.mp4"}
-        )
-    path = root / "manifest.jsonl"
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path
+    return level_pairs_manifest(root, 6, 3, a=(100, 10), b=(130, -10), fps=FPS)
 
 
 @pytest.fixture

@@ -14,10 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from labeler import video
 from labeler.cache import JudgmentCache
 from labeler.engine import BudgetExceeded, Engine, EngineConfig
 from labeler.judges import openai_batch
@@ -25,6 +23,7 @@ from labeler.judges.openai_api import OpenAIJudge
 from labeler.judges.openai_batch_files import line_tokens
 from labeler.schemas import JudgeParseError, SegmentRequest, read_records
 from labeler.standin import StandinServer
+from tests.conftest import level_pairs_manifest
 from tests.fake_judges import frames_with_level
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,18 +34,9 @@ PRICED = "gpt-4o-mini"  # a priced family: the stand-in bills it at the models_t
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pairs")
-    lines = []
-    for i in range(2):
-        a = np.concatenate([frames_with_level(8, 90 + 20 * i + k, h=32, w=48) for k in range(2)])
-        b = np.concatenate([frames_with_level(8, 150 - 20 * i + k, h=32, w=48) for k in range(2)])
-        video.write_video(root / f"p{i}_a.mp4", a, FPS)
-        video.write_video(root / f"p{i}_b.mp4", b, FPS)
-        lines.append(
-            {"pair_id": f"p{i}", "prompt": f"scene {i}", "video_a": f"p{i}_a.mp4", "video_b": f"p{i}_b.mp4"}
-        )
-    path = root / "manifest.jsonl"
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return path  # 2 pairs x 2 segments x 2 orders = 8 requests
+    return level_pairs_manifest(
+        root, 2, 2, a=(90, 20), b=(150, -20), fps=FPS
+    )  # 2 pairs x 2 segments x 2 orders = 8 requests
 
 
 def cli(manifest: Path, out: Path, server: StandinServer, cache: Path, *extra: str, model: str = PRICED):
