@@ -123,7 +123,9 @@ def error_ids(out: Path) -> set[str]:
 def test_metrics_judge_on_ray_writes_what_one_process_writes_and_reserves_gpus(
     manifest: Path, tmp_path: Path
 ) -> None:
-    common = ("--judge", "metrics", "--no-cache")
+    # A small tie margin: the compression gap must decide segments, so that equal records mean
+    # equal labels and probabilities, not a run of ties that any two runs would share.
+    common = ("--judge", "metrics", "--no-cache", "--tie-margin", "0.05")
     one = run_one_process(manifest, tmp_path / "one.jsonl", *common)
     run = run_on_ray(
         manifest,
