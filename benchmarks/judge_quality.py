@@ -46,6 +46,7 @@ REPLICAS, QUICK_REPLICAS = 12, 1
 #: so this calibrates the tie margin on them; the forced choice (sign of S) does not depend on it.
 TIE_WEIGHTS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 TIE_RECALL_GOAL = 0.95
+RIDGE = 1e-3
 TARGETS = {"accuracy_no_ties": 0.90, "tie_recall": 0.85, "clear_accuracy_no_ties": 0.95, "pairs_per_s": 30.0}
 _LABELS = ("A", "B", "tie")
 
@@ -104,7 +105,11 @@ def segment_features(demo_set: Any, with_reference: bool) -> tuple[list[dict[str
 
 
 def fit(
-    feats: list[dict[str, float]], labels: list[str], signals: list[str], tie_weight: float = 1.0
+    feats: list[dict[str, float]],
+    labels: list[str],
+    signals: list[str],
+    tie_weight: float = 1.0,
+    ridge: float = RIDGE,
 ) -> tuple[dict[str, float], float]:
     """Coefficients (>= 0) and tie margin maximising the likelihood of the softmax over
     (S - m, -S - m, 0), with ties weighted ``tie_weight`` and a light ridge penalty."""
@@ -119,7 +124,7 @@ def fit(
         logits = np.stack([s - p[-1], -s - p[-1], np.zeros_like(s)], axis=1)
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        return float(-(weight * logp[np.arange(len(y)), y]).sum() / len(y) + 1e-3 * (p[:-1] ** 2).sum())
+        return float(-(weight * logp[np.arange(len(y)), y]).sum() / len(y) + ridge * (p[:-1] ** 2).sum())
 
     start = np.r_[np.full(len(signals), 0.5), 1.0]
     res = minimize(loss, start, bounds=[(0.0, None)] * (len(signals) + 1), method="L-BFGS-B")
