@@ -8,7 +8,8 @@ parts - ``tune`` (first windows of each clip, seeds 0..) and ``heldout`` (later 
 seeds) - and the clear-copy demo (labeler.demo.build) with seed 1 (tune) and seed 0 (held out: the
 README's demo). ``--fit`` decodes the tune parts like the engine does and fits the judge's
 coefficients and tie margins per mode (maximum likelihood, non-negative coefficients; ties
-weighted as ``TIE_WEIGHTS`` / ``TIE_RECALL_GOAL`` say), printing them for labeler/judges/metrics.py. The report runs the real
+weighted as ``TIE_WEIGHTS`` / ``TIE_RECALL_GOAL`` say), then a temperature per mode (unweighted
+likelihood), printing them for labeler/judges/metrics.py. The report runs the real
 engine (``run_batch``: decode, both orders, aggregation) on the held-out parts with and without
 the reference and scores the records against the injected truth: accuracy without ties (the
 forced choice), tie recall, per artifact kind, the coverage curve, the expected calibration error,
@@ -133,6 +134,22 @@ def fit(
     )
 
 
+def fit_temperature(scores: np.ndarray, labels: list[str], margin: float) -> float:
+    """The ``t`` maximising the *unweighted* likelihood of the softmax over t * (S - m, -S - m, 0):
+    it undoes the over-confidence the tie weight brings and changes no label."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.array([_LABELS.index(label) for label in labels])
+
+    def loss(t: float) -> float:
+        logits = t * np.stack([scores - margin, -scores - margin, np.zeros_like(scores)], axis=1)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    return round(float(minimize_scalar(loss, bounds=(0.05, 5.0), method="bounded").x), 3)
+
+
 def fit_all(sets: dict[str, Any]) -> dict[str, Any]:
     from labeler.judges.metrics_features import FAMILIES
 
@@ -153,6 +170,8 @@ def fit_all(sets: dict[str, Any]) -> dict[str, Any]:
             )
             if recall >= TIE_RECALL_GOAL:
                 break
+        scores = np.array([sum(coef[k] * f.get(k, 0.0) for k in signals) for f in feats])
+        out.setdefault("temperatures", {})[mode] = fit_temperature(scores, labels, margin)
         out["coefficients"][mode] = {**dict.fromkeys(FAMILIES, 0.0), **coef}
         out["tie_margins"][mode] = margin
         out.setdefault("tie_weights", {})[mode] = tie_weight
