@@ -8,7 +8,8 @@ parts - ``tune`` (first windows of each clip, seeds 0..) and ``heldout`` (later 
 seeds) - and the clear-copy demo (labeler.demo.build) with seed 1 (tune) and seed 0 (held out: the
 README's demo). ``--fit`` decodes the tune parts like the engine does and fits the judge's
 coefficients and tie margins per mode (maximum likelihood, non-negative coefficients; ties
-weighted as ``TIE_WEIGHTS`` / ``TIE_RECALL_GOAL`` say), printing them for labeler/judges/metrics.py. The report runs the real
+weighted as ``TIE_WEIGHTS`` / ``TIE_RECALL_GOAL`` say), then a temperature per mode (unweighted
+likelihood), printing them for labeler/judges/metrics.py. The report runs the real
 engine (``run_batch``: decode, both orders, aggregation) on the held-out parts with and without
 the reference and scores the records against the injected truth: accuracy without ties (the
 forced choice), tie recall, per artifact kind, the coverage curve, the expected calibration error,
@@ -46,6 +47,7 @@ REPLICAS, QUICK_REPLICAS = 12, 1
 #: so this calibrates the tie margin on them; the forced choice (sign of S) does not depend on it.
 TIE_WEIGHTS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
 TIE_RECALL_GOAL = 0.95
+RIDGE = 1e-3
 TARGETS = {"accuracy_no_ties": 0.90, "tie_recall": 0.85, "clear_accuracy_no_ties": 0.95, "pairs_per_s": 30.0}
 _LABELS = ("A", "B", "tie")
 
@@ -104,7 +106,11 @@ def segment_features(demo_set: Any, with_reference: bool) -> tuple[list[dict[str
 
 
 def fit(
-    feats: list[dict[str, float]], labels: list[str], signals: list[str], tie_weight: float = 1.0
+    feats: list[dict[str, float]],
+    labels: list[str],
+    signals: list[str],
+    tie_weight: float = 1.0,
+    ridge: float = RIDGE,
 ) -> tuple[dict[str, float], float]:
     """Coefficients (>= 0) and tie margin maximising the likelihood of the softmax over
     (S - m, -S - m, 0), with ties weighted ``tie_weight`` and a light ridge penalty."""
@@ -119,13 +125,29 @@ def fit(
         logits = np.stack([s - p[-1], -s - p[-1], np.zeros_like(s)], axis=1)
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        return float(-(weight * logp[np.arange(len(y)), y]).sum() / len(y) + 1e-3 * (p[:-1] ** 2).sum())
+        return float(-(weight * logp[np.arange(len(y)), y]).sum() / len(y) + ridge * (p[:-1] ** 2).sum())
 
     start = np.r_[np.full(len(signals), 0.5), 1.0]
     res = minimize(loss, start, bounds=[(0.0, None)] * (len(signals) + 1), method="L-BFGS-B")
     return {s: round(float(c), 3) for s, c in zip(signals, res.x[:-1], strict=True)}, round(
         float(res.x[-1]), 3
     )
+
+
+def fit_temperature(scores: np.ndarray, labels: list[str], margin: float) -> float:
+    """The ``t`` maximising the *unweighted* likelihood of the softmax over t * (S - m, -S - m, 0):
+    it undoes the over-confidence the tie weight brings and changes no label."""
+    from scipy.optimize import minimize_scalar
+
+    y = np.array([_LABELS.index(label) for label in labels])
+
+    def loss(t: float) -> float:
+        logits = t * np.stack([scores - margin, -scores - margin, np.zeros_like(scores)], axis=1)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
+
+    return round(float(minimize_scalar(loss, bounds=(0.05, 5.0), method="bounded").x), 3)
 
 
 def fit_all(sets: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +170,8 @@ def fit_all(sets: dict[str, Any]) -> dict[str, Any]:
             )
             if recall >= TIE_RECALL_GOAL:
                 break
+        scores = np.array([sum(coef[k] * f.get(k, 0.0) for k in signals) for f in feats])
+        out.setdefault("temperatures", {})[mode] = fit_temperature(scores, labels, margin)
         out["coefficients"][mode] = {**dict.fromkeys(FAMILIES, 0.0), **coef}
         out["tie_margins"][mode] = margin
         out.setdefault("tie_weights", {})[mode] = tie_weight

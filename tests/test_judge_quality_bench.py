@@ -48,3 +48,14 @@ def test_quick_report_runs_the_engine_on_the_held_out_part(tmp_path):
         assert len(row["coverage_accuracy"]) == 10 and math.isfinite(row["pairs_per_s"])
     table = judge_quality.table(result)
     assert "accuracy, no ties" in table and "per artifact kind" in table
+
+
+def test_fit_temperature_recovers_the_temperature_labels_were_drawn_with():
+    from benchmarks.judge_quality import fit_temperature
+
+    rng = np.random.default_rng(0)
+    scores, margin, true_t = rng.normal(0.0, 4.0, 4000), 1.5, 0.5
+    logits = true_t * np.stack([scores - margin, -scores - margin, np.zeros_like(scores)], axis=1)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = [("A", "B", "tie")[rng.choice(3, p=p)] for p in probs]
+    assert abs(fit_temperature(scores, labels, margin) - true_t) < 0.05

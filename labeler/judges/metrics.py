@@ -9,10 +9,11 @@ into one score ``S`` (positive: the first-shown video is better):
 
 The coefficients are fitted (benchmarks/judge_quality.py ``--fit``) by maximum likelihood on the
 tuning part of the generation-like set plus a clear-copy demo set, separately for judging with and
-without a reference: they make ``S`` a calibrated log-odds, and each signal's share of it. The
-probabilities are a softmax over the logits ``(S - m, -S - m, 0)`` for (A, B, tie), so ``|S| <= m``
-is a tie and the label is always the most probable outcome; the tie margin ``m`` is fitted with
-them, on "different but equal" pairs among others. docs/metrics_judge.md has the principles and
+without a reference: they make ``S`` a log-odds (up to the temperature), and each signal's share of it. The
+probabilities are a softmax over the logits ``t * (S - m, -S - m, 0)`` for (A, B, tie), so
+``|S| <= m`` is a tie and the label is always the most probable outcome; the tie margin ``m`` is
+fitted with them, on "different but equal" pairs among others, and the temperature ``t`` after
+them, so the probabilities are calibrated. docs/metrics_judge.md has the principles and
 the measured results.
 
 Every gap flips its sign when A and B swap: ``score(swapped) == score(request).swapped()``.
@@ -32,7 +33,7 @@ from labeler.judges.base import Judge
 from labeler.judges.metrics_features import FAMILIES, Evidence, measure
 from labeler.schemas import FramesTooSmallError, InputError, Judgment, Label, SegmentRequest
 
-__all__ = ["COEFFICIENTS", "DEFAULT_WEIGHTS", "TIE_MARGINS", "MetricsJudge"]
+__all__ = ["COEFFICIENTS", "DEFAULT_WEIGHTS", "TEMPERATURES", "TIE_MARGINS", "MetricsJudge"]
 
 #: User multipliers per family of signals (``MetricsJudge(roughness=0.5)``); 0 turns one off.
 DEFAULT_WEIGHTS: dict[str, float] = dict.fromkeys(sorted(set(FAMILIES.values())), 1.0)
@@ -41,38 +42,42 @@ DEFAULT_WEIGHTS: dict[str, float] = dict.fromkeys(sorted(set(FAMILIES.values()))
 #: it; "no_reference": otherwise). Written by ``python -m benchmarks.judge_quality --fit``.
 COEFFICIENTS: dict[str, dict[str, float]] = {
     "no_reference": {
-        "detail": 3.224,
-        "grain": 3.059,
-        "blocks": 1.917,
-        "flicker": 1.186,
-        "stall": 3.713,
-        "roughness_frame": 1.593,
-        "roughness_local": 1.978,
-        "roughness_peak": 1.013,
-        "held_region": 2.64,
+        "detail": 3.416,
+        "grain": 3.171,
+        "blocks": 2.077,
+        "flicker": 1.755,
+        "stall": 2.315,
+        "roughness_frame": 1.788,
+        "roughness_local": 2.565,
+        "roughness_peak": 0.749,
+        "held_region": 2.554,
         "fidelity": 0.0,
         "fidelity_frame": 0.0,
         "fidelity_local": 0.0,
         "fidelity_peak": 0.0,
     },
     "reference": {
-        "detail": 0.837,
-        "grain": 1.669,
-        "blocks": 0.0,
-        "flicker": 0.052,
-        "stall": 2.356,
-        "roughness_frame": 0.534,
-        "roughness_local": 3.405,
-        "roughness_peak": 1.398,
+        "detail": 2.348,
+        "grain": 2.223,
+        "blocks": 0.464,
+        "flicker": 0.0,
+        "stall": 0.014,
+        "roughness_frame": 2.153,
+        "roughness_local": 3.874,
+        "roughness_peak": 1.079,
         "held_region": 0.0,
-        "fidelity": 2.606,
-        "fidelity_frame": 1.833,
-        "fidelity_local": 1.168,
-        "fidelity_peak": 0.0,
+        "fidelity": 2.123,
+        "fidelity_frame": 0.387,
+        "fidelity_local": 4.174,
+        "fidelity_peak": 0.202,
     },
 }
 #: Fitted tie margins per mode (same units as ``S``).
-TIE_MARGINS: dict[str, float] = {"no_reference": 1.107, "reference": 2.867}
+TIE_MARGINS: dict[str, float] = {"no_reference": 1.162, "reference": 3.042}
+#: Fitted temperatures per mode: the probabilities are the softmax of ``t * (S - m, -S - m, 0)``.
+#: The tie weight in the fit buys tie recall with over-confident answers; ``t`` (fitted afterwards
+#: on the tune part, without that weight) undoes the over-confidence and changes no label.
+TEMPERATURES: dict[str, float] = {"no_reference": 0.733, "reference": 0.728}
 _MIN_SIDE = 16  # smallest frame side (pixels) the measures make sense for
 
 
@@ -81,8 +86,8 @@ class MetricsJudge(Judge):
 
     Args:
         tie_margin: |S| at or below which a segment is a tie; None (default) uses the margin
-            fitted for the mode (``TIE_MARGINS``). ``S`` is a log-odds: 1.0 means the winner is
-            about e times as likely as a tie.
+            fitted for the mode (``TIE_MARGINS``). ``t * (|S| - m)`` is the log-odds of the winner
+            against a tie (``t`` from ``TEMPERATURES``).
         use_reference: compare each side with ``request.reference`` when the request carries it.
         **weights: re-weight signal families, keys from ``DEFAULT_WEIGHTS``; 0 turns one off.
     """
@@ -152,7 +157,9 @@ class MetricsJudge(Judge):
         evidence = self._evidence(request, ref)
         total = sum(e.value for e in evidence)
         margin = self.margin_for(ref is not None)
-        p_a, p_b, p_tie = _probabilities(total, margin)
+        p_a, p_b, p_tie = _probabilities(
+            total, margin, TEMPERATURES["reference" if ref is not None else "no_reference"]
+        )
         label: Label = "A" if total > margin else "B" if total < -margin else "tie"
         raw = json.dumps(
             {"score": round(total, 6), "signals": {e.signal: round(e.value, 6) for e in evidence}},
@@ -237,9 +244,10 @@ def _content_key(request: SegmentRequest, with_reference: bool) -> tuple[Any, ..
     return digest(request.frames_first), digest(request.frames_second), digest(reference)
 
 
-def _probabilities(total: float, margin: float) -> tuple[float, float, float]:
-    # Logits (A, B, tie) = (S - m, -S - m, 0): A wins exactly when S > m, and A/B mirror.
-    logit_a, logit_b = total - margin, -total - margin
+def _probabilities(total: float, margin: float, temperature: float) -> tuple[float, float, float]:
+    # Logits (A, B, tie) = t * (S - m, -S - m, 0): A wins exactly when S > m whatever t > 0 is,
+    # and A/B mirror.
+    logit_a, logit_b = temperature * (total - margin), temperature * (-total - margin)
     top = max(logit_a, logit_b, 0.0)
     e_a, e_b, e_t = math.exp(logit_a - top), math.exp(logit_b - top), math.exp(-top)
     z = e_a + e_b + e_t

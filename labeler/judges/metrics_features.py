@@ -127,9 +127,26 @@ def measure(a: np.ndarray, b: np.ndarray, ref: np.ndarray | None) -> list[Eviden
     y_a, y_b = sig.luma(a), sig.luma(b)
     h_a, h_b = sig.half(y_a), sig.half(y_b)
     h_r = None if ref is None else sig.half(sig.luma(ref))
-    out = _frame_quality(a, b, ref, y_a, y_b, h_a, h_b, h_r)
-    out += _local(h_a, h_b, h_r)
+    held = _held(h_a, h_b)
+    out = _frame_quality(a, b, ref, y_a, y_b, h_a, h_b, h_r, held)
+    out += _local(h_a, h_b, h_r, held)
     return out
+
+
+def _held(h_a: np.ndarray, h_b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """[K-1, cells] per side: the cells standing still while the other side's move (None for a
+    single frame)."""
+    if len(h_a) < 2:
+        return None
+    s_a, s_b = loc.cell_steps(loc.coarse(h_a)), loc.cell_steps(loc.coarse(h_b))
+    return loc.held_cells(s_a, s_b), loc.held_cells(s_b, s_a)
+
+
+def _sticking(held: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """[cells] bool: held on either side over two or more steps (a region that sticks, not one
+    jump on the other side). Around such a hold (its start, its catching up) a cell's change is
+    irregular on one side only because of the hold, so temporal steadiness leaves it out."""
+    return (held[0] | held[1]).sum(axis=0) >= 2
 
 
 def _frame_quality(
@@ -141,6 +158,7 @@ def _frame_quality(
     h_a: np.ndarray,
     h_b: np.ndarray,
     h_r: np.ndarray | None,
+    held_cells: tuple[np.ndarray, np.ndarray] | None,
 ) -> list[Evidence]:
     maps = sig.shared_maps(h_a, h_b)
     out: list[Evidence] = []
@@ -187,7 +205,10 @@ def _frame_quality(
             moving = ~(held_a | held_b)
             keep = moving[:-1] & moving[1:]
             f_a, f_b = sig.flicker(h_a, keep), sig.flicker(h_b, keep)
-            jitter, region = _frame_and_worst_region(*_log_ratios(f_a, f_b, _FLICKER_FLOOR))
+            jitter_overall, jitter_regions = _log_ratios(f_a, f_b, _FLICKER_FLOOR)
+            if held_cells is not None and len(jitter_regions) == loc.GRID * loc.GRID:
+                jitter_regions[_sticking(held_cells)] = np.nan
+            jitter, region = _frame_and_worst_region(jitter_overall, jitter_regions)
             add("flicker", -jitter, f"more flicker (brightness jitter {_pooled_text(f_a, f_b, region)})")
 
     if ref is not None and h_r is not None:
@@ -195,7 +216,12 @@ def _frame_quality(
         e_a, e_b = 1.0 - q_a, 1.0 - q_b
         mse_a, mse_b = sig.mse(a, ref), sig.mse(b, ref)
         # Half structural (luma SSIM), half per-pixel (RGB MSE, so colour errors count).
-        fidelity = -0.5 * (_log_ratio(e_a, e_b, _SSIM_FLOOR) + _log_ratio(mse_a, mse_b, _MSE_FLOOR))
+        # Floors include the deviation both sides share (the smaller of the two errors): two
+        # renderings that deviate alike come out even, one that deviates much more still counts.
+        fidelity = -0.5 * (
+            _log_ratio(e_a, e_b, _SSIM_FLOOR + min(e_a, e_b))
+            + _log_ratio(mse_a, mse_b, _MSE_FLOOR + min(mse_a, mse_b))
+        )
         add(
             "fidelity",
             fidelity,
@@ -222,7 +248,12 @@ def _where(cell: int) -> str:
     return f"{rows[cell // g]} {cols[cell % g]}"
 
 
-def _local(h_a: np.ndarray, h_b: np.ndarray, h_r: np.ndarray | None) -> list[Evidence]:
+def _local(
+    h_a: np.ndarray,
+    h_b: np.ndarray,
+    h_r: np.ndarray | None,
+    held: tuple[np.ndarray, np.ndarray] | None,
+) -> list[Evidence]:
     """Region-by-region and over-time signals (see the module doc). A local signal is the most
     extreme cell's gap *minus the median cell's gap*: what both sides share everywhere (one side's
     grain or encoding level) cancels, a confined artifact stands out."""
@@ -231,14 +262,10 @@ def _local(h_a: np.ndarray, h_b: np.ndarray, h_r: np.ndarray | None) -> list[Evi
     def add(signal: str, value: float, text: str) -> None:
         out.append(Evidence(signal, _clip(value), text))
 
-    held_a = held_b = None
-    if len(h_a) >= 2:
-        s_a, s_b = loc.cell_steps(loc.coarse(h_a)), loc.cell_steps(loc.coarse(h_b))
-        held_a, held_b = loc.held_cells(s_a, s_b), loc.held_cells(s_b, s_a)
-    if len(h_a) >= 3 and held_a is not None and held_b is not None:
+    if len(h_a) >= 3 and held is not None:
         # Roughness only where neither side holds still: a region that stopped would otherwise
         # pass for perfectly smooth next to real motion.
-        moving = ~(held_a | held_b)
+        moving = ~(held[0] | held[1]) & ~_sticking(held)
         keep = (moving[:-1] & moving[1:]).astype(np.float32)
         count = np.maximum(keep.sum(axis=0), 1.0)
         r_a, r_b = loc.roughness(h_a), loc.roughness(h_b)
@@ -263,8 +290,8 @@ def _local(h_a: np.ndarray, h_b: np.ndarray, h_r: np.ndarray | None) -> list[Evi
             math.log(t_b.max() + floor) - math.log(t_a.max() + floor),
             f"a sudden irregular frame change (peak {t_a.max():.2f} vs {t_b.max():.2f})",
         )
-    if held_a is not None and held_b is not None:
-        share_a, share_b = held_a.mean(axis=0), held_b.mean(axis=0)
+    if held is not None:
+        share_a, share_b = held[0].mean(axis=0), held[1].mean(axis=0)
         value, cell = _worst(share_b - share_a)
         add(
             "held_region",
@@ -277,10 +304,21 @@ def _local(h_a: np.ndarray, h_b: np.ndarray, h_r: np.ndarray | None) -> list[Evi
     return out
 
 
+def _beyond_median(gap: np.ndarray) -> np.ndarray:
+    """Each cell's gap beyond the median cell's, counted at most as far as the cell's own gap
+    points the same way: a side that loses fidelity everywhere (a frozen frame) must not win on
+    the cells where it happens to lose least. Odd in ``gap``, so a swap negates it."""
+    dev = gap - np.median(gap)
+    return np.sign(dev) * np.minimum(np.abs(dev), np.maximum(np.sign(dev) * gap, 0.0))
+
+
 def _local_fidelity(h_a: np.ndarray, h_b: np.ndarray, h_r: np.ndarray) -> list[Evidence]:
     """Error against the reference after a global sub-pixel registration, per frame and cell.
     The floor is the error level both sides share (twice the median of the smaller of the two, plus
-    a grey level squared): two renderings that deviate alike come out even."""
+    a grey level squared): two renderings that deviate alike come out even. A single cell's error
+    varies much more between two equal renderings than the frame's does, so the local comparison
+    uses a floor four times higher (chosen on the tune part, where it calibrated best): only a
+    local loss well above what both share decides."""
     e_a, e_b = loc.registered_error(h_r, h_a, h_b)
     shared = 2.0 * float(np.median(np.minimum(e_a, e_b))) + 1.0
     out = [
@@ -292,8 +330,8 @@ def _local_fidelity(h_a: np.ndarray, h_b: np.ndarray, h_r: np.ndarray) -> list[E
         )
     ]
     c_a, c_b = e_a.mean(axis=0), e_b.mean(axis=0)
-    gap = np.log(c_b + shared) - np.log(c_a + shared)
-    local, cell = _worst(gap - np.median(gap))
+    gap = np.log(c_b + 4.0 * shared) - np.log(c_a + 4.0 * shared)
+    local, cell = _worst(_beyond_median(gap))
     out.append(
         Evidence(
             "fidelity_local",
