@@ -229,15 +229,15 @@ def table(result: dict[str, Any]) -> str:
          ("cpu_capacity_pairs_per_s", "CPU capacity pairs/s", ".0f"), ("target", "target", ".0f")],
     )  # fmt: skip
     parts = [{"part": k, "ms": v} for k, v in result["parts_cpu_ms_per_pair"].items()]
-    ident = result["video_identity"]
-    return (
-        text
-        + "\n\n"
-        + markdown_table(parts, [("part", "part", ""), ("ms", "CPU ms per segment pair", ".3f")])
-        + f"\n\nVideo identity per manifest pair: the content-hash memo costs {ident['memo_cpu_ms_per_pair']:.3f} CPU ms; "
-        f"hashing both videos ({ident['video_bytes_per_pair'] / 1e6:.1f} MB) on every run would cost "
-        f"{ident['rehash_cpu_ms_per_pair']:.3f} ms ({ident['rehash_over_memo']:.0f}x)."
-    )
+    text += "\n\n" + markdown_table(parts, [("part", "part", ""), ("ms", "CPU ms per segment pair", ".3f")])
+    ident = result.get("video_identity")  # results written before the content-hash memo lack it
+    if ident:
+        text += (
+            f"\n\nVideo identity per manifest pair: the content-hash memo costs {ident['memo_cpu_ms_per_pair']:.3f} CPU ms; "
+            f"hashing both videos ({ident['video_bytes_per_pair'] / 1e6:.1f} MB) on every run would cost "
+            f"{ident['rehash_cpu_ms_per_pair']:.3f} ms ({ident['rehash_over_memo']:.0f}x)."
+        )
+    return text
 
 
 @report_errors

@@ -241,11 +241,13 @@ def table(result: dict[str, Any]) -> str:
         f"{result['cpu_speedup']:.2f}x CPU): H.264 must still decode the frames the samples depend on. "
         f"Decoding the streams with non-reference frames dropped takes {result['nonref_skip_max_saving']:.0%} "
         "less CPU than decoding them whole (PyAV, one thread, no conversion): the most that skipping the "
-        "unwanted ones could save." + _memory_line(result["memory"])
+        "unwanted ones could save." + _memory_line(result.get("memory"))
     )
 
 
-def _memory_line(memory: dict[str, Any]) -> str:
+def _memory_line(memory: dict[str, Any] | None) -> str:
+    if not memory:  # results written before the peak-memory measurement
+        return ""
     return (
         f"\n\nMemory: labeling one {memory['video']} with the default settings peaks at "
         f"{memory['peak_rss_mib']:.0f} MiB resident ({memory['share_of_bound']:.0%} of the "
