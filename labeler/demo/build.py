@@ -191,6 +191,20 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_lines(path, [json.dumps(row) for row in rows])
 
 
+def truth_segment(label: str, index: int, bounds: tuple[int, int], fps: float, rationale: str) -> Segment:
+    """One ground-truth segment of a demo set: one-hot probabilities, times from its frames."""
+    start, end = bounds
+    return one_hot_segment(
+        cast(Label, label),
+        index=index,
+        start_frame=start,
+        end_frame=end,
+        start_s=round(start / fps, 6),
+        end_s=round(end / fps, 6),
+        rationale=rationale,
+    )
+
+
 def _segments_truth(
     bounds: list[tuple[int, int]], fps: float, labels: list[str], injections: list[_Injection]
 ) -> list[Segment]:
@@ -203,17 +217,7 @@ def _segments_truth(
             if inj is None
             else f"{inj.video.upper()} is degraded: {inj.kind} (strength {inj.strength:.2f})"
         )
-        segments.append(
-            one_hot_segment(
-                cast(Label, label),
-                index=index,
-                start_frame=start,
-                end_frame=end,
-                start_s=round(start / fps, 6),
-                end_s=round(end / fps, 6),
-                rationale=why,
-            )
-        )
+        segments.append(truth_segment(label, index, (start, end), fps, why))
     return segments
 
 

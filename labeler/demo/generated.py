@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from labeler.demo import build
 from labeler.demo.gen_artifacts import GEN_KINDS, Nuisance, apply_artifact, nuisance
-from labeler.schemas import Label, ManifestEntry, Segment, one_hot_segment
+from labeler.schemas import ManifestEntry, Segment
 from labeler.video import plan_segments, write_video
 
 __all__ = ["GEN_VERSION", "SPLITS", "build_generated"]
@@ -110,16 +110,8 @@ def _segments(
     bounds: list[tuple[int, int]], fps: float, plan: list[tuple[str, list[_Flaw]]]
 ) -> list[Segment]:
     return [
-        one_hot_segment(
-            cast(Label, label),
-            index=i,
-            start_frame=start,
-            end_frame=end,
-            start_s=round(start / fps, 6),
-            end_s=round(end / fps, 6),
-            rationale=_rationale(flaws),
-        )
-        for i, ((start, end), (label, flaws)) in enumerate(zip(bounds, plan, strict=True))
+        build.truth_segment(label, i, span, fps, _rationale(flaws))
+        for i, (span, (label, flaws)) in enumerate(zip(bounds, plan, strict=True))
     ]
 
 
