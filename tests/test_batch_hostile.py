@@ -300,6 +300,22 @@ def test_unusable_option_values_are_usage_errors(clips, tmp_path, option, value)
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_a_zero_budget_labels_only_what_the_cache_holds(clips, tmp_path):
+    # 0 is a budget, not a usage error: a rerun with --max-requests 0 writes the cached pair and
+    # stops cleanly (exit 3) before sending anything for the uncached one.
+    cached = write_manifest(tmp_path / "cached.jsonl", [pair(clips, "p0")])
+    assert label(cached, tmp_path / "warm.jsonl", tmp_path).returncode == 0
+    both = write_manifest(
+        tmp_path / "both.jsonl", [pair(clips, "p0"), pair(clips, "p1", a="b.mp4", b="a.mp4")]
+    )
+    for option in ("--max-requests=0", "--max-cost=0"):
+        out = tmp_path / f"out{option[6:10]}.jsonl"
+        proc = label(both, out, tmp_path, option)
+        assert proc.returncode == 3, proc.stderr
+        assert [r.pair_id for r in read_records(out)] == ["p0"], option
+        assert "requests 0," in proc.stdout, proc.stdout
+
+
 # --------------------------------------------------------------------------- item 22: A/B size mismatch
 
 
