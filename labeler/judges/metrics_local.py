@@ -11,6 +11,8 @@ share do not count:
 - :func:`roughness` - how irregular that change is over time (second temporal difference): a
   boiling region, a jump back or a drifting warp raise it, steady motion does not;
 - :func:`held_cells` - cells that stand still while the same cell of the other side moves;
+- :func:`reversal` - how far the picture's change turns back on itself from one frame step to the
+  next (a jump back in time, or fresh noise) instead of carrying on (motion);
 - :func:`registered_error` - per frame and cell, the squared error against the reference left
   after the best global sub-pixel shift of the side onto the reference.
 
@@ -45,6 +47,17 @@ def coarse(h: np.ndarray) -> np.ndarray:
     return h[:, :hh, :ww].reshape(k, hh // 4, 4, ww // 4, 4).mean(axis=(2, 4))
 
 
+def halve(c: np.ndarray) -> np.ndarray:
+    """2x2 means of [K, H, W] (odd edges cropped): one octave coarser. At 1/16 and 1/32 of the
+    frame, blotchy noise (a boiling region) averages out while the motion of anything the size of
+    an object stays."""
+    k, hh, ww = c.shape
+    if hh < 2 or ww < 2:
+        return c
+    hh, ww = hh // 2 * 2, ww // 2 * 2
+    return c[:, :hh, :ww].reshape(k, hh // 2, 2, ww // 2, 2).mean(axis=(2, 4))
+
+
 def cell_steps(c: np.ndarray) -> np.ndarray:
     """[K-1, GRID*GRID]: mean absolute change of every cell of coarse luma (see ``coarse``)
     between consecutive frames."""
@@ -64,6 +77,18 @@ def held_cells(
     change at that step) while the other side's cell clearly moves (above ``floor`` grey levels,
     well over what grain and re-encoding alone change)."""
     return (steps_other > floor) & (steps_self < ratio * steps_other)
+
+
+def reversal(c: np.ndarray) -> np.ndarray:
+    """[K-2]: the correlation of each frame step's change with the next one's, over coarse luma
+    ``c`` with each step's mean change (a brightness shift) removed. Motion carries on from one
+    step to the next (positive), fresh noise turns back half-way (about -0.5), and a jump back in
+    time undoes the steps before it (strongly negative)."""
+    d = np.diff(c, axis=0).reshape(len(c) - 1, -1)
+    d = d - d.mean(axis=1, keepdims=True)
+    num = (d[:-1] * d[1:]).sum(axis=1)
+    den = np.sqrt((d[:-1] ** 2).sum(axis=1) * (d[1:] ** 2).sum(axis=1))
+    return np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0)
 
 
 def _shift_fit(x: np.ndarray, ref: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ measures (detail, grain) read full-resolution luma only at the sampled mask pixe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -172,7 +173,7 @@ def _residual(flat: np.ndarray, base: np.ndarray, w: int) -> np.ndarray:
     return r
 
 
-def grain(y: np.ndarray, maps: SharedMaps) -> Pooled:
+def grain(y: np.ndarray, maps: SharedMaps, steps: np.ndarray | None = None) -> Pooled:
     """Pixel-level noise (grey levels) in the shared flat areas, by Immerkær's estimator: a second
     derivative along both axes cancels smooth structure and keeps noise.
 
@@ -181,13 +182,17 @@ def grain(y: np.ndarray, maps: SharedMaps) -> Pooled:
     noise is drawn afresh, so the estimate is the smaller of the spatial one and a temporal one
     (the filter's change between consecutive frames at the same pixel, divided by sqrt 2).
     Evaluated only at the centre pixel (2i+1, 2j+1) of each flat 2x2 block: noise is the same
-    everywhere, so this sample estimates it without filtering the whole frame.
+    everywhere, so this sample estimates it without filtering the whole frame. ``steps`` ([K-1]
+    bool) limits the temporal estimate to those frame steps: a repeated frame has no fresh noise
+    and would pass for a clean picture.
     """
     f, flat, (k, h, w) = maps.flat, y.reshape(-1), y.shape
     base = _base_index(y, f, 1, 1)  # maps are one pixel short of half size: neighbours in range
     r = _residual(flat, base, w)
     spatial = f.pool(np.abs(r) * np.float32(_IMMERKAER_SCALE))
     has_next = f.k < k - 1
+    if steps is not None:  # only over the frame steps given (not where a side repeats a frame)
+        has_next &= steps[np.minimum(f.k, k - 2)]
     if not has_next.any():
         return spatial
     later = f.subset(has_next)
@@ -196,9 +201,54 @@ def grain(y: np.ndarray, maps: SharedMaps) -> Pooled:
     return Pooled(min(spatial.overall, temporal.overall), np.minimum(spatial.regions, temporal.regions))
 
 
-def grid_strength(y: np.ndarray) -> float:
-    """Excess of the mean step across an 8-pixel grid over the typical step (grey levels): coding
-    blocks make one phase of the grid stand out, along rows *and* columns.
+def _phase_excess(profile: np.ndarray) -> float:
+    """The strongest 8-pixel phase's mean step minus the median phase's (0 without two whole
+    blocks)."""
+    n = (len(profile) // _BLOCK) * _BLOCK
+    if n < 2 * _BLOCK:
+        return 0.0
+    phases = profile[:n].reshape(-1, _BLOCK).mean(axis=0)
+    return float(phases.max()) - float(np.median(phases))
+
+
+@lru_cache(maxsize=64)
+def _cell_phases(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For ``n`` steps along an axis split into ``REGIONS`` cells: each step's bin (cell * 8 +
+    phase; phases counted from the cell's start, which groups the same positions mod 8 as counting
+    from the frame's edge), the steps past the cell's last whole block dropped; and which cells
+    hold two whole blocks (fewer phases mean nothing)."""
+    bins = np.full(n, -1, dtype=np.int64)
+    enough = np.zeros(REGIONS, dtype=bool)
+    for c in range(REGIONS):
+        start, stop = c * n // REGIONS, (c + 1) * n // REGIONS
+        whole = (stop - start) // _BLOCK * _BLOCK
+        bins[start : start + whole] = c * _BLOCK + np.arange(whole) % _BLOCK
+        enough[c] = whole >= 2 * _BLOCK
+    return bins, enough
+
+
+def _cell_excess(steps: np.ndarray) -> np.ndarray:
+    """[N, M] step map (N along the measured axis) -> [REGIONS (across), REGIONS (along)]: the
+    phase excess of every cell, from its band across the axis."""
+    n, m = steps.shape
+    starts = np.arange(REGIONS) * m // REGIONS
+    bands = np.add.reduceat(steps, starts, axis=1) / np.maximum(np.diff(np.r_[starts, m]), 1)  # [N, R]
+    bins, enough = _cell_phases(n)
+    keep = bins >= 0
+    size = REGIONS * _BLOCK
+    index = (np.arange(REGIONS)[None, :] * size + bins[keep, None]).ravel()
+    sums = np.bincount(index, weights=bands[keep].ravel(), minlength=REGIONS * size)
+    counts = np.bincount(index, minlength=REGIONS * size)
+    phases = (sums / np.maximum(counts, 1)).reshape(REGIONS, REGIONS, _BLOCK)
+    excess = phases.max(axis=2) - np.median(phases, axis=2)
+    return np.where(enough[None, :], excess, 0.0)
+
+
+def grid_strengths(y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Excess of the mean step across an 8-pixel grid over the typical step (grey levels), over the
+    frame and per cell of the ``REGIONS`` x ``REGIONS`` grid: coding blocks make one phase of the
+    grid stand out, along rows *and* columns; blocks confined to one area stand out in their cell
+    instead of being diluted by the whole frame.
 
     The mean absolute step between neighbouring columns (on every other row: an unbiased estimate
     at half the work) is folded by column position mod 8; the strongest phase minus the median
@@ -206,16 +256,12 @@ def grid_strength(y: np.ndarray) -> float:
     too. The result is the weaker of the two axes: blocks are two-dimensional, while striped
     content (blinds, a seat pattern) repeats along one axis only.
     """
-    out = []
-    across_columns = np.abs(y[:, ::2, 1:] - y[:, ::2, :-1]).mean(axis=(0, 1))
-    across_rows = np.abs(y[:, 1:, ::2] - y[:, :-1, ::2]).mean(axis=(0, 2))
-    for profile in (across_columns, across_rows):
-        n = (len(profile) // _BLOCK) * _BLOCK
-        if n < 2 * _BLOCK:
-            return 0.0
-        phases = profile[:n].reshape(-1, _BLOCK).mean(axis=0)
-        out.append(float(phases.max()) - float(np.median(phases)))
-    return min(out)
+    across_columns = np.abs(y[:, ::2, 1:] - y[:, ::2, :-1]).mean(axis=0).T  # [W-1 steps, rows/2]
+    across_rows = np.abs(y[:, 1:, ::2] - y[:, :-1, ::2]).mean(axis=0)  # [H-1 steps, cols/2]
+    overall = min(_phase_excess(across_columns.mean(axis=1)), _phase_excess(across_rows.mean(axis=1)))
+    by_row_then_column = _cell_excess(across_columns)  # [row band, column cell]
+    by_column_then_row = _cell_excess(across_rows)  # [column band, row cell]
+    return overall, np.minimum(by_row_then_column, by_column_then_row.T).ravel()
 
 
 def flicker(h: np.ndarray, keep: np.ndarray | None = None) -> Pooled:
