@@ -320,14 +320,30 @@ def test_read_frames_av_path_agrees_with_decord(make_video, ramp_pair):
     assert np.abs(by_decord.astype(int) - by_av.astype(int)).mean() < 2.0
 
 
-def test_read_frames_falls_back_to_av(ramp_pair, monkeypatch):
+def test_read_frames_falls_back_to_decord_then_av(ramp_pair, monkeypatch):
     a, _ = ramp_pair
+    used: list[str] = []
 
-    def refuse(path, indices, max_side):
-        raise RuntimeError("decord cannot decode this")
+    def refuse(name):
+        def reader(path, indices, max_side):
+            used.append(name)
+            raise RuntimeError(f"{name} cannot decode this")
 
-    monkeypatch.setattr(video, "_read_decord", refuse)
+        return reader
+
+    monkeypatch.setattr(video, "_read_indexed", refuse("indexed"))
+    real_decord = video._read_decord
+
+    def decord_reader(path, indices, max_side):
+        used.append("decord")
+        return real_decord(path, indices, max_side)
+
+    monkeypatch.setattr(video, "_read_decord", decord_reader)
     assert [decoded_index(f) for f in read_frames(a, [5, 40])] == [5, 40]
+    assert used == ["indexed", "decord"]
+    monkeypatch.setattr(video, "_read_decord", refuse("decord"))
+    assert [decoded_index(f) for f in read_frames(a, [40, 5])] == [40, 5]
+    assert used == ["indexed", "decord", "indexed", "decord"]  # then the plain PyAV decode
 
 
 @pytest.mark.parametrize("bad", [[48], [0, 100], [-1]])
@@ -410,7 +426,7 @@ def test_file_hash_memo_serves_an_unchanged_file_without_reading_it(tmp_path, mo
     assert file_hash(path) == first
 
 
-def test_read_frames_resizes_as_it_decodes(make_video):
+def test_decord_reader_resizes_as_it_decodes(make_video):
     """Only DECODE_CHUNK full-size frames are ever held: the decoder is asked in chunks."""
     import decord
 
@@ -424,7 +440,7 @@ def test_read_frames_resizes_as_it_decodes(make_video):
 
     decord.VideoReader.get_batch = spy
     try:
-        frames = read_frames(path, list(range(40)), max_side=32)
+        frames = video._read_decord(path, list(range(40)), max_side=32)
     finally:
         decord.VideoReader.get_batch = real
     assert frames.shape == (40, 24, 32, 3)
