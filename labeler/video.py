@@ -1,7 +1,8 @@
 """Video access for the labeler: probe, segment (docs/design.md §2.2), sample, decode, resize, write.
 
-decord reads most files fast and seeks to just the frames asked for; PyAV is the fallback for
-what decord cannot open. Every failure is a VideoError that names the file and the reason.
+Frames are read by PyAV from an index of the packets (labeler.video_index), else by decord, else
+by a plain PyAV decode; probing is PyAV's, else decord's. Every failure is a VideoError that names
+the file and the reason.
 """
 
 from __future__ import annotations
@@ -102,11 +103,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "the file is empty")
     try:
-        return _probe_decord(path)
-    except VideoReadError:
-        raise
-    except Exception:  # decord cannot open it: let PyAV try, it knows more containers
+        # PyAV counts frames from the packets, as the first-choice reader numbers them
+        # (labeler.video_index), and costs half of decord's open (which decodes a frame).
         return _probe_av(path)
+    except VideoReadError as av_error:
+        try:
+            return _probe_decord(path)
+        except Exception:
+            raise av_error from None
 
 
 def check_aligned(a: VideoInfo, b: VideoInfo, *, role: str = "video_b") -> None:

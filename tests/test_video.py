@@ -60,13 +60,28 @@ def test_probe_fps_frames_and_size(make_video, fps, n):
     info = probe(path)
     assert info.fps == pytest.approx(fps, abs=1e-6)
     assert (info.num_frames, info.width, info.height) == (n, 96, 64)
-    assert info.backend == "decord"
+    assert info.backend == "av"
     assert info.path == str(path)
     assert info.duration == pytest.approx(n / fps)
 
 
+def test_probe_falls_back_to_decord_and_names_pyav_error_when_both_fail(make_video, tmp_path, monkeypatch):
+    path = make_video("v.mp4", n_frames=12)
+
+    def refuse(path):
+        raise VideoReadError(path, "cannot read video: PyAV refuses")
+
+    monkeypatch.setattr(video, "_probe_av", refuse)
+    info = probe(path)
+    assert (info.backend, info.num_frames) == ("decord", 12)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"no video here" * 50)
+    with pytest.raises(VideoReadError, match="PyAV refuses"):
+        probe(junk)
+
+
 @pytest.mark.parametrize("fps", [24.0, NTSC])
-def test_probe_av_fallback_agrees_with_decord(make_video, fps):
+def test_probe_av_agrees_with_decord(make_video, fps):
     path = str(make_video("v.mp4", n_frames=30, fps=fps))
     by_decord, by_av = video._probe_decord(path), video._probe_av(path)
     assert by_av.backend == "av"
