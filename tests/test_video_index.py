@@ -171,3 +171,15 @@ def test_one_full_size_frame_is_held_at_a_time(make_video, monkeypatch):
     frames = video._read_indexed(path, list(range(0, 40, 2)), max_side=32)
     assert frames.shape == (20, 24, 32, 3)
     assert len(alive) == 20 and max(alive) == 0 < video.DECODE_CHUNK
+
+
+def test_open_gop_windows_match_decord(tmp_path):
+    """Open GOPs: B-frames after an I-frame in decode order show before it and refer to the GOP
+    before; a window starting anywhere still decodes from a keyframe that makes it exact."""
+    options = {"g": "12", "bf": "3", "x264-params": "open-gop=1:b-pyramid=normal"}
+    path = str(write_h264(tmp_path / "open.mp4", textured_frames(64), options))
+    for first in range(0, 60, 5):
+        wanted = list(range(first, min(64, first + 9), 2))
+        assert np.array_equal(
+            video._read_indexed(path, wanted, None), video._read_decord(path, wanted, None)
+        ), first
