@@ -21,6 +21,7 @@ class EngineConfig:
     max_side: int = 448  # long side of the frames shown to the judge
     swap: bool = True  # judge every segment in both orders to cancel position bias
     concurrency: int = 8  # judge requests in flight
+    # Videos decoding at once (each on one thread; a pair's A, B and reference go in parallel).
     decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     request_timeout: float = 120.0  # seconds per judge call, retried as a transient failure
     max_attempts: int = 6  # per judge call, transient failures included
