@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -145,3 +147,25 @@ def test_a_shared_reference_that_cannot_be_read_fails_every_pair_using_it(tmp_pa
     result = asyncio.run(run_batch(manifest, tmp_path / "out.jsonl", engine, workers=3, progress=False))
     assert result.ok == 1 and result.failed == 3
     assert all("VideoReadError" in message for _, message in result.failures)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_decode_workers_bounds_the_videos_decoding_at_once(tmp_path, monkeypatch, workers):
+    """A pair's A, B and reference decode in parallel, never more than ``decode_workers`` at once."""
+    running, peak, lock = [0], [0], threading.Lock()
+    real = video.read_frames
+
+    def slow(path, indices, max_side=None):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)  # long enough for the other reads to start if they may
+        try:
+            return real(path, indices, max_side)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(video, "read_frames", slow)
+    label(pairs_sharing_a_reference(tmp_path, 2), tmp_path, EngineConfig(decode_workers=workers), workers=2)
+    assert peak[0] == workers
