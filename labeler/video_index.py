@@ -71,31 +71,52 @@ class PacketIndex:
         return int(candidates[-1])
 
 
+class _SeekMissed(Exception):
+    """The demuxer did not resume at the keyframe asked for (byte-based seeking, as in MPEG-TS)."""
+
+
 def _frames_from(
-    container: Any, stream: Any, index: PacketIndex, start: int, wanted: set[int]
+    container: Any, stream: Any, index: PacketIndex, start: int, wanted: set[int], *, seek: bool
 ) -> Iterator[Any]:
-    """Decoded frames from the keyframe at decode position ``start`` to the end of the stream.
+    """Decoded frames from the keyframe at decode position ``start`` to the end of the stream:
+    seeking there (``seek``), or demuxing from the beginning and sending nothing before it.
 
     Each packet is decoded with ``skip_frame`` set for it: NONREF (drop it if nothing refers to it)
     unless its frame is wanted. The stream decodes on one thread, so the setting in force when a
-    packet goes in is the one its frame is decoded with."""
+    packet goes in is the one its frame is decoded with. Raises :class:`_SeekMissed` before decoding
+    anything when the seek lands after that keyframe or on a packet the index does not know."""
     ctx = stream.codec_context
     position = {int(p): k for k, p in enumerate(index.pts)}
-    container.seek(int(index.pts[start]), stream=stream, backward=True, any_frame=False)
+    if seek:
+        container.seek(int(index.pts[start]), stream=stream, backward=True, any_frame=False)
     started = False
     for pkt in container.demux(stream):
         if not pkt.size:
             continue
         pos = position.get(pkt.pts, -1) if pkt.pts is not None else -1
         if not started and 0 <= pos < start:
-            continue  # the seek landed on an earlier keyframe: go on to ours
-        if pos < 0 or (not started and pos != start):
-            raise NotIndexable("the stream did not resume at the expected keyframe")
+            continue  # an earlier packet (the seek landed on an earlier keyframe): go on to ours
+        if not started and pos != start:
+            raise _SeekMissed if seek else NotIndexable("the keyframe to start at never came")
+        if pos < 0:
+            raise NotIndexable("a packet the index does not know")
         started = True
         ctx.skip_frame = "DEFAULT" if int(index.frame[pos]) in wanted else "NONREF"
         yield from ctx.decode(pkt)
     ctx.skip_frame = "DEFAULT"
     yield from ctx.decode(None)  # the frames the decoder still holds (reordering delay)
+
+
+def _open_video(path: str) -> tuple[Any, Any]:
+    import av
+
+    container = av.open(path)
+    if not container.streams.video:
+        container.close()
+        raise NotIndexable("no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "NONE"  # see _frames_from; the engine decodes several videos at once
+    return container, stream
 
 
 def decode_wanted(path: str, wanted: list[int], put: Callable[[int, np.ndarray], None]) -> None:
@@ -104,26 +125,31 @@ def decode_wanted(path: str, wanted: list[int], put: Callable[[int, np.ndarray],
 
     Raises :class:`NotIndexable` when this reader cannot do it, including frame numbers outside the
     stream (the next reader names them), and PyAV's own errors when the file cannot be opened."""
-    import av
     from av.video.reformatter import VideoReformatter
 
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise NotIndexable("no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "NONE"  # see _frames_from; the engine decodes several videos at once
+    container, stream = _open_video(path)
+    try:
         index = PacketIndex.scan(container, stream)
         if not (wanted and wanted[0] >= 0 and wanted[-1] < len(index)):
             raise NotIndexable("frame numbers outside the stream")
+        start = index.start(wanted[0])
         row = {number: k for k, number in enumerate(wanted)}
         number_of = {int(p): int(f) for p, f in zip(index.pts, index.frame, strict=True)}
         to_rgb = VideoReformatter()  # one for every frame: PyAV's per-frame one is rebuilt each time
         left = set(wanted)
-        for frame in _frames_from(container, stream, index, index.start(wanted[0]), set(wanted)):
-            number = number_of.get(frame.pts) if frame.pts is not None else None
-            if number in left:
-                put(row[number], to_rgb.reformat(frame, format="rgb24").to_ndarray())
-                left.discard(number)
-                if not left:
-                    return
+        for seek in (True, False):
+            try:
+                for frame in _frames_from(container, stream, index, start, set(wanted), seek=seek):
+                    number = number_of.get(frame.pts) if frame.pts is not None else None
+                    if number in left:
+                        put(row[number], to_rgb.reformat(frame, format="rgb24").to_ndarray())
+                        left.discard(number)
+                        if not left:
+                            return
+                break
+            except _SeekMissed:  # nothing decoded yet: read again from the beginning of the file
+                container.close()
+                container, stream = _open_video(path)
+    finally:
+        container.close()
     raise NotIndexable(f"frames {sorted(left)[:5]} did not come out of the decoder")
