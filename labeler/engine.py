@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from labeler.engine_types import (
     PairPlan,
     SegmentPlan,
 )
+from labeler.frame_source import FrameSource
 from labeler.judges.base import Judge
 from labeler.schemas import (
     DensePreferenceRecord,
@@ -99,7 +99,7 @@ class Engine:
         self.cache = cache if cache is not None else JudgmentCache(None)
         self.stats = EngineStats()
         self._requests = asyncio.Semaphore(self.config.concurrency)
-        self._decodes = asyncio.Semaphore(self.config.decode_workers)
+        self.frames = FrameSource(self.config, self.stats)
         self._pause_until = 0.0  # a 429's Retry-After pauses every request, not just the one that got it
         self._fingerprint = judge.fingerprint()
         judge.attach_meter(self)  # judges with meters_usage report each HTTP request and its tokens
@@ -167,7 +167,7 @@ class Engine:
             segments.append(
                 SegmentPlan(span.index, span.start, span.end, span.start_s, span.end_s, indices, keys)
             )
-        return PairPlan(entry, info_a.fps, info_a.num_frames, segments, use_ref)
+        return PairPlan(entry, info_a.fps, info_a.num_frames, segments, use_ref, content)
 
     # ------------------------------------------------------------------ judging
 
@@ -309,23 +309,8 @@ class Engine:
         return {key: judgment for key, judgment in found.items() if judgment is not None}
 
     async def decode_segments(self, plan: PairPlan, missing: list[SegmentPlan]) -> dict[int, tuple]:
-        """Frames (A, B, reference or None) of the given segments, reading each video once."""
-        wanted = sorted({i for seg in missing for i in seg.frame_indices})
-        ref_path = plan.entry.reference if plan.use_reference else None
-        paths = [plan.entry.video_a, plan.entry.video_b] + ([ref_path] if ref_path is not None else [])
-        async with self._decodes:
-            t0 = time.perf_counter()
-            arrays = await asyncio.to_thread(
-                lambda: [video.read_frames(p, wanted, self.config.max_side) for p in paths]
-            )
-            self.stats.decode_seconds += time.perf_counter() - t0
-        row = {frame: k for k, frame in enumerate(wanted)}
-        out = {}
-        for seg in missing:
-            rows = [row[i] for i in seg.frame_indices]
-            ref = arrays[2][rows] if ref_path is not None else None
-            out[seg.index] = (arrays[0][rows], arrays[1][rows], ref)
-        return out
+        """Frames (A, B, reference or None) of the given segments: labeler.frame_source."""
+        return await self.frames.segments(plan, missing)
 
     # ------------------------------------------------------------------ public
 

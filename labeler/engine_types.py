@@ -21,6 +21,7 @@ class EngineConfig:
     max_side: int = 448  # long side of the frames shown to the judge
     swap: bool = True  # judge every segment in both orders to cancel position bias
     concurrency: int = 8  # judge requests in flight
+    # Videos decoding at once (each on one thread; a pair's A, B and reference go in parallel).
     decode_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     request_timeout: float = 120.0  # seconds per judge call, retried as a transient failure
     max_attempts: int = 6  # per judge call, transient failures included
@@ -31,6 +32,9 @@ class EngineConfig:
     max_cost: float | None = None  # budget in USD, from token usage and labeler.judges.pricing
     max_retry_after: float = 60.0  # longest Retry-After honoured; a longer one is a failed attempt
     decode_window: int = 16  # segments decoded (and held in memory) at once per pair
+    #: Decoded frames kept after their pair is done, for videos more than one pair reads (a shared
+    #: reference): MiB, least recently used dropped first; 0 keeps none (labeler.frame_source).
+    frame_memo_mib: float = 64.0
 
 
 class BudgetExceeded(RuntimeError):
@@ -50,7 +54,8 @@ class EngineStats:
     swapped_segments: int = 0
     flips: int = 0  # swapped segments whose two votes disagreed
     judge_errors: int = 0
-    decode_seconds: float = 0.0
+    decode_seconds: float = 0.0  # summed over videos decoding in parallel
+    shared_decodes: int = 0  # video reads served by another pair's decode of the same frames
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -87,3 +92,6 @@ class PairPlan:
     num_frames: int
     segments: list[SegmentPlan]
     use_reference: bool
+    #: Content hash of each video the pair decodes ("a", "b" and "ref" when used): pairs that share a
+    #: video (a reference, a candidate compared with several others) share its decoded frames.
+    content: dict[str, str] = field(default_factory=dict)

@@ -1,7 +1,8 @@
 """Video access for the labeler: probe, segment (docs/design.md §2.2), sample, decode, resize, write.
 
-decord reads most files fast and seeks to just the frames asked for; PyAV is the fallback for
-what decord cannot open. Every failure is a VideoError that names the file and the reason.
+Frames are read by PyAV from an index of the packets (labeler.video_index), else by decord, else
+by a plain PyAV decode; probing is PyAV's, else decord's. Every failure is a VideoError that names
+the file and the reason.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from labeler.fileio import atomic_path
+from labeler.video_index import decode_wanted
 
 FPS_TOLERANCE = 1e-3
 ASPECT_TOLERANCE = 0.01  # relative; 1920x1080 vs 1280x720 pass, 1080x1920 (rotated) does not
@@ -101,11 +103,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "the file is empty")
     try:
-        return _probe_decord(path)
-    except VideoReadError:
-        raise
-    except Exception:  # decord cannot open it: let PyAV try, it knows more containers
+        # PyAV counts frames from the packets, as the first-choice reader numbers them
+        # (labeler.video_index), and costs half of decord's open (which decodes a frame).
         return _probe_av(path)
+    except VideoReadError as av_error:
+        try:
+            return _probe_decord(path)
+        except Exception:
+            raise av_error from None
 
 
 def check_aligned(a: VideoInfo, b: VideoInfo, *, role: str = "video_b") -> None:
@@ -277,20 +282,36 @@ def _read_av(path: str, wanted: list[int], max_side: int | None) -> np.ndarray:
     return out.array
 
 
+def _read_indexed(path: str, wanted: list[int], max_side: int | None) -> np.ndarray:
+    out = _Frames(len(wanted), max_side)
+    decode_wanted(path, wanted, out.put)
+    assert out.array is not None  # decode_wanted put every wanted frame, or raised
+    return out.array
+
+
 def read_frames(path: str | os.PathLike, indices: Sequence[int], max_side: int | None = None) -> np.ndarray:
     """Decode just the frames at ``indices`` (any order, repeats allowed) as [K, H, W, 3] uint8 RGB,
     resized to ``max_side`` as they are decoded, so memory is bounded by what is returned plus
-    :data:`DECODE_CHUNK` full-size frames."""
+    :data:`DECODE_CHUNK` full-size frames.
+
+    Readers, in turn: the indexed PyAV reader (fastest: it skips the frames nothing refers to),
+    decord (seeks frame by frame), then a plain PyAV decode, each taking over when the one before
+    cannot read the file. On H.264 in MP4 all three give the same pixels; with B-frames in AVI or
+    MPEG-TS decord returns other frames than asked, the two PyAV readers the right ones
+    (tests/test_video_index.py)."""
     path = str(path)
     if not indices:
         raise ValueError("read_frames needs at least one index")
     wanted = sorted(set(indices))
     try:
-        frames = _read_decord(path, wanted, max_side)
-    except VideoReadError:
-        raise
-    except Exception:
-        frames = _read_av(path, wanted, max_side)
+        frames = _read_indexed(path, wanted, max_side)
+    except Exception:  # not indexable (labeler.video_index), or PyAV cannot open it: decord may
+        try:
+            frames = _read_decord(path, wanted, max_side)
+        except VideoReadError:
+            raise
+        except Exception:
+            frames = _read_av(path, wanted, max_side)
     if list(indices) == wanted:
         return frames
     row = {index: k for k, index in enumerate(wanted)}

@@ -60,13 +60,28 @@ def test_probe_fps_frames_and_size(make_video, fps, n):
     info = probe(path)
     assert info.fps == pytest.approx(fps, abs=1e-6)
     assert (info.num_frames, info.width, info.height) == (n, 96, 64)
-    assert info.backend == "decord"
+    assert info.backend == "av"
     assert info.path == str(path)
     assert info.duration == pytest.approx(n / fps)
 
 
+def test_probe_falls_back_to_decord_and_names_pyav_error_when_both_fail(make_video, tmp_path, monkeypatch):
+    path = make_video("v.mp4", n_frames=12)
+
+    def refuse(path):
+        raise VideoReadError(path, "cannot read video: PyAV refuses")
+
+    monkeypatch.setattr(video, "_probe_av", refuse)
+    info = probe(path)
+    assert (info.backend, info.num_frames) == ("decord", 12)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"no video here" * 50)
+    with pytest.raises(VideoReadError, match="PyAV refuses"):
+        probe(junk)
+
+
 @pytest.mark.parametrize("fps", [24.0, NTSC])
-def test_probe_av_fallback_agrees_with_decord(make_video, fps):
+def test_probe_av_agrees_with_decord(make_video, fps):
     path = str(make_video("v.mp4", n_frames=30, fps=fps))
     by_decord, by_av = video._probe_decord(path), video._probe_av(path)
     assert by_av.backend == "av"
@@ -320,14 +335,30 @@ def test_read_frames_av_path_agrees_with_decord(make_video, ramp_pair):
     assert np.abs(by_decord.astype(int) - by_av.astype(int)).mean() < 2.0
 
 
-def test_read_frames_falls_back_to_av(ramp_pair, monkeypatch):
+def test_read_frames_falls_back_to_decord_then_av(ramp_pair, monkeypatch):
     a, _ = ramp_pair
+    used: list[str] = []
 
-    def refuse(path, indices, max_side):
-        raise RuntimeError("decord cannot decode this")
+    def refuse(name):
+        def reader(path, indices, max_side):
+            used.append(name)
+            raise RuntimeError(f"{name} cannot decode this")
 
-    monkeypatch.setattr(video, "_read_decord", refuse)
+        return reader
+
+    monkeypatch.setattr(video, "_read_indexed", refuse("indexed"))
+    real_decord = video._read_decord
+
+    def decord_reader(path, indices, max_side):
+        used.append("decord")
+        return real_decord(path, indices, max_side)
+
+    monkeypatch.setattr(video, "_read_decord", decord_reader)
     assert [decoded_index(f) for f in read_frames(a, [5, 40])] == [5, 40]
+    assert used == ["indexed", "decord"]
+    monkeypatch.setattr(video, "_read_decord", refuse("decord"))
+    assert [decoded_index(f) for f in read_frames(a, [40, 5])] == [40, 5]
+    assert used == ["indexed", "decord", "indexed", "decord"]  # then the plain PyAV decode
 
 
 @pytest.mark.parametrize("bad", [[48], [0, 100], [-1]])
@@ -410,7 +441,7 @@ def test_file_hash_memo_serves_an_unchanged_file_without_reading_it(tmp_path, mo
     assert file_hash(path) == first
 
 
-def test_read_frames_resizes_as_it_decodes(make_video):
+def test_decord_reader_resizes_as_it_decodes(make_video):
     """Only DECODE_CHUNK full-size frames are ever held: the decoder is asked in chunks."""
     import decord
 
@@ -424,7 +455,7 @@ def test_read_frames_resizes_as_it_decodes(make_video):
 
     decord.VideoReader.get_batch = spy
     try:
-        frames = read_frames(path, list(range(40)), max_side=32)
+        frames = video._read_decord(path, list(range(40)), max_side=32)
     finally:
         decord.VideoReader.get_batch = real
     assert frames.shape == (40, 24, 32, 3)
