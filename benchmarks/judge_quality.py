@@ -54,7 +54,7 @@ TIE_RECALL_GOAL = 0.95
 #: generation-like set's 360, but its artifacts (frame-wide noise, blockiness, freezes) must be
 #: judged as surely as the generated ones (the README's demo is built from them): without the
 #: weight the fit trades them away for the generated set's local ones.
-SET_WEIGHTS = {"generated_tune": 1.0, "clear_tune": float(__import__("os").environ.get("CW", "4.0"))}
+SET_WEIGHTS = {"generated_tune": 1.0, "clear_tune": 4.0}
 RIDGE = 1e-3
 TARGETS = {"accuracy_no_ties": 0.90, "tie_recall": 0.85, "clear_accuracy_no_ties": 0.95, "pairs_per_s": 30.0}
 _LABELS = ("A", "B", "tie")
@@ -217,18 +217,32 @@ def fit_all(sets: dict[str, Any]) -> dict[str, Any]:
 
 def label_set(demo_set: Any, with_reference: bool, scratch: Path) -> tuple[list[Any], dict[str, float]]:
     """Label a set through ``run_batch`` (no cache: every segment is decoded and judged)."""
+    import multiprocessing
+
+    from labeler.cli_options import default_judge_processes
     from labeler.engine import Engine
     from labeler.judges.metrics import MetricsJudge
     from labeler.runner import run_batch
     from labeler.schemas import read_records
 
     out = scratch / f"labels_{with_reference}.jsonl"
-    engine = Engine(MetricsJudge(use_reference=with_reference))
-    cpu_before = process_cpu_seconds()
-    started = time.perf_counter()
-    result = asyncio.run(run_batch(demo_set.manifest, out, engine, workers=4, progress=False))
-    wall, cpu_after = time.perf_counter() - started, process_cpu_seconds()
-    cpu = cpu_after - cpu_before if cpu_after is not None and cpu_before is not None else None
+    # As ``labeler.batch`` runs it: one worker process per CPU. Their start-up (about a second,
+    # once per run) is left out: the rate is the steady state.
+    judge = MetricsJudge(use_reference=with_reference, processes=default_judge_processes())
+    engine = Engine(judge)
+
+    async def label() -> tuple[Any, float, float | None]:
+        while not await judge.ready():
+            await asyncio.sleep(0.05)
+        workers = [p.pid for p in multiprocessing.active_children() if p.pid is not None]
+        cpu_before = _cpu_seconds(workers)
+        started = time.perf_counter()
+        result = await run_batch(demo_set.manifest, out, engine, workers=4, progress=False)
+        wall, cpu_after = time.perf_counter() - started, _cpu_seconds(workers)
+        await engine.aclose()
+        return result, wall, None if cpu_after is None or cpu_before is None else cpu_after - cpu_before
+
+    result, wall, cpu = asyncio.run(label())
     if result.failed:
         raise RuntimeError(f"{result.failed} pairs failed: {result.failures[:2]}")
     speed: dict[str, Any] = {"segment_pairs": result.segments, "wall_s": round(wall, 3)}
@@ -237,6 +251,12 @@ def label_set(demo_set: Any, with_reference: bool, scratch: Path) -> tuple[list[
     # Wall-clock rates on a shared machine are noise; CPU seconds say what 2 free cores would do.
     speed["pairs_per_cpu_s"] = round(result.segments / cpu, 2) if cpu else None
     return read_records(out), speed
+
+
+def _cpu_seconds(workers: list[int]) -> float | None:
+    """CPU seconds of this process and of the judge's worker processes."""
+    parts = [process_cpu_seconds(), *(process_cpu_seconds(pid) for pid in workers)]
+    return None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
 
 
 def score_records(records: list[Any], demo_set: Any) -> dict[str, Any]:

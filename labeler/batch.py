@@ -15,7 +15,13 @@ import sys
 from pathlib import Path
 
 from labeler import jobfiles
-from labeler.cli_options import UsageError, add_engine_arguments, add_judge_arguments, engine_from_args
+from labeler.cli_options import (
+    UsageError,
+    add_engine_arguments,
+    add_judge_arguments,
+    batch_judge_processes,
+    engine_from_args,
+)
 from labeler.engine import Engine
 from labeler.runner import BatchResult, run_batch
 from labeler.scale.options import RayOptions, add_ray_arguments, ray_options_from_args
@@ -261,6 +267,12 @@ def _run(
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.judge_processes is None:
+        # Worker processes pay for themselves on runs of many pairs; a demo or a handful of pairs
+        # is done before they would have started. On Ray, each actor is a process already.
+        args.judge_processes = batch_judge_processes(
+            args.manifest, demo=args.demo is not None, ray=args.ray is not None
+        )
     try:
         _check_args(args)
         engine = engine_from_args(args)

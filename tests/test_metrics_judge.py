@@ -379,3 +379,73 @@ def test_frames_too_small_to_measure_raise_a_clear_error():
     tiny = textured_frames(4, 8, 8)
     with pytest.raises(FramesTooSmallError, match="too small"):
         MetricsJudge().score(SegmentRequest("p", tiny, tiny, 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------- worker processes
+
+
+def test_worker_processes_give_the_same_answers_and_stop_on_aclose(windows):
+    import multiprocessing
+
+    clean = windows["bikes"]
+    requests = [request(degrade(clean, kind, 0.7), clean, clean) for kind in ("noise", "blur", "freeze")]
+    expected = [MetricsJudge().score(r) for r in requests]
+    before = {p.pid for p in multiprocessing.active_children()}
+    judge = MetricsJudge(processes=2)  # starts its workers at once, to overlap their start-up
+
+    async def run() -> tuple[list[Judgment], set[int]]:
+        answers = await asyncio.gather(*(judge.judge(r) for r in requests), judge.judge(swapped(requests[0])))
+        workers = {p.pid for p in multiprocessing.active_children()} - before
+        await judge.aclose()
+        return list(answers), workers
+
+    answers, workers = asyncio.run(run())
+    assert answers[:3] == expected and answers[3] == expected[0].swapped()
+    assert len(workers) == 2  # measured in two other processes
+    assert not {p.pid for p in multiprocessing.active_children()} - before
+    with pytest.raises(RuntimeError, match="after aclose"):
+        asyncio.run(judge.judge(requests[0]))
+
+
+@pytest.mark.parametrize("processes", [-1, 1.5, True, 10_000])
+def test_bad_process_counts_are_rejected(processes):
+    with pytest.raises(ValueError, match="processes"):
+        MetricsJudge(processes=processes)
+
+
+def test_judge_processes_option_reaches_the_judge_and_batch_defaults_to_the_cpus(monkeypatch, tmp_path):
+    import labeler.batch
+    from labeler.cli_options import PAIRS_FOR_PROCESSES, build_judge_from_args, default_judge_processes
+
+    args = labeler.batch.build_parser().parse_args(["m.jsonl", "--out", "o", "--judge-processes", "0"])
+    assert build_judge_from_args(args).processes == 0  # type: ignore[attr-defined]
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert default_judge_processes() == 0  # one CPU: threads, no start-up cost
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert default_judge_processes() == 3
+
+    seen = []
+
+    def capture(parsed):
+        seen.append(parsed.judge_processes)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(labeler.batch, "engine_from_args", capture)
+    line = '{"pair_id": "p%d", "prompt": "x", "video_a": "a.mp4", "video_b": "b.mp4"}\n'
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    small.write_text("".join(line % i for i in range(PAIRS_FOR_PROCESSES - 1)))
+    large.write_text("".join(line % i for i in range(PAIRS_FOR_PROCESSES)))
+    out = str(tmp_path / "out.jsonl")
+    cases = [
+        ([str(large)], 3),  # many pairs: one worker per CPU
+        ([str(small)], 0),  # a handful: threads, done before workers would have started
+        ([str(large), "--judge-processes", "1"], 1),
+        ([str(large), "--ray"], 0),  # Ray actors are processes already
+        (["--demo", str(tmp_path / "demo")], 0),
+    ]
+    for extra, expected in cases:
+        with pytest.raises(SystemExit):
+            labeler.batch.main([*extra, "--out", out])
+        assert seen[-1] == expected, extra
+    with pytest.raises(SystemExit):
+        labeler.batch.main([str(large), "--out", out, "--judge-processes", "-2"])

@@ -22,9 +22,10 @@ Every gap flips its sign when A and B swap: ``score(swapped) == score(request).s
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -99,13 +100,23 @@ class MetricsJudge(Judge):
             fitted for the mode (``TIE_MARGINS``). ``t * (|S| - m)`` is the log-odds of the winner
             against a tie (``t`` from ``TEMPERATURES``).
         use_reference: compare each side with ``request.reference`` when the request carries it.
+        processes: measure segments in this many worker processes (0, the default: in threads of
+            this process). The measures are many short numpy steps that hold the GIL between them,
+            so threads use about 1.5 of 2 cores; processes use them all, for about a second to
+            start and a pickled copy of the frames per segment. Answers are the same either way.
         **weights: re-weight signal families, keys from ``DEFAULT_WEIGHTS``; 0 turns one off.
     """
 
     name = "metrics"
-    model = "metrics-v2"
+    model = "metrics-v3"
 
-    def __init__(self, tie_margin: float | None = None, use_reference: bool = True, **weights: float):
+    def __init__(
+        self,
+        tie_margin: float | None = None,
+        use_reference: bool = True,
+        processes: int = 0,
+        **weights: float,
+    ):
         if tie_margin is not None and (
             isinstance(tie_margin, bool)
             or not (isinstance(tie_margin, int | float) and tie_margin > 0 and math.isfinite(tie_margin))
@@ -121,11 +132,24 @@ class MetricsJudge(Judge):
                 isinstance(value, int | float) and value >= 0 and math.isfinite(value)
             ):
                 raise ValueError(f"metrics judge: weight {key}={value!r} must be a finite number >= 0")
+        if isinstance(processes, bool) or not isinstance(processes, int) or not 0 <= processes <= 256:
+            raise ValueError(f"metrics judge: processes must be an integer in 0..256, got {processes!r}")
         self.tie_margin = None if tie_margin is None else float(tie_margin)
         self.uses_reference = bool(use_reference)
         self.weights = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
-        # Judgments being computed, by content key (see ``judge``); entries leave when done.
-        self._in_flight: dict[tuple[Any, ...], asyncio.Future[Judgment]] = {}
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._warming: list[Future[None]] = []
+        if processes:
+            # Start the workers now: each spends about a second importing numpy and scipy, which
+            # then overlaps with probing and decoding instead of delaying the first answer.
+            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            self._warming = [self._pool.submit(_warm_up) for _ in range(processes)]
+        # Judgments being computed, with their requests, by frame identity (see ``judge``);
+        # entries leave when done.
+        self._in_flight: dict[
+            tuple[int, int, int | None], tuple[asyncio.Future[Judgment], SegmentRequest]
+        ] = {}
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -140,18 +164,42 @@ class MetricsJudge(Judge):
         """``score`` in a worker thread (numpy releases the GIL in the heavy parts, and the event
         loop stays responsive). The engine asks for both orders of a segment at once; since the
         score mirrors exactly under a swap, the second order waits for the first and returns its
-        answer swapped instead of measuring everything again (half the work per segment)."""
-        key = _content_key(request, self.uses_reference)
+        answer swapped instead of measuring everything again (half the work per segment).
+
+        Requests are matched by the identity of their frame arrays (the engine hands both orders
+        of a segment the same arrays), not by hashing megabytes of pixels on the event loop; an
+        entry holds its request, so no array's id can be reused while it is in flight."""
+        key = _identity_key(request, self.uses_reference)
         mirror = (key[1], key[0], key[2])
         pending = self._in_flight.get(mirror)
         if pending is not None:
-            return (await asyncio.shield(pending)).swapped()
-        task = self._in_flight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(asyncio.to_thread(self.score, request))
-            self._in_flight[key] = task
-            task.add_done_callback(lambda _: self._in_flight.pop(key, None))
-        return await asyncio.shield(task)
+            return (await asyncio.shield(pending[0])).swapped()
+        entry = self._in_flight.get(key)
+        if entry is None:
+            entry = (asyncio.ensure_future(self._measure(request)), request)
+            self._in_flight[key] = entry
+            entry[0].add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(entry[0])
+
+    async def _measure(self, request: SegmentRequest) -> Judgment:
+        if self._pool is None:
+            if self.processes:
+                raise RuntimeError("metrics judge: used after aclose()")
+            return await asyncio.to_thread(self.score, request)
+        settings = (self.tie_margin, self.uses_reference, tuple(sorted(self.weights.items())))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, _score_in_worker, settings, request
+        )
+
+    async def ready(self) -> bool:
+        """False while worker processes are still starting (they answer once started)."""
+        return all(f.done() for f in self._warming)
+
+    async def aclose(self) -> None:
+        """Stop the worker processes (if any were started)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------------ scoring
 
@@ -240,18 +288,28 @@ class MetricsJudge(Judge):
         return f"{label}: {loser} shows {top.text} [first vs second; score {total:+.2f}]"
 
 
-def _content_key(request: SegmentRequest, with_reference: bool) -> tuple[Any, ...]:
-    """Digests of the frames (first, second, reference), all that ``score`` reads: two requests with
-    equal keys get equal answers, and swapping the first two entries keys the mirrored request."""
+_WORKER_JUDGES: dict[tuple[Any, ...], MetricsJudge] = {}
 
-    def digest(frames: np.ndarray | None) -> tuple[Any, ...] | None:
-        if frames is None:
-            return None
-        data = np.ascontiguousarray(frames)
-        return (data.shape, str(data.dtype), hashlib.blake2b(data.data, digest_size=16).digest())
 
+def _warm_up() -> None:
+    """Nothing: unpickling this function imports the measures in a fresh worker ("spawn": a new
+    interpreter, safe whatever threads the parent runs)."""
+
+
+def _score_in_worker(settings: tuple[Any, ...], request: SegmentRequest) -> Judgment:
+    """``score`` in a worker process, by a judge built once per process from ``settings``."""
+    judge = _WORKER_JUDGES.get(settings)
+    if judge is None:
+        tie_margin, use_reference, weights = settings
+        judge = _WORKER_JUDGES[settings] = MetricsJudge(tie_margin, use_reference, **dict(weights))
+    return judge.score(request)
+
+
+def _identity_key(request: SegmentRequest, with_reference: bool) -> tuple[int, int, int | None]:
+    """The frame arrays a request shows (first, second, reference), by identity: swapping the first
+    two entries keys the mirrored request."""
     reference = request.reference if with_reference else None
-    return digest(request.frames_first), digest(request.frames_second), digest(reference)
+    return id(request.frames_first), id(request.frames_second), None if reference is None else id(reference)
 
 
 def _probabilities(total: float, margin: float, temperature: float) -> tuple[float, float, float]:

@@ -26,13 +26,16 @@ _BLOCK = 8  # the transform block size of JPEG/MPEG-family codecs
 def luma(frames: np.ndarray) -> np.ndarray:
     """[K, H, W, 3] uint8 RGB -> [K, H, W] float32 luma in 0..255, cropped to even height and width
     so it halves cleanly. PIL's ITU-R 601-2 conversion (integer luma) is about four times faster
-    than the same weighted sum in numpy float32; rounding to integers adds the same 0.3-level
+    than the same weighted sum in numpy float32, and one conversion of the frames stacked as one
+    tall image about twice as fast as one per frame; rounding to integers adds the same 0.3-level
     quantisation noise to both sides."""
     from PIL import Image
 
-    _, h, w, _ = frames.shape
+    k, h, w, _ = frames.shape
     f = np.ascontiguousarray(frames[:, : h & ~1 or h, : w & ~1 or w])
-    return np.stack([np.asarray(Image.fromarray(frame).convert("L")) for frame in f]).astype(np.float32)
+    _, hh, ww, _ = f.shape
+    tall = np.asarray(Image.fromarray(f.reshape(k * hh, ww, 3)).convert("L"))
+    return tall.reshape(k, hh, ww).astype(np.float32)
 
 
 def half(y: np.ndarray) -> np.ndarray:
@@ -358,5 +361,5 @@ def block_ssim(ref: np.ndarray, *sides: np.ndarray, block: int = 4, offset: int 
 def mse(frames: np.ndarray, ref: np.ndarray) -> float:
     """Mean squared error over all RGB channels, so colour errors count as well as luma errors.
     Estimated on every other row and column: an unbiased estimate at a quarter of the cost."""
-    diff = frames[:, ::2, ::2].astype(np.float32) - ref[:, ::2, ::2]
-    return float(np.mean(diff * diff))
+    diff = (frames[:, ::2, ::2].astype(np.float32) - ref[:, ::2, ::2]).ravel()
+    return float(np.dot(diff, diff) / diff.size)  # BLAS: twice as fast as mean(diff * diff)
