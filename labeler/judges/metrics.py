@@ -138,6 +138,8 @@ class MetricsJudge(Judge):
         self.uses_reference = bool(use_reference)
         self.weights = {**DEFAULT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
         self.processes = processes
+        # What a worker needs to build the same judge (``_score_in_worker``).
+        self._settings = (self.tie_margin, self.uses_reference, tuple(sorted(self.weights.items())))
         self._pool: ProcessPoolExecutor | None = None
         self._warming: list[Future[None]] = []
         if processes:
@@ -186,9 +188,8 @@ class MetricsJudge(Judge):
             if self.processes:
                 raise RuntimeError("metrics judge: used after aclose()")
             return await asyncio.to_thread(self.score, request)
-        settings = (self.tie_margin, self.uses_reference, tuple(sorted(self.weights.items())))
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, _score_in_worker, settings, request
+            self._pool, _score_in_worker, self._settings, request
         )
 
     async def ready(self) -> bool:

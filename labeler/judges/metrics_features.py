@@ -109,15 +109,10 @@ def _unexplained_by_smoothing(grain_lr: np.ndarray | float, detail_lr: np.ndarra
     return g * (1.0 - explained)
 
 
-_ROWS = ("top", "upper-middle", "lower-middle", "bottom")
-_COLS = ("left", "centre-left", "centre-right", "right")
-
-
 def _pooled_text(a: sig.Pooled, b: sig.Pooled, region: int | None) -> str:
     text = f"{a.overall:.1f} vs {b.overall:.1f}"
-    if region is not None and sig.REGIONS == 4:
-        where = f"{_ROWS[region // 4]} {_COLS[region % 4]}"
-        text += f"; {where} region {a.regions[region]:.1f} vs {b.regions[region]:.1f}"
+    if region is not None and sig.REGIONS == loc.GRID:
+        text += f"; {where(region)} region {a.regions[region]:.1f} vs {b.regions[region]:.1f}"
     return text
 
 
@@ -127,11 +122,12 @@ def measure(a: np.ndarray, b: np.ndarray, ref: np.ndarray | None) -> list[Eviden
     y_a, y_b = sig.luma(a), sig.luma(b)
     h_a, h_b = sig.half(y_a), sig.half(y_b)
     h_r = None if ref is None else sig.half(sig.luma(ref))
-    held_cells = held(h_a, h_b)
+    c_a, c_b = loc.coarse(h_a), loc.coarse(h_b)
+    held_cells = held(c_a, c_b)
     stalls = _stalls(h_a, h_b)
-    out = _frame_quality(a, b, ref, y_a, y_b, h_a, h_b, h_r, held_cells, stalls)
     moving = None if stalls is None else ~(stalls[0] | stalls[1])
-    out += over_time(h_a, h_b, h_r, held_cells, moving)
+    out = _frame_quality(a, b, ref, y_a, y_b, h_a, h_b, h_r, held_cells, stalls, moving)
+    out += over_time(h_a, h_b, c_a, c_b, h_r, held_cells, moving)
     return out
 
 
@@ -175,9 +171,10 @@ def _frame_quality(
     h_r: np.ndarray | None,
     held_cells: tuple[np.ndarray, np.ndarray] | None,
     stalls: tuple[np.ndarray, np.ndarray] | None,
+    steady: np.ndarray | None,
 ) -> list[Evidence]:
+    """``stalls``: the frame steps each side repeats; ``steady``: those where neither does."""
     maps = sig.shared_maps(h_a, h_b)
-    steady = None if stalls is None else ~(stalls[0] | stalls[1])
     out: list[Evidence] = []
 
     def add(signal: str, value: float, text: str) -> None:

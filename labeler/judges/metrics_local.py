@@ -71,7 +71,7 @@ def roughness(h: np.ndarray) -> np.ndarray:
 
 
 def held_cells(
-    steps_self: np.ndarray, steps_other: np.ndarray, *, ratio: float = 0.3, floor: float = 1.2
+    steps_self: np.ndarray, steps_other: np.ndarray, *, floor: float, ratio: float = 0.3
 ) -> np.ndarray:
     """[K-1, cells] bool: this side's cell barely changes (below ``ratio`` of the other side's
     change at that step) while the other side's cell clearly moves (above ``floor`` grey levels,

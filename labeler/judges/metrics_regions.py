@@ -27,7 +27,8 @@ _CLIP = 3.0  # caps each signal, so one runaway measure cannot drown all the oth
 _ROUGH_FLOOR = 0.25  # grey levels: roughness differences below this are re-encoding noise
 _MOTION_FLOOR = 0.3  # grey levels at 1/32 resolution: changes below this are grain, not motion
 _INVISIBLE_MSE = 4.0  # (2 grey levels)^2 at half resolution: errors below this cannot be seen
-_COARSE_HOLD_FLOOR = 1.0  # grey levels at 1/16: the other side's change that counts as motion
+_HOLD_FLOOR = 1.2  # grey levels at 1/8: the other side's change that counts as motion
+_COARSE_HOLD_FLOOR = 1.0  # the same at 1/16, for the steadiness comparison (see ``_roughness``)
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,16 @@ def clip(x: float) -> float:
     return math.copysign(min(abs(x), _CLIP), x) if x else 0.0
 
 
-def held(h_a: np.ndarray, h_b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """[K-1, cells] per side: the cells standing still while the other side's move, at 1/8
-    resolution (None for a single frame)."""
-    if len(h_a) < 2:
+def held(
+    c_a: np.ndarray, c_b: np.ndarray, floor: float = _HOLD_FLOOR
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """[K-1, cells] per side: the cells standing still while the other side's move more than
+    ``floor`` grey levels, from coarse luma (``metrics_local.coarse``, or coarser); None for a
+    single frame."""
+    if len(c_a) < 2:
         return None
-    s_a, s_b = loc.cell_steps(loc.coarse(h_a)), loc.cell_steps(loc.coarse(h_b))
-    return loc.held_cells(s_a, s_b), loc.held_cells(s_b, s_a)
+    s_a, s_b = loc.cell_steps(c_a), loc.cell_steps(c_b)
+    return loc.held_cells(s_a, s_b, floor=floor), loc.held_cells(s_b, s_a, floor=floor)
 
 
 def sticking(cells: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -84,16 +88,17 @@ def local_excess(gap: np.ndarray) -> tuple[float, int]:
 def over_time(
     h_a: np.ndarray,
     h_b: np.ndarray,
+    c_a: np.ndarray,
+    c_b: np.ndarray,
     h_r: np.ndarray | None,
     held_cells: tuple[np.ndarray, np.ndarray] | None,
     moving: np.ndarray | None = None,
 ) -> list[Evidence]:
-    """The region-by-region and over-time signals (see the module doc) of half-resolution luma.
-    ``moving`` ([K-1] bool) marks the frame steps where neither side repeats a frame; steadiness
-    (roughness, reversal) is compared over those only."""
+    """The region-by-region and over-time signals (see the module doc) of half-resolution luma
+    ``h_*`` and its coarse means ``c_*``. ``moving`` ([K-1] bool) marks the frame steps where
+    neither side repeats a frame; steadiness (roughness, reversal) is compared over those only."""
     out: list[Evidence] = []
     if held_cells is not None:
-        c_a, c_b = loc.coarse(h_a), loc.coarse(h_b)
         if len(h_a) >= 3:
             both = np.ones(len(h_a) - 2, bool) if moving is None else moving[:-1] & moving[1:]
             out += _roughness(h_a, h_b, loc.halve(c_a), loc.halve(c_b), both)
@@ -112,11 +117,8 @@ def _roughness(
     otherwise pass for perfectly smooth next to real motion. Holding is judged at 1/16 resolution
     (``q_a``, ``q_b``), where a region boiling with noise averages out and does not pass for the
     *other* side moving while this one holds."""
-    s_a, s_b = loc.cell_steps(q_a), loc.cell_steps(q_b)
-    still = (
-        loc.held_cells(s_a, s_b, floor=_COARSE_HOLD_FLOOR),
-        loc.held_cells(s_b, s_a, floor=_COARSE_HOLD_FLOOR),
-    )
+    still = held(q_a, q_b, _COARSE_HOLD_FLOOR)
+    assert still is not None  # three frames or more
     moving = ~(still[0] | still[1]) & ~sticking(still)
     keep = (moving[:-1] & moving[1:] & triples[:, None]).astype(np.float32)
     count = np.maximum(keep.sum(axis=0), 1.0)
