@@ -267,7 +267,7 @@ def _run(
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.judge_processes is None:
+    if args.judge_processes is None and args.judge == "metrics":
         # Worker processes pay for themselves on runs of many pairs; a demo or a handful of pairs
         # is done before they would have started. On Ray, each actor is a process already.
         args.judge_processes = batch_judge_processes(

@@ -87,7 +87,7 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--judge-processes",
-        type=_non_negative_int,
+        type=int,
         default=None,
         metavar="N",
         help="metrics judge: measure segments in N worker processes, 0 in threads of this process "
@@ -156,16 +156,6 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 0 <= value <= 256:
-        raise argparse.ArgumentTypeError(f"must be in 0..256, got {value}")
-    return value
-
-
 #: A batch run measures in worker processes from this many pairs on: below it, their start-up
 #: (about a second) costs more than they save.
 PAIRS_FOR_PROCESSES = 16
@@ -190,6 +180,14 @@ def batch_judge_processes(manifest: Path | None, *, demo: bool, ray: bool) -> in
     return default_judge_processes() if pairs >= PAIRS_FOR_PROCESSES else 0
 
 
+#: Options only the metrics judge reads: given with another judge they would be ignored.
+_METRICS_ONLY = {
+    "tie_margin": "--tie-margin",
+    "no_reference": "--no-reference",
+    "judge_processes": "--judge-processes",
+}
+
+
 def build_judge_from_args(args: argparse.Namespace) -> Judge:
     if args.judge == "metrics":
         return build_judge(
@@ -197,6 +195,11 @@ def build_judge_from_args(args: argparse.Namespace) -> Judge:
             tie_margin=args.tie_margin,
             use_reference=False if args.no_reference else None,
             processes=args.judge_processes,
+        )
+    given = [flag for name, flag in _METRICS_ONLY.items() if vars(args)[name] not in (None, False)]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)}: metrics judge options; --judge {args.judge} does not read them"
         )
     if not args.model:
         raise UsageError(f"--judge {args.judge} needs --model")
