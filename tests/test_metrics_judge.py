@@ -462,3 +462,19 @@ def test_metrics_only_options_are_refused_with_another_judge(flags):
     )
     with pytest.raises(UsageError, match=f"{flags[0]}: metrics judge options; --judge openai"):
         build_judge_from_args(args)
+
+
+def test_bad_input_in_a_worker_process_reaches_the_engine_as_the_same_error():
+    """A segment too small to measure is that pair's input error (an ``InputError``), also when it
+    is measured in another process: the exception crosses back pickled, class and message kept."""
+    tiny = textured_frames(4, 8, 8)
+    judge = MetricsJudge(processes=1)
+
+    async def run() -> None:
+        try:
+            with pytest.raises(FramesTooSmallError, match="too small"):
+                await judge.judge(SegmentRequest("p", tiny, tiny.copy(), 0.0, 1.0))
+        finally:
+            await judge.aclose()
+
+    asyncio.run(run())
