@@ -180,26 +180,42 @@ def batch_judge_processes(manifest: Path | None, *, demo: bool, ray: bool) -> in
     return default_judge_processes() if pairs >= PAIRS_FOR_PROCESSES else 0
 
 
-#: Options only the metrics judge reads: given with another judge they would be ignored.
-_METRICS_ONLY = {
-    "tie_margin": "--tie-margin",
-    "no_reference": "--no-reference",
-    "judge_processes": "--judge-processes",
+#: The options each judge reads (argparse ``dest`` names). One given to a judge that does not read
+#: it is refused: accepted and ignored, the user would believe it took effect.
+JUDGE_READS: dict[str, frozenset[str]] = {
+    "metrics": frozenset({"tie_margin", "no_reference", "judge_processes"}),
+    "openai": frozenset(
+        {
+            *("model", "base_url", "prompt", "layout", "detail", "temperature", "max_tokens"),
+            *("no_logprobs", "no_strict", "reasoning_effort", "extra_body", "price", "answer_order"),
+        }
+    ),
+    "hf": frozenset({"model", "prompt", "layout", "device", "dtype", "rationale_tokens"}),
 }
 
 
+def _refuse_unread_options(args: argparse.Namespace) -> None:
+    """A judge option given (not left at its default) that ``args.judge`` does not read is a usage
+    error naming the flags and the judges that do read them."""
+    unread = sorted(set().union(*JUDGE_READS.values()) - JUDGE_READS[args.judge])
+    given = [name for name in unread if vars(args)[name] not in (None, False)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        readers = sorted({judge for judge, reads in JUDGE_READS.items() for name in given if name in reads})
+        raise UsageError(
+            f"{flags}: --judge {args.judge} does not read {'it' if len(given) == 1 else 'them'} "
+            f"(options of --judge {' / '.join(readers)})"
+        )
+
+
 def build_judge_from_args(args: argparse.Namespace) -> Judge:
+    _refuse_unread_options(args)
     if args.judge == "metrics":
         return build_judge(
             "metrics",
             tie_margin=args.tie_margin,
             use_reference=False if args.no_reference else None,
             processes=args.judge_processes,
-        )
-    given = [flag for name, flag in _METRICS_ONLY.items() if vars(args)[name] not in (None, False)]
-    if given:
-        raise UsageError(
-            f"{', '.join(given)}: metrics judge options; --judge {args.judge} does not read them"
         )
     if not args.model:
         raise UsageError(f"--judge {args.judge} needs --model")

@@ -451,19 +451,6 @@ def test_judge_processes_option_reaches_the_judge_and_batch_defaults_to_the_cpus
         labeler.batch.main([str(large), "--out", out, "--judge-processes", "-2"])
 
 
-@pytest.mark.parametrize("flags", [["--tie-margin", "1"], ["--no-reference"], ["--judge-processes", "2"]])
-def test_metrics_only_options_are_refused_with_another_judge(flags):
-    """Accepted and ignored would be worse: the user believes the option took effect."""
-    import labeler.batch
-    from labeler.cli_options import UsageError, build_judge_from_args
-
-    args = labeler.batch.build_parser().parse_args(
-        ["m.jsonl", "--out", "o", "--judge", "openai", "--model", "gpt-4o", *flags]
-    )
-    with pytest.raises(UsageError, match=f"{flags[0]}: metrics judge options; --judge openai"):
-        build_judge_from_args(args)
-
-
 def test_bad_input_in_a_worker_process_reaches_the_engine_as_the_same_error():
     """A segment too small to measure is that pair's input error (an ``InputError``), also when it
     is measured in another process: the exception crosses back pickled, class and message kept."""
