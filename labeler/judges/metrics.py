@@ -33,6 +33,7 @@ import numpy as np
 from labeler.judges.base import Judge
 from labeler.judges.metrics_features import FAMILIES, Evidence, measure
 from labeler.judges.metrics_transport import SharedFrames, SharedSlots, call_with_frames, shareable
+from labeler.judges.metrics_worker import keep_freed_memory
 from labeler.schemas import FramesTooSmallError, InputError, Judgment, Label, SegmentRequest
 
 __all__ = ["COEFFICIENTS", "DEFAULT_WEIGHTS", "TEMPERATURES", "TIE_MARGINS", "MetricsJudge"]
@@ -104,7 +105,9 @@ class MetricsJudge(Judge):
         processes: measure segments in this many worker processes (0, the default: in threads of
             this process). The measures are many short numpy steps that hold the GIL between them,
             so threads use about 1.5 of 2 cores; processes use them all, for about a second to
-            start and a pickled copy of the frames per segment. Answers are the same either way.
+            start and a copy of the frames per segment in shared memory (at most two segments'
+            per worker at a time: labeler.judges.metrics_transport). Answers are the same either
+            way.
         **weights: re-weight signal families, keys from ``DEFAULT_WEIGHTS``; 0 turns one off.
     """
 
@@ -146,7 +149,9 @@ class MetricsJudge(Judge):
         if processes:
             # Start the workers now: each spends about a second importing numpy and scipy, which
             # then overlaps with probing and decoding instead of delaying the first answer.
-            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                processes, mp_context=multiprocessing.get_context("spawn"), initializer=keep_freed_memory
+            )
             self._warming = [self._pool.submit(_warm_up) for _ in range(processes)]
         # Judgments being computed, with their requests, by frame identity (see ``judge``);
         # entries leave when done.
