@@ -5,8 +5,11 @@ with several others) decoded once for all of them.
 Sharing is by content: the key is the video's content hash, the frame numbers and ``max_side``, so
 two paths to the same bytes share and a rewritten file never does. Frames are shared while a pair
 still holds them or while they are being decoded (no memory beyond what the pairs in flight hold),
-and kept after that in a small memo, ``EngineConfig.frame_memo_mib``, only for videos that more than
-one pair has read: a pair's own candidates never take its room. Shared arrays are read-only.
+and kept after that in a small memo, ``EngineConfig.frame_memo_mib``, for videos that more than one
+pair has read (one after the other, or at the same time) and for references from their first read:
+a reference is the ground truth that every generation for its prompt is compared with, so usually
+read by several pairs, and not always while the first still holds it. A pair's own candidates never
+take the memo's room unless another pair reads them too. Shared arrays are read-only.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class FrameSource:
         self._memo: OrderedDict[_Key, np.ndarray] = OrderedDict()  # least recently used first
         self._memo_bytes = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._joined: set[_Key] = set()  # decodes in flight that more than one pair waits for
 
     async def segments(self, plan: PairPlan, missing: list[SegmentPlan]) -> dict[int, tuple]:
         """Frames (A, B, reference or None) of the given segments. A segment's frames are views of
@@ -47,7 +51,10 @@ class FrameSource:
         if plan.use_reference and entry.reference is not None:
             videos.append(("ref", entry.reference))
         results = await asyncio.gather(
-            *(self.frames(path, plan.content.get(role, ""), wanted) for role, path in videos),
+            *(
+                self.frames(path, plan.content.get(role, ""), wanted, reference=role == "ref")
+                for role, path in videos
+            ),
             return_exceptions=True,
         )
         arrays = []
@@ -65,9 +72,12 @@ class FrameSource:
             out[seg.index] = (frames[0], frames[1], frames[2] if len(frames) > 2 else None)
         return out
 
-    async def frames(self, path: str, digest: str, wanted: list[int]) -> np.ndarray:
+    async def frames(
+        self, path: str, digest: str, wanted: list[int], *, reference: bool = False
+    ) -> np.ndarray:
         """The frames ``wanted`` of one video (content hash ``digest``; "" shares nothing), resized
-        to ``max_side``, read-only."""
+        to ``max_side``, read-only. A ``reference`` is kept from its first read (see the module
+        doc)."""
         if not digest:
             return await self._decode(path, wanted)
         key: _Key = (digest, tuple(wanted), self.config.max_side)
@@ -77,30 +87,34 @@ class FrameSource:
             found = self._memo[key]
         if found is not None:
             self.stats.shared_decodes += 1
+            if key not in self._memo:  # another pair reads what one still holds: keep it for later ones
+                self._keep(key, found)
             return found
         task = self._decoding.get(key)
         if task is None:
             task = asyncio.ensure_future(self._decode(path, wanted))
             self._decoding[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
+            task.add_done_callback(lambda done: self._finished(key, done, reference))
         else:
             self.stats.shared_decodes += 1
+            self._joined.add(key)  # a second pair waits for this decode: keep what it gives
         return await asyncio.shield(task)
 
-    def _finished(self, key: _Key, task: asyncio.Future[np.ndarray]) -> None:
+    def _finished(self, key: _Key, task: asyncio.Future[np.ndarray], reference: bool) -> None:
         del self._decoding[key]
+        joined = key in self._joined
+        self._joined.discard(key)
         if task.cancelled() or task.exception() is not None:  # exception(): marked as retrieved
             return
         frames = task.result()
         self._in_use[key] = frames
         digest = key[0]
-        if digest in self._seen:
-            self._seen.move_to_end(digest)
+        if reference or joined or digest in self._seen:  # read by another pair before, now or likely
             self._keep(key, frames)
-        else:
-            self._seen[digest] = None
-            if len(self._seen) > _SEEN_LIMIT:
-                self._seen.popitem(last=False)
+        self._seen[digest] = None
+        self._seen.move_to_end(digest)
+        if len(self._seen) > _SEEN_LIMIT:
+            self._seen.popitem(last=False)
 
     def _keep(self, key: _Key, frames: np.ndarray) -> None:
         """Memo ``frames``, dropping the least recently used until it fits ``frame_memo_mib``."""

@@ -104,12 +104,13 @@ def test_pairs_in_flight_together_decode_a_shared_reference_once(tmp_path, decod
     assert all(decoded[f"{side}{i}.mp4"] == 1 for side in "ab" for i in range(3))
 
 
-def test_a_reference_read_again_later_is_kept_from_its_second_read(tmp_path, decoded):
-    """One pair at a time: the first read keeps nothing (a video no other pair read yet), the
-    second keeps it, and the later pairs get it from the memo; the pairs' own videos are never kept."""
+def test_a_reference_read_again_later_is_kept_from_its_first_read(tmp_path, decoded):
+    """One pair at a time: a reference is kept from its first read (the generations for a prompt
+    are all compared with it), so the later pairs get it from the memo; the pairs' own videos,
+    each read by one pair, are never kept."""
     entries = pairs_sharing_a_reference(tmp_path, 4)
     engine = label(entries, tmp_path, EngineConfig(), workers=1)
-    assert decoded["ref.mp4"] == 2 and engine.stats.shared_decodes == 2
+    assert decoded["ref.mp4"] == 1 and engine.stats.shared_decodes == 3
     assert len(engine.frames._memo) == 1
 
 
@@ -122,7 +123,7 @@ def test_no_memo_decodes_the_reference_for_every_pair_one_at_a_time(tmp_path, de
 def test_sharing_is_by_content_not_by_path(tmp_path, decoded):
     entries = pairs_sharing_a_reference(tmp_path, 4, ref_copies=2)  # ref.mp4, ref_copy1.mp4, ...
     label(entries, tmp_path, EngineConfig(), workers=1)
-    assert decoded["ref.mp4"] + decoded["ref_copy1.mp4"] == 2  # 4 reads of the same bytes
+    assert decoded["ref.mp4"] + decoded["ref_copy1.mp4"] == 1  # 4 reads of the same bytes
 
 
 def test_the_memo_stays_within_its_size(tmp_path, decoded):
@@ -169,3 +170,47 @@ def test_decode_workers_bounds_the_videos_decoding_at_once(tmp_path, monkeypatch
     monkeypatch.setattr(video, "read_frames", slow)
     label(pairs_sharing_a_reference(tmp_path, 2), tmp_path, EngineConfig(decode_workers=workers), workers=2)
     assert peak[0] == workers
+
+
+def test_a_video_two_pairs_read_at_the_same_time_is_kept_for_the_pairs_after_them(tmp_path, decoded):
+    """Read by a second pair while the first still holds it (or waits for its decode): that is two
+    pairs, so the frames go to the memo, and a third pair, after both let go, decodes nothing."""
+    import gc
+
+    from labeler.engine_types import EngineStats
+    from labeler.frame_source import FrameSource
+
+    path = write(tmp_path / "ref.mp4", 0)
+
+    async def read(source: FrameSource) -> np.ndarray:
+        return await source.frames(path, "digest-of-ref", [0, 2, 4])
+
+    async def held_by_one_then_read_by_another() -> FrameSource:
+        source = FrameSource(EngineConfig(), EngineStats())
+        first = await read(source)
+        second = await read(source)  # the first pair still holds the frames
+        assert second is first and decoded["ref.mp4"] == 1
+        return source
+
+    async def decoded_for_two_at_once() -> FrameSource:
+        source = FrameSource(EngineConfig(), EngineStats())
+        first, second = await asyncio.gather(read(source), read(source))  # one decode, two readers
+        assert second is first and decoded["ref.mp4"] == 1
+        return source
+
+    for together in (held_by_one_then_read_by_another, decoded_for_two_at_once):
+        decoded.clear()
+        source = asyncio.run(together())
+        gc.collect()  # both pairs are done: nothing holds the frames but the memo
+        asyncio.run(read(source))
+        assert decoded["ref.mp4"] == 1 and source.stats.shared_decodes == 2, together.__name__
+
+
+def test_a_video_read_by_one_pair_only_is_not_kept(tmp_path, decoded):
+    from labeler.engine_types import EngineStats
+    from labeler.frame_source import FrameSource
+
+    path = write(tmp_path / "a.mp4", 0)
+    source = FrameSource(EngineConfig(), EngineStats())
+    asyncio.run(source.frames(path, "digest-of-a", [0, 2, 4]))
+    assert not source._memo and source._memo_bytes == 0

@@ -32,6 +32,8 @@ import numpy as np
 
 from labeler.judges.base import Judge
 from labeler.judges.metrics_features import FAMILIES, Evidence, measure
+from labeler.judges.metrics_transport import SharedFrames, SharedSlots, call_with_frames, shareable
+from labeler.judges.metrics_worker import keep_freed_memory
 from labeler.schemas import FramesTooSmallError, InputError, Judgment, Label, SegmentRequest
 
 __all__ = ["COEFFICIENTS", "DEFAULT_WEIGHTS", "TEMPERATURES", "TIE_MARGINS", "MetricsJudge"]
@@ -103,7 +105,9 @@ class MetricsJudge(Judge):
         processes: measure segments in this many worker processes (0, the default: in threads of
             this process). The measures are many short numpy steps that hold the GIL between them,
             so threads use about 1.5 of 2 cores; processes use them all, for about a second to
-            start and a pickled copy of the frames per segment. Answers are the same either way.
+            start and a copy of the frames per segment in shared memory (at most two segments'
+            per worker at a time: labeler.judges.metrics_transport). Answers are the same either
+            way.
         **weights: re-weight signal families, keys from ``DEFAULT_WEIGHTS``; 0 turns one off.
     """
 
@@ -145,13 +149,19 @@ class MetricsJudge(Judge):
         if processes:
             # Start the workers now: each spends about a second importing numpy and scipy, which
             # then overlaps with probing and decoding instead of delaying the first answer.
-            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                processes, mp_context=multiprocessing.get_context("spawn"), initializer=keep_freed_memory
+            )
             self._warming = [self._pool.submit(_warm_up) for _ in range(processes)]
         # Judgments being computed, with their requests, by frame identity (see ``judge``);
         # entries leave when done.
         self._in_flight: dict[
             tuple[int, int, int | None], tuple[asyncio.Future[Judgment], SegmentRequest]
         ] = {}
+        # Shared memory for the frames sent to the workers (labeler.judges.metrics_transport):
+        # two blocks per worker, one being measured and one queued, so a worker never waits.
+        self._shared = SharedSlots(2 * max(processes, 1))
+        self._turns: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -188,9 +198,23 @@ class MetricsJudge(Judge):
             if self.processes:
                 raise RuntimeError("metrics judge: used after aclose()")
             return await asyncio.to_thread(self.score, request)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, _score_in_worker, self._settings, request
+        loop = asyncio.get_running_loop()
+        arrays = (
+            request.frames_first,
+            request.frames_second,
+            request.reference if self.uses_reference else None,
         )
+        if not shareable(arrays):  # a reference of Python objects: pickled, as it was given
+            return await loop.run_in_executor(self._pool, _score_in_worker, self._settings, *arrays)
+        async with self._slot_turns(loop):
+            with self._shared.lend(arrays) as frames:
+                return await loop.run_in_executor(self._pool, _score_shared_in_worker, self._settings, frames)
+
+    def _slot_turns(self, loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+        """Requests wait here for one of the shared blocks (for the running event loop)."""
+        if self._turns is None or self._turns[0] is not loop:
+            self._turns = (loop, asyncio.Semaphore(self._shared.count))
+        return self._turns[1]
 
     async def ready(self) -> bool:
         """False while worker processes are still starting (they answer once started)."""
@@ -201,6 +225,7 @@ class MetricsJudge(Judge):
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        self._shared.close()
 
     # ------------------------------------------------------------------ scoring
 
@@ -212,8 +237,12 @@ class MetricsJudge(Judge):
 
     def score(self, request: SegmentRequest) -> Judgment:
         """Judge one segment synchronously (the work behind ``judge``)."""
-        ref = self._reference_for(request)
-        evidence = self._evidence(request, ref)
+        return self.score_frames(request.frames_first, request.frames_second, request.reference)
+
+    def score_frames(self, first: np.ndarray, second: np.ndarray, reference: np.ndarray | None) -> Judgment:
+        """``score`` of a request showing these frames (as validated by ``SegmentRequest``)."""
+        ref = self._reference_for(first.shape, reference)
+        evidence = self._evidence(first, second, ref)
         total = sum(e.value for e in evidence)
         margin = self.margin_for(ref is not None)
         p_a, p_b, p_tie = _probabilities(
@@ -235,11 +264,9 @@ class MetricsJudge(Judge):
             prob_source="score",
         )
 
-    def _reference_for(self, request: SegmentRequest) -> np.ndarray | None:
-        ref = request.reference
+    def _reference_for(self, shape: tuple[int, ...], ref: np.ndarray | None) -> np.ndarray | None:
         if ref is None or not self.uses_reference:
             return None
-        shape = request.frames_first.shape
         if ref.ndim != 4 or ref.shape[-1] != 3:
             raise InputError(f"metrics judge: reference frames must be [K, H, W, 3], got {ref.shape}")
         if len(ref) != shape[0]:
@@ -257,10 +284,9 @@ class MetricsJudge(Judge):
             )
         return np.ascontiguousarray(ref, dtype=np.uint8)
 
-    def _evidence(self, request: SegmentRequest, ref: np.ndarray | None) -> list[Evidence]:
+    def _evidence(self, a: np.ndarray, b: np.ndarray, ref: np.ndarray | None) -> list[Evidence]:
         """Each signal's contribution to ``S`` (coefficient x family weight x measured gap);
         signals whose contribution is switched off are left out."""
-        a, b = request.frames_first, request.frames_second
         if min(a.shape[1:3]) < _MIN_SIDE:
             raise FramesTooSmallError(
                 f"metrics judge: frames of {a.shape[2]}x{a.shape[1]} px are too small to measure "
@@ -297,13 +323,25 @@ def _warm_up() -> None:
     interpreter, safe whatever threads the parent runs)."""
 
 
-def _score_in_worker(settings: tuple[Any, ...], request: SegmentRequest) -> Judgment:
-    """``score`` in a worker process, by a judge built once per process from ``settings``."""
+def _worker_judge(settings: tuple[Any, ...]) -> MetricsJudge:
+    """The judge of a worker process for ``settings``, built once per process."""
     judge = _WORKER_JUDGES.get(settings)
     if judge is None:
         tie_margin, use_reference, weights = settings
         judge = _WORKER_JUDGES[settings] = MetricsJudge(tie_margin, use_reference, **dict(weights))
-    return judge.score(request)
+    return judge
+
+
+def _score_shared_in_worker(settings: tuple[Any, ...], frames: SharedFrames) -> Judgment:
+    """``score_frames`` in a worker process, on the frames in shared memory."""
+    return call_with_frames(frames, _worker_judge(settings).score_frames)
+
+
+def _score_in_worker(
+    settings: tuple[Any, ...], first: np.ndarray, second: np.ndarray, reference: np.ndarray | None
+) -> Judgment:
+    """``score_frames`` in a worker process, on frames that came pickled."""
+    return _worker_judge(settings).score_frames(first, second, reference)
 
 
 def _identity_key(request: SegmentRequest, with_reference: bool) -> tuple[int, int, int | None]:

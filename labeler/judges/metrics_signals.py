@@ -80,8 +80,10 @@ class Sites:
 
     @classmethod
     def of(cls, mask: np.ndarray) -> Sites:
-        k, i, j = np.nonzero(mask)
         _, h, w = mask.shape
+        # The indices np.nonzero gives, in its order, at about a third of its time.
+        k, rest = np.divmod(np.flatnonzero(mask), h * w)
+        i, j = np.divmod(rest, w)
         region = (i * REGIONS // h) * REGIONS + (j * REGIONS // w)
         return cls(k, i, j, region, np.bincount(region, minlength=REGIONS * REGIONS))
 
@@ -128,8 +130,11 @@ def shared_maps(h_a: np.ndarray, h_b: np.ndarray) -> SharedMaps:
     hi = np.quantile(g_both[:, ::2, ::2], 0.85)
     lo = np.quantile(g_mean[:, ::2, ::2], 0.10)
     edges = Sites.of(g_both >= hi)
-    k, i, j = edges.k, edges.i, edges.j
-    nx, ny = mean[k, i, j + 1] - mean[k, i, j], mean[k, i + 1, j] - mean[k, i, j]
+    _, h, w = mean.shape
+    at = (edges.k * h + edges.i) * w + edges.j  # flat indices: one gather each, not three indexes
+    flat = mean.reshape(-1)
+    centre = flat[at]
+    nx, ny = flat[at + 1] - centre, flat[at + w] - centre
     norm = np.sqrt(nx * nx + ny * ny) + np.float32(1e-6)
     return SharedMaps(edges, nx / norm, ny / norm, flat=Sites.of(g_mean <= lo))
 

@@ -1,0 +1,216 @@
+"""The metrics judge's frames transport to its worker processes (labeler.judges.metrics_transport):
+exact copies in shared memory, blocks reused and bounded, nothing left behind after ``aclose``,
+errors per request, the same answers as measuring in this process, and worker processes that reuse
+the memory they free."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+import pytest
+
+import labeler.judges.metrics_transport as transport
+from labeler.judges.metrics import MetricsJudge
+from labeler.judges.metrics_transport import NAME_PREFIX, SharedSlots, call_with_frames, shareable
+from labeler.schemas import FramesTooSmallError, SegmentRequest
+from tests.conftest import textured_frames
+
+
+def exists(name: str) -> bool:
+    try:
+        block = SharedMemory(name)
+    except FileNotFoundError:
+        return False
+    block.close()
+    return True
+
+
+def our_blocks() -> set[str]:
+    """This module's blocks that exist now (Linux keeps POSIX shared memory under /dev/shm)."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(NAME_PREFIX)}
+
+
+needs_dev_shm = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory not listed")
+
+
+def test_lent_block_carries_exact_read_only_copies_of_any_layout():
+    frames = textured_frames(4, 20, 30)
+    strided = frames[:, ::2, 1::3]  # not contiguous: copied by value all the same
+    floats = np.linspace(-1.0, 1.0, 24, dtype=np.float64).reshape(2, 3, 4)
+    empty = np.zeros((0, 5, 5, 3), np.uint8)
+    slots = SharedSlots(1)
+    with slots.lend([frames, None, strided, floats, empty]) as shared:
+        got = call_with_frames(shared, lambda *arrays: [None if a is None else a.copy() for a in arrays])
+        flags = call_with_frames(shared, lambda *arrays: [a.flags.writeable for a in arrays if a is not None])
+    assert got[1] is None
+    for sent, back in zip([frames, strided, floats, empty], [got[0], *got[2:]], strict=True):
+        assert back.dtype == sent.dtype and back.shape == sent.shape and np.array_equal(back, sent)
+    assert flags == [False, False, False, False]  # a worker cannot change what it was sent
+    slots.close()
+
+
+def test_blocks_are_reused_grown_when_too_small_and_bounded():
+    small, large = np.ones((2, 16, 16, 3), np.uint8), np.ones((3, 1024, 1024, 3), np.uint8)
+    slots = SharedSlots(2)
+    with slots.lend([small]) as first:
+        pass
+    with slots.lend([small, small]) as again:
+        assert again.name == first.name  # the free block is reused, not made anew
+    with slots.lend([small]) as one, slots.lend([small]) as two:
+        assert one.name != two.name  # two at once: two blocks
+        with pytest.raises(RuntimeError, match="all 2 blocks are lent"), slots.lend([small]):
+            pass
+    with slots.lend([large]) as grown:
+        assert grown.name not in (one.name, two.name)  # 9 MiB: a block too small gave way
+    assert len(slots.names) == 2 and sum(not exists(n) for n in (one.name, two.name)) == 1
+    slots.close()
+    assert not any(exists(n) for n in (one.name, two.name, grown.name))
+
+
+def test_close_unlinks_blocks_lent_at_the_time_when_they_come_back():
+    slots = SharedSlots(1)
+    with slots.lend([np.zeros(10, np.uint8)]) as shared:
+        slots.close()
+        assert exists(shared.name)  # a worker may still be reading it
+    assert not exists(shared.name)
+    with pytest.raises(RuntimeError, match="after close"), slots.lend([np.zeros(1, np.uint8)]):
+        pass
+
+
+def test_a_cancelled_call_does_not_give_its_block_back():
+    """The worker may still read a block whose call was cancelled: it is not lent again."""
+    slots = SharedSlots(1)
+    with pytest.raises(asyncio.CancelledError), slots.lend([np.zeros(10, np.uint8)]) as shared:
+        raise asyncio.CancelledError
+    assert slots.names == [] and not exists(shared.name)
+    with pytest.raises(ValueError, match="boom"), slots.lend([np.zeros(10, np.uint8)]) as answered:
+        raise ValueError("boom")  # the worker answered with an error: done with the block
+    assert slots.names == [answered.name]
+    slots.close()
+
+
+def test_an_error_leaves_no_view_that_keeps_a_worker_block_mapped(monkeypatch):
+    monkeypatch.setattr(transport, "_MAPPED", transport.OrderedDict())
+    slots = SharedSlots(1)
+
+    def fails(frames: np.ndarray) -> None:
+        local = frames[1:]  # a view in a frame of the traceback
+        raise ValueError(f"bad {local.shape}")
+
+    with slots.lend([np.zeros((4, 4), np.uint8)]) as shared:
+        with pytest.raises(ValueError, match="bad") as caught:
+            call_with_frames(shared, fails)
+        assert caught.value.__traceback__ is not None
+        block = transport._MAPPED[shared.name]
+        block.close()  # would raise BufferError while a view of it were alive
+    slots.close()
+
+
+def test_a_worker_keeps_only_the_most_recent_blocks_mapped(monkeypatch):
+    monkeypatch.setattr(transport, "_MAPPED", transport.OrderedDict())
+    slots = SharedSlots(2)
+    names = []
+    for size in (10, 3 << 20, 5 << 20):  # each larger: a new block each time, the old one retired
+        with slots.lend([np.zeros(size, np.uint8)]) as shared:
+            assert call_with_frames(shared, lambda a: int(a.size)) == size
+            names.append(shared.name)
+    assert list(transport._MAPPED) == names[1:]  # ``keep`` = 2: the oldest mapping was closed
+    slots.close()
+    for block in transport._MAPPED.values():
+        block.close()
+
+
+def test_only_arrays_of_plain_values_are_shareable():
+    assert shareable([np.zeros(3, np.uint8), None, np.zeros(2, np.float32)])
+    assert not shareable([np.zeros(3, np.uint8), np.array([1, "x"], dtype=object)])
+
+
+# --------------------------------------------------------------------------- through the judge
+
+
+@needs_dev_shm
+def test_worker_answers_match_this_process_and_aclose_leaves_no_block():
+    before = our_blocks()
+    clean = textured_frames(8, 48, 80)
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 12, clean.shape), 0, 255).astype(np.uint8)
+    requests = [
+        SegmentRequest("p", noisy, clean, 0.0, 1.0, reference=clean),
+        SegmentRequest("p", clean, noisy[:, :, ::-1], 0.0, 1.0),  # a strided view, no reference
+        SegmentRequest("p", clean[:, :40], noisy[:, :40], 0.0, 1.0, reference=clean[:, :40]),  # smaller
+    ]
+    tiny = textured_frames(4, 8, 8)
+    judge = MetricsJudge(processes=1)
+
+    async def run() -> list:
+        try:
+            answers = await asyncio.gather(*(judge.judge(r) for r in requests))
+            made = our_blocks() - before
+            assert 1 <= len(made) <= 2  # two blocks per worker at most, reused between requests
+            with pytest.raises(FramesTooSmallError, match="too small"):  # this request's own error
+                await judge.judge(SegmentRequest("p", tiny, tiny.copy(), 0.0, 1.0))
+            answers.append(await judge.judge(SegmentRequest("p", noisy, clean, 0.0, 1.0)))  # still served
+            return answers
+        finally:
+            await judge.aclose()
+
+    answers = asyncio.run(run())
+    here = MetricsJudge()
+    assert answers == [here.score(r) for r in requests] + [
+        here.score(SegmentRequest("p", noisy, clean, 0.0, 1.0))
+    ]
+    assert our_blocks() - before == set()  # every block unlinked
+
+
+def test_a_reference_of_python_objects_is_pickled_and_judged_alike():
+    clean = textured_frames(8, 32, 48)
+    blurred = ((clean[:, :-1].astype(np.int16) + clean[:, 1:]) // 2).astype(np.uint8)[:, :31]
+    as_objects = clean[:, :31].astype(object)
+    request = SegmentRequest("p", blurred, clean[:, :31].copy(), 0.0, 1.0, reference=as_objects)
+    judge = MetricsJudge(processes=1)
+
+    async def run():
+        try:
+            return await judge.judge(request)
+        finally:
+            await judge.aclose()
+
+    assert asyncio.run(run()) == MetricsJudge().score(request)
+
+
+# --------------------------------------------------------------------------- worker memory
+
+
+def page_faults_of_reusing_memory() -> int:
+    """Minor page faults while a process allocates and frees 4 MB in 100 kB arrays, 40 times (run
+    in a worker process: a spawned one imports this module)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(40):
+        held = [np.ones(100_000, np.uint8) for _ in range(40)]
+        del held
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_judge_workers_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as plain:
+        default_faults = plain.submit(page_faults_of_reusing_memory).result()
+    if default_faults < 1000:
+        pytest.skip("this C library keeps freed memory already")
+    judge = MetricsJudge(processes=1)
+
+    async def run() -> int:
+        try:
+            assert judge._pool is not None
+            return await asyncio.wrap_future(judge._pool.submit(page_faults_of_reusing_memory))
+        finally:
+            await judge.aclose()
+
+    assert asyncio.run(run()) < default_faults / 20  # the same work, without the fresh pages
