@@ -32,8 +32,9 @@ class EngineConfig:
     max_cost: float | None = None  # budget in USD, from token usage and labeler.judges.pricing
     max_retry_after: float = 60.0  # longest Retry-After honoured; a longer one is a failed attempt
     decode_window: int = 16  # segments decoded (and held in memory) at once per pair
-    #: Decoded frames kept after their pair is done, for videos more than one pair reads (a shared
-    #: reference): MiB, least recently used dropped first; 0 keeps none (labeler.frame_source).
+    #: Decoded frames kept after their pair is done, for references (from their first read) and for
+    #: videos more than one pair reads: MiB, least recently used dropped first; 0 keeps none
+    #: (labeler.frame_source).
     frame_memo_mib: float = 64.0
 
 

@@ -26,6 +26,7 @@ import json
 import math
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,16 @@ from labeler.judges.base import Judge
 from labeler.judges.metrics_features import FAMILIES, Evidence, measure
 from labeler.judges.metrics_transport import SharedFrames, SharedSlots, call_with_frames, shareable
 from labeler.judges.metrics_worker import keep_freed_memory
-from labeler.schemas import FramesTooSmallError, InputError, Judgment, Label, SegmentRequest
+from labeler.schemas import (
+    FatalJudgeError,
+    FramesTooSmallError,
+    InputError,
+    JudgeError,
+    Judgment,
+    Label,
+    SegmentRequest,
+    TransientJudgeError,
+)
 
 __all__ = ["COEFFICIENTS", "DEFAULT_WEIGHTS", "TEMPERATURES", "TIE_MARGINS", "MetricsJudge"]
 
@@ -92,6 +102,8 @@ TIE_MARGINS: dict[str, float] = {"no_reference": 2.789, "reference": 3.384}
 #: on the tune part, without that weight) undoes the over-confidence and changes no label.
 TEMPERATURES: dict[str, float] = {"no_reference": 0.36, "reference": 0.413}
 _MIN_SIDE = 16  # smallest frame side (pixels) the measures make sense for
+#: Worker pools replaced in a row, without an answer in between, before the judge gives up on them.
+MAX_POOL_RESTARTS = 3
 
 
 class MetricsJudge(Judge):
@@ -146,13 +158,10 @@ class MetricsJudge(Judge):
         self._settings = (self.tie_margin, self.uses_reference, tuple(sorted(self.weights.items())))
         self._pool: ProcessPoolExecutor | None = None
         self._warming: list[Future[None]] = []
+        self._restarts = 0  # worker pools replaced since the last answer (see ``_replace_broken``)
+        self._broken: str | None = None  # why the judge gave up on its workers
         if processes:
-            # Start the workers now: each spends about a second importing numpy and scipy, which
-            # then overlaps with probing and decoding instead of delaying the first answer.
-            self._pool = ProcessPoolExecutor(
-                processes, mp_context=multiprocessing.get_context("spawn"), initializer=keep_freed_memory
-            )
-            self._warming = [self._pool.submit(_warm_up) for _ in range(processes)]
+            self._start_pool()
         # Judgments being computed, with their requests, by frame identity (see ``judge``);
         # entries leave when done.
         self._in_flight: dict[
@@ -195,6 +204,8 @@ class MetricsJudge(Judge):
 
     async def _measure(self, request: SegmentRequest) -> Judgment:
         if self._pool is None:
+            if self._broken is not None:
+                raise FatalJudgeError(self._broken)
             if self.processes:
                 raise RuntimeError("metrics judge: used after aclose()")
             return await asyncio.to_thread(self.score, request)
@@ -205,10 +216,58 @@ class MetricsJudge(Judge):
             request.reference if self.uses_reference else None,
         )
         if not shareable(arrays):  # a reference of Python objects: pickled, as it was given
-            return await loop.run_in_executor(self._pool, _score_in_worker, self._settings, *arrays)
+            return await self._in_pool(loop, _score_in_worker, self._settings, *arrays)
         async with self._slot_turns(loop):
             with self._shared.lend(arrays) as frames:
-                return await loop.run_in_executor(self._pool, _score_shared_in_worker, self._settings, frames)
+                return await self._in_pool(loop, _score_shared_in_worker, self._settings, frames)
+
+    def _start_pool(self) -> None:
+        # Start the workers now: each spends about a second importing numpy and scipy, which
+        # then overlaps with probing and decoding instead of delaying the first answer.
+        self._pool = ProcessPoolExecutor(
+            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=keep_freed_memory
+        )
+        self._warming = [self._pool.submit(_warm_up) for _ in range(self.processes)]
+
+    async def _in_pool(self, loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> Judgment:
+        """``fn(*args)`` in a worker process; a dead worker becomes a judge error (see
+        ``_replace_broken``), never a pool that fails every later segment."""
+        if self._broken is not None:
+            raise FatalJudgeError(self._broken)
+        pool = self._pool
+        assert pool is not None
+        try:
+            judgment: Judgment = await loop.run_in_executor(pool, fn, *args)
+        except BrokenProcessPool as exc:
+            raise self._replace_broken(pool) from exc
+        self._restarts = 0
+        return judgment
+
+    def _replace_broken(self, pool: ProcessPoolExecutor) -> JudgeError:
+        """A worker process died (killed, out of memory), which breaks its whole pool: every
+        request in flight fails with it. The first of them to get here starts a fresh pool and
+        each gets a ``TransientJudgeError``, so the engine retries them in the new workers. After
+        ``MAX_POOL_RESTARTS`` replacements without an answer in between (a segment that kills
+        every worker, a machine that cannot start them) the judge gives up: every later request
+        is a ``FatalJudgeError``, so a run stops after a few pairs instead of failing them all."""
+        if self._pool is pool and self._broken is None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._restarts += 1
+            if self._restarts > MAX_POOL_RESTARTS:
+                self._pool = None
+                self._broken = (
+                    f"metrics judge: its worker processes died {self._restarts} times in a row without "
+                    "an answer (killed, or out of memory); rerun, with --judge-processes 0 to measure "
+                    "in threads of the calling process"
+                )
+            else:
+                self._start_pool()
+        if self._broken is not None:
+            return FatalJudgeError(self._broken)
+        return TransientJudgeError(
+            "metrics judge: a worker process died while measuring (killed, or out of memory); "
+            "the workers were restarted"
+        )
 
     def _slot_turns(self, loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
         """Requests wait here for one of the shared blocks (for the running event loop)."""
