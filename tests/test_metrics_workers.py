@@ -116,3 +116,29 @@ def test_an_answer_between_deaths_resets_the_count():
             await judge.aclose()
 
     asyncio.run(run())
+
+
+def test_a_worker_killed_while_measuring_fails_that_attempt_and_the_retry_answers():
+    """The out-of-memory case: the worker dies in the middle of a segment (a large one, so it is
+    still measuring when the kill comes), the engine's retry measures it in fresh workers."""
+    before = {p.pid for p in multiprocessing.active_children()}
+    clean = textured_frames(12, 540, 960, seed=5)
+    req = SegmentRequest("p", clean, clean[::-1].copy(), 0.0, 1.0)
+    judge = MetricsJudge(processes=1)
+
+    async def run() -> Judgment:
+        try:
+            while not await judge.ready():
+                await asyncio.sleep(0.05)
+            measuring = asyncio.ensure_future(judge.judge(req))
+            await asyncio.sleep(0.15)  # the frames are in shared memory, the worker is measuring
+            assert not measuring.done()
+            await _kill_workers(judge, before)
+            with pytest.raises(TransientJudgeError, match="worker process died"):
+                await measuring
+            return await judge.judge(req)
+        finally:
+            await judge.aclose()
+
+    assert asyncio.run(run()) == MetricsJudge().score(req)
+    assert not {p.pid for p in multiprocessing.active_children()} - before
