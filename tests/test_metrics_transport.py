@@ -214,3 +214,68 @@ def test_judge_workers_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
             await judge.aclose()
 
     assert asyncio.run(run()) < default_faults / 20  # the same work, without the fresh pages
+
+
+@needs_dev_shm
+def test_blocks_have_their_pages_reserved_when_made(monkeypatch):
+    """A sparse block on a tmpfs that fills up later would kill the main process with SIGBUS at
+    the first write it cannot back (Docker's /dev/shm is 64 MiB); reserving up front fails cleanly."""
+    seen: list[tuple[str, int, int]] = []
+    real = os.posix_fallocate
+
+    def spy(fd: int, offset: int, length: int) -> None:
+        seen.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", spy)
+    slots = SharedSlots(1)
+    with slots.lend([np.zeros(3 << 20, np.uint8)]) as shared:
+        assert shared is not None
+        assert seen == [(f"/dev/shm/{shared.name}", 0, 3 << 20)]  # whole MiB: 3 MiB exactly
+    slots.close()
+
+
+@needs_dev_shm
+def test_a_file_system_that_cannot_reserve_is_written_as_before(monkeypatch):
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    slots = SharedSlots(1)
+    data = np.arange(100, dtype=np.uint8)
+    with slots.lend([data]) as shared:
+        assert shared is not None
+        assert call_with_frames(shared, lambda x: x.copy()).tolist() == data.tolist()
+    slots.close()
+
+
+@needs_dev_shm
+def test_full_shared_memory_sends_frames_through_pipes_with_the_same_answers(monkeypatch, caplog):
+    """No room in /dev/shm (ENOSPC when reserving): each request is pickled to the worker as before
+    the transport existed, the answers are the same, a warning says so once, nothing is left."""
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    before = our_blocks()
+    requests = [
+        SegmentRequest("p", textured_frames(6, 64, 96, seed=s), textured_frames(6, 64, 96, seed=s + 1), 0, 1)
+        for s in (1, 2, 3)
+    ]
+    expected = [MetricsJudge().score(r) for r in requests]
+    judge = MetricsJudge(processes=1)
+
+    async def run() -> list:
+        try:
+            return [await judge.judge(r) for r in requests]
+        finally:
+            await judge.aclose()
+
+    with caplog.at_level("WARNING", logger=transport.__name__):
+        assert asyncio.run(run()) == expected
+    warnings = [r.getMessage() for r in caplog.records if r.name == transport.__name__]
+    assert (
+        len(warnings) == 1 and "has no room for a 1 MiB block" in warnings[0] and "--shm-size" in warnings[0]
+    )
+    assert our_blocks() == before

@@ -219,6 +219,8 @@ class MetricsJudge(Judge):
             return await self._in_pool(loop, _score_in_worker, self._settings, *arrays)
         async with self._slot_turns(loop):
             with self._shared.lend(arrays) as frames:
+                if frames is None:  # no room in shared memory: pickled through the pipe
+                    return await self._in_pool(loop, _score_in_worker, self._settings, *arrays)
                 return await self._in_pool(loop, _score_shared_in_worker, self._settings, frames)
 
     def _start_pool(self) -> None:

@@ -16,7 +16,11 @@ unlinks every block, including those still lent (when they come back).
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import secrets
+import sys
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -27,7 +31,9 @@ from typing import TypeVar
 
 import numpy as np
 
-__all__ = ["NAME_PREFIX", "SharedFrames", "SharedSlots", "call_with_frames", "shareable"]
+__all__ = ["NAME_PREFIX", "SharedFrames", "SharedMemoryFull", "SharedSlots", "call_with_frames", "shareable"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -37,6 +43,12 @@ _ALIGN = 64  # each array starts on a cache line
 _GRAIN = 1 << 20  # block sizes are whole MiB, so slightly larger segments reuse a block too
 
 _Place = tuple[tuple[int, ...], str, int]  # shape, dtype, byte offset
+#: Where Linux keeps POSIX shared memory (a tmpfs: Docker gives containers 64 MiB by default).
+SHM_DIR = "/dev/shm"
+
+
+class SharedMemoryFull(OSError):
+    """The shared memory file system has no room for a block (its pages were reserved up front)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +75,13 @@ class SharedSlots:
         self._free: list[SharedMemory] = []
         self._lent = 0
         self._closed = False
+        self._warned = False
 
     @contextmanager
-    def lend(self, arrays: Sequence[np.ndarray | None]) -> Iterator[SharedFrames]:
-        """A block holding a copy of ``arrays`` (``shareable`` ones) while the context lasts.
+    def lend(self, arrays: Sequence[np.ndarray | None]) -> Iterator[SharedFrames | None]:
+        """A block holding a copy of ``arrays`` (``shareable`` ones) while the context lasts; None
+        when the shared memory file system has no room for one (the caller sends the arrays
+        another way; a warning is logged once).
 
         A call cancelled while a worker may still read the block does not give the block back:
         it is unlinked (the worker's mapping stays valid) and another is made when needed."""
@@ -75,7 +90,19 @@ class SharedSlots:
         for a in arrays:
             layout.append(None if a is None else (a.shape, a.dtype.str, size))
             size += 0 if a is None else -(-a.nbytes // _ALIGN) * _ALIGN
-        block = self._take(size)
+        try:
+            block = self._take(size)
+        except SharedMemoryFull as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "%s; the metrics judge sends frames to its workers through pipes instead "
+                    "(slower). Give the machine or container more shared memory (docker run "
+                    "--shm-size), or use --judge-processes 0",
+                    exc,
+                )
+            yield None
+            return
         reusable = False
         try:
             for a, place in zip(arrays, layout, strict=True):
@@ -159,9 +186,39 @@ def _mapped(name: str, keep: int) -> SharedMemory:
 def _create(size: int) -> SharedMemory:
     while True:
         try:
-            return SharedMemory(NAME_PREFIX + secrets.token_hex(8), create=True, size=size)
+            block = SharedMemory(NAME_PREFIX + secrets.token_hex(8), create=True, size=size)
         except FileExistsError:  # pragma: no cover - 64 random bits
             continue
+        try:
+            _reserve(block)
+        except OSError as exc:
+            _unlink(block)
+            raise SharedMemoryFull(
+                exc.errno,
+                f"shared memory ({SHM_DIR}) has no room for a {size / 2**20:.0f} MiB block: {exc.strerror}",
+            ) from exc
+        return block
+
+
+def _reserve(block: SharedMemory) -> None:
+    """Allocate the block's pages now, on Linux. A block is a sparse file on a tmpfs: if the tmpfs
+    fills up, the first write to a page it cannot back kills the writing process with SIGBUS
+    (the main process, in the middle of a run). ``posix_fallocate`` fails cleanly with ENOSPC
+    instead. Elsewhere, or where the file system cannot reserve, nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        fd = os.open(os.path.join(SHM_DIR, block.name), os.O_RDWR)
+    except FileNotFoundError:  # shared memory kept somewhere else: nothing to reserve with
+        return
+    try:
+        os.posix_fallocate(fd, 0, block.size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            return  # EOPNOTSUPP, EINVAL: this file system cannot reserve; write as before
+        raise
+    finally:
+        os.close(fd)
 
 
 def _unlink(block: SharedMemory) -> None:
