@@ -119,7 +119,7 @@ class MetricsJudge(Judge):
             so threads use about 1.5 of 2 cores; processes use them all, for about a second to
             start and a copy of the frames per segment in shared memory (at most two segments'
             per worker at a time: labeler.judges.metrics_transport). Answers are the same either
-            way.
+            way. A worker that dies costs only the attempts in flight (``_replace_broken``).
         **weights: re-weight signal families, keys from ``DEFAULT_WEIGHTS``; 0 turns one off.
     """
 
