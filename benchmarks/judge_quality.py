@@ -9,7 +9,7 @@ seeds) - and the clear-copy demo (labeler.demo.build) with seed 1 (tune) and see
 README's demo). ``--fit`` decodes the tune parts like the engine does and fits the judge's
 coefficients and tie margins per mode (maximum likelihood, non-negative coefficients; ties
 weighted as ``TIE_WEIGHTS`` / ``TIE_RECALL_GOAL`` say), then a temperature per mode (unweighted
-likelihood), printing them for labeler/judges/metrics.py. The report runs the real
+likelihood), printing them for labeler/judges/metrics/judge.py. The report runs the real
 engine (``run_batch``: decode, both orders, aggregation) on the held-out parts with and without
 the reference and scores the records against the injected truth: accuracy without ties (the
 forced choice), tie recall, per artifact kind, the coverage curve, the expected calibration error,
@@ -93,7 +93,7 @@ def _kinds(manifest: Path) -> dict[tuple[str, int], str]:
 def segment_features(demo_set: Any, with_reference: bool) -> tuple[list[dict[str, float]], list[str]]:
     """Raw signal gaps of every segment (frames sampled and sized as the engine does) and truths."""
     from labeler.engine import EngineConfig
-    from labeler.judges.metrics_features import measure
+    from labeler.judges.metrics.features import measure
     from labeler.schemas import read_manifest, read_records
     from labeler.video import plan_segments, probe, read_frames, sample_indices
 
@@ -185,7 +185,7 @@ def fit_temperature(scores: np.ndarray, labels: list[str], margin: float) -> flo
 
 
 def fit_all(sets: dict[str, Any]) -> dict[str, Any]:
-    from labeler.judges.metrics_features import FAMILIES
+    from labeler.judges.metrics.features import FAMILIES
 
     out: dict[str, Any] = {"coefficients": {}, "tie_margins": {}}
     for mode, with_ref in (("no_reference", False), ("reference", True)):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from labeler.demo.gen_artifacts import apply_artifact
-from labeler.judges import metrics_local as loc
-from labeler.judges import metrics_signals as sig
-from labeler.judges.metrics_features import measure
+from labeler.judges.metrics import local as loc
+from labeler.judges.metrics import signals as sig
+from labeler.judges.metrics.features import measure
 from labeler.video import read_frames, sample_indices
 
 WINDOW = 25

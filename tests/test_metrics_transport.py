@@ -1,4 +1,4 @@
-"""The metrics judge's frames transport to its worker processes (labeler.judges.metrics_transport):
+"""The metrics judge's frames transport to its worker processes (labeler.judges.metrics.transport):
 exact copies in shared memory, blocks reused and bounded, nothing left behind after ``aclose``,
 errors per request, the same answers as measuring in this process, and worker processes that reuse
 the memory they free."""
@@ -12,9 +12,9 @@ from multiprocessing.shared_memory import SharedMemory
 import numpy as np
 import pytest
 
-import labeler.judges.metrics_transport as transport
+import labeler.judges.metrics.transport as transport
 from labeler.judges.metrics import MetricsJudge
-from labeler.judges.metrics_transport import NAME_PREFIX, SharedSlots, call_with_frames, shareable
+from labeler.judges.metrics.transport import NAME_PREFIX, SharedSlots, call_with_frames, shareable
 from labeler.schemas import FramesTooSmallError, SegmentRequest
 from tests.conftest import textured_frames
 

@@ -13,7 +13,7 @@ import pytest
 
 from labeler.engine import Engine
 from labeler.engine_types import EngineConfig
-from labeler.judges.metrics import MAX_POOL_RESTARTS, MetricsJudge
+from labeler.judges.metrics.judge import MAX_POOL_RESTARTS, MetricsJudge
 from labeler.schemas import FatalJudgeError, Judgment, SegmentRequest, TransientJudgeError
 from tests.conftest import textured_frames
 

@@ -3,11 +3,11 @@
 Every signal is a (floored) log-ratio or a difference between the sides, clipped to +-3,
 positive when the first-shown side looks better; swapping the sides negates every value exactly.
 
-Frame-quality signals (labeler.judges.metrics_signals), here: edge ``detail`` (discounted by a
+Frame-quality signals (labeler.judges.metrics.signals), here: edge ``detail`` (discounted by a
 side's own extra noise) and noise-blind edge ``contrast``, ``grain`` in flat areas (discounted
 when it is smoothing), an 8-pixel ``blocks`` grid over the frame and in its worst region
 (``blocks_local``), brightness ``flicker``, frames that ``stall``, and SSIM/MSE ``fidelity`` to the
-reference. Region-by-region and over-time signals (labeler.judges.metrics_regions): roughness,
+reference. Region-by-region and over-time signals (labeler.judges.metrics.regions): roughness,
 reversal, held regions, local motion and local fidelity. docs/metrics_judge.md has the principles.
 """
 
@@ -17,9 +17,9 @@ import math
 
 import numpy as np
 
-from labeler.judges import metrics_local as loc
-from labeler.judges import metrics_signals as sig
-from labeler.judges.metrics_regions import Evidence, clip, held, local_excess, over_time, sticking, where
+from labeler.judges.metrics import local as loc
+from labeler.judges.metrics import signals as sig
+from labeler.judges.metrics.regions import Evidence, clip, held, local_excess, over_time, sticking, where
 
 __all__ = ["FAMILIES", "Evidence", "measure"]
 

@@ -1,6 +1,6 @@
 """The embedded default judge: model-free, deterministic, milliseconds per segment pair.
 
-It measures generic quality signals of both sides of a segment (labeler.judges.metrics_features:
+It measures generic quality signals of both sides of a segment (labeler.judges.metrics.features:
 frame quality pooled over the frame and per region, region-by-region and over-time comparisons of
 A with B, and with the reference when there is one) as *gaps between the sides*, and sums them
 into one score ``S`` (positive: the first-shown video is better):
@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from labeler.judges.base import Judge
-from labeler.judges.metrics_features import FAMILIES, Evidence, measure
-from labeler.judges.metrics_transport import SharedFrames, SharedSlots, call_with_frames, shareable
-from labeler.judges.metrics_worker import keep_freed_memory
+from labeler.judges.metrics.features import FAMILIES, Evidence, measure
+from labeler.judges.metrics.transport import SharedFrames, SharedSlots, call_with_frames, shareable
+from labeler.judges.metrics.worker import keep_freed_memory
 from labeler.schemas import (
     FatalJudgeError,
     FramesTooSmallError,
@@ -118,7 +118,7 @@ class MetricsJudge(Judge):
             this process). The measures are many short numpy steps that hold the GIL between them,
             so threads use about 1.5 of 2 cores; processes use them all, for about a second to
             start and a copy of the frames per segment in shared memory (at most two segments'
-            per worker at a time: labeler.judges.metrics_transport). Answers are the same either
+            per worker at a time: labeler.judges.metrics.transport). Answers are the same either
             way. A worker that dies costs only the attempts in flight (``_replace_broken``).
         **weights: re-weight signal families, keys from ``DEFAULT_WEIGHTS``; 0 turns one off.
     """
@@ -167,7 +167,7 @@ class MetricsJudge(Judge):
         self._in_flight: dict[
             tuple[int, int, int | None], tuple[asyncio.Future[Judgment], SegmentRequest]
         ] = {}
-        # Shared memory for the frames sent to the workers (labeler.judges.metrics_transport):
+        # Shared memory for the frames sent to the workers (labeler.judges.metrics.transport):
         # two blocks per worker, one being measured and one queued, so a worker never waits.
         self._shared = SharedSlots(2 * max(processes, 1))
         self._turns: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None

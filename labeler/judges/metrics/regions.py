@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from labeler.judges import metrics_local as loc
+from labeler.judges.metrics import local as loc
 
 __all__ = ["Evidence", "clip", "held", "local_excess", "over_time", "sticking", "where"]
 
@@ -48,7 +48,7 @@ def held(
     c_a: np.ndarray, c_b: np.ndarray, floor: float = _HOLD_FLOOR
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """[K-1, cells] per side: the cells standing still while the other side's move more than
-    ``floor`` grey levels, from coarse luma (``metrics_local.coarse``, or coarser); None for a
+    ``floor`` grey levels, from coarse luma (``local.coarse``, or coarser); None for a
     single frame."""
     if len(c_a) < 2:
         return None
@@ -150,7 +150,7 @@ def _roughness(
 
 def _reversal(c_a: np.ndarray, c_b: np.ndarray, triples: np.ndarray) -> list[Evidence]:
     """How far each side's change turns back on itself between consecutive frame steps
-    (``metrics_local.reversal``) over the frame triples given: the worst step (a jump back in time)
+    (``local.reversal``) over the frame triples given: the worst step (a jump back in time)
     and the mean (fresh noise turns back at every step, motion carries on)."""
     r_a, r_b = loc.reversal(c_a)[triples], loc.reversal(c_b)[triples]
     if len(r_a) == 0:
