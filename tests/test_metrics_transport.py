@@ -29,8 +29,9 @@ def exists(name: str) -> bool:
 
 
 def our_blocks() -> set[str]:
-    """This module's blocks that exist now (Linux keeps POSIX shared memory under /dev/shm)."""
-    return {n for n in os.listdir("/dev/shm") if n.startswith(NAME_PREFIX)}
+    """The blocks this test process made that exist now (Linux keeps POSIX shared memory under
+    /dev/shm); other processes' blocks, another test run's on the same machine, do not count."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(f"{NAME_PREFIX}{os.getpid()}_")}
 
 
 needs_dev_shm = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory not listed")

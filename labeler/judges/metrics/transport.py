@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Names of this module's blocks start so (under /dev/shm on Linux).
+#: Names of this module's blocks start so (under /dev/shm on Linux), then the creating process's id
+#: (whose blocks they are, if one outlives a crash) and a random part: ``densepref_<pid>_<12 hex>``,
+#: under the 31 characters macOS allows.
 NAME_PREFIX = "densepref_"
 _ALIGN = 64  # each array starts on a cache line
 _GRAIN = 1 << 20  # block sizes are whole MiB, so slightly larger segments reuse a block too
@@ -186,8 +188,8 @@ def _mapped(name: str, keep: int) -> SharedMemory:
 def _create(size: int) -> SharedMemory:
     while True:
         try:
-            block = SharedMemory(NAME_PREFIX + secrets.token_hex(8), create=True, size=size)
-        except FileExistsError:  # pragma: no cover - 64 random bits
+            block = SharedMemory(f"{NAME_PREFIX}{os.getpid()}_{secrets.token_hex(6)}", create=True, size=size)
+        except FileExistsError:  # pragma: no cover - 48 random bits within one process
             continue
         try:
             _reserve(block)
