@@ -203,25 +203,29 @@ class MetricsJudge(Judge):
         return await asyncio.shield(entry[0])
 
     async def _measure(self, request: SegmentRequest) -> Judgment:
-        if self._pool is None:
-            if self._broken is not None:
-                raise FatalJudgeError(self._broken)
-            if self.processes:
-                raise RuntimeError("metrics judge: used after aclose()")
+        if not self.processes:
             return await asyncio.to_thread(self.score, request)
-        loop = asyncio.get_running_loop()
+        self._live_pool()  # fail before taking a shared block
         arrays = (
             request.frames_first,
             request.frames_second,
             request.reference if self.uses_reference else None,
         )
         if not shareable(arrays):  # a reference of Python objects: pickled, as it was given
-            return await self._in_pool(loop, _score_in_worker, self._settings, *arrays)
-        async with self._slot_turns(loop):
+            return await self._in_pool(_score_in_worker, self._settings, *arrays)
+        async with self._slot_turns(asyncio.get_running_loop()):
             with self._shared.lend(arrays) as frames:
                 if frames is None:  # no room in shared memory: pickled through the pipe
-                    return await self._in_pool(loop, _score_in_worker, self._settings, *arrays)
-                return await self._in_pool(loop, _score_shared_in_worker, self._settings, frames)
+                    return await self._in_pool(_score_in_worker, self._settings, *arrays)
+                return await self._in_pool(_score_shared_in_worker, self._settings, frames)
+
+    def _live_pool(self) -> ProcessPoolExecutor:
+        """The worker pool, or the error that says why there is none."""
+        if self._broken is not None:
+            raise FatalJudgeError(self._broken)
+        if self._pool is None:
+            raise RuntimeError("metrics judge: used after aclose()")
+        return self._pool
 
     def _start_pool(self) -> None:
         # Start the workers now: each spends about a second importing numpy and scipy, which
@@ -231,15 +235,13 @@ class MetricsJudge(Judge):
         )
         self._warming = [self._pool.submit(_warm_up) for _ in range(self.processes)]
 
-    async def _in_pool(self, loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> Judgment:
+    async def _in_pool(self, fn: Any, *args: Any) -> Judgment:
         """``fn(*args)`` in a worker process; a dead worker becomes a judge error (see
-        ``_replace_broken``), never a pool that fails every later segment."""
-        if self._broken is not None:
-            raise FatalJudgeError(self._broken)
-        pool = self._pool
-        assert pool is not None
+        ``_replace_broken``), never a pool that fails every later segment. The pool is looked up
+        again here: a request that waited for a shared block may find it replaced, or gone."""
+        pool = self._live_pool()
         try:
-            judgment: Judgment = await loop.run_in_executor(pool, fn, *args)
+            judgment: Judgment = await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except BrokenProcessPool as exc:
             raise self._replace_broken(pool) from exc
         self._restarts = 0
