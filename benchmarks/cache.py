@@ -82,7 +82,7 @@ def prime(manifest: Path, cache_dir: Path) -> tuple[int, list[Any]]:
 def rerun(manifest: Path, cache_dir: Path, out: Path) -> dict[str, Any]:
     """One fully cached ``run_batch`` into a fresh output; its figures."""
     from labeler.jobfiles import errors_path_for
-    from labeler.runner import run_batch
+    from labeler.runners.local import run_batch
 
     for stale in (out, errors_path_for(out)):
         stale.unlink(missing_ok=True)

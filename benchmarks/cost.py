@@ -59,7 +59,7 @@ def _rescale(frames: np.ndarray, size: tuple[int, int] | None, max_side: int) ->
     resized by the engine's own rule (long side ``max_side``)."""
     from PIL import Image
 
-    from labeler.video import resize_max_side
+    from labeler.media.video import resize_max_side
 
     if size is None:
         return frames
@@ -121,7 +121,7 @@ def measure(requests: list[Any], model: str, layout: str, detail: str) -> dict[s
         output_tokens += judge.estimate(request).output_tokens
         shown = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]
         first = next(p for p in shown if p["type"] == "image_url")
-        from labeler.images import data_uri_bytes, image_size
+        from labeler.media.images import data_uri_bytes, image_size
 
         width, height = image_size(data_uri_bytes(first["image_url"]["url"]))
     usd = estimate_cost(model, input_tokens, output_tokens)

@@ -1,13 +1,13 @@
 """Question 4: how fast does the segment sampler decode, against decoding every frame?
 
-On every video of the demo set (A, B and reference clips), ``labeler.video.read_frames`` is timed two
+On every video of the demo set (A, B and reference clips), ``labeler.media.video.read_frames`` is timed two
 ways, interleaved (sampler, then all frames; the order flips every repeat so neither side always
 runs with warm caches):
 
 - **sampler**: the frames the engine shows a judge — ``frames_per_segment`` per segment, sampled by
   ``plan_segments`` + ``sample_indices`` — which is what ``engine.decode_segments`` asks for;
 - **sampler, decord**: the same frames read by decord's ``get_batch``, the first-choice reader
-  before ``labeler.video_index`` (the pixels are checked equal);
+  before ``labeler.media.video_index`` (the pixels are checked equal);
 - **every frame**: all frames of the video, the naive way to get them.
 
 Both resize to ``max_side``. Reported per video and in total: frames delivered per second, and the
@@ -55,7 +55,7 @@ def sampler_indices(
     num_frames: int, fps: float, segment_seconds: float, frames_per_segment: int
 ) -> list[int]:
     """The frame indices the engine decodes for a whole video (every segment's sample)."""
-    from labeler.video import plan_segments, sample_indices
+    from labeler.media.video import plan_segments, sample_indices
 
     out: list[int] = []
     for start, end in plan_segments(num_frames, fps, segment_seconds):
@@ -122,7 +122,7 @@ def peak_rss(
     same run on a 1 s pair of the same size (imports, judge, one segment: the fixed part)."""
     import json
 
-    from labeler.video import write_video
+    from labeler.media.video import write_video
 
     h, w = size
     work.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def run(
 ) -> dict[str, Any]:  # fmt: skip
     import numpy as np
 
-    from labeler.video import _read_decord, probe, read_frames
+    from labeler.media.video import _read_decord, probe, read_frames
 
     repeats = repeats or (1 if quick else 3)
     started = time.perf_counter()

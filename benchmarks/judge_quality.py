@@ -94,8 +94,8 @@ def segment_features(demo_set: Any, with_reference: bool) -> tuple[list[dict[str
     """Raw signal gaps of every segment (frames sampled and sized as the engine does) and truths."""
     from labeler.engine import EngineConfig
     from labeler.judges.metrics.features import measure
+    from labeler.media.video import plan_segments, probe, read_frames, sample_indices
     from labeler.schemas import read_manifest, read_records
-    from labeler.video import plan_segments, probe, read_frames, sample_indices
 
     config = EngineConfig()
     root = demo_set.manifest.parent
@@ -229,7 +229,7 @@ def label_set(
     from labeler.cli_options import default_judge_processes
     from labeler.engine import Engine
     from labeler.judges.metrics import MetricsJudge
-    from labeler.runner import run_batch
+    from labeler.runners.local import run_batch
     from labeler.schemas import read_records
 
     # As ``labeler.batch`` runs it: one worker process per CPU. Their start-up (about a second,

@@ -1,8 +1,8 @@
 """Question: what does labeling on Ray cost, and what does it buy, on this machine?
 
 The same fresh manifest is labeled (openai judge against ``labeler.standin`` in its own process, no
-cache, both orders) by the one-process engine (``labeler.runner.run_batch``) and by ``--ray`` with 1
-and 2 worker actors on a local Ray (``labeler.scale.ray_runner``), at a server latency of 0 (the
+cache, both orders) by the one-process engine (``labeler.runners.local.run_batch``) and by ``--ray`` with 1
+and 2 worker actors on a local Ray (``labeler.runners.ray.ray_runner``), at a server latency of 0 (the
 client's CPU bounds: decoding, sampling, JPEG, HTTP) and, in the full run, 100 ms (the endpoint's
 latency bounds each engine to concurrency / L requests/s).
 
@@ -90,9 +90,9 @@ def label(manifest: Path, out: Path, base_url: str, ray_workers: int | None) -> 
     """One labeling run, one process (``ray_workers`` None) or on Ray; (BatchResult, segments)."""
     from labeler.batch import build_parser
     from labeler.cli_options import engine_from_args
-    from labeler.runner import run_batch
-    from labeler.scale.options import ray_options_from_args
-    from labeler.scale.ray_runner import run_batch_on_ray
+    from labeler.runners.local import run_batch
+    from labeler.runners.ray.options import ray_options_from_args
+    from labeler.runners.ray.ray_runner import run_batch_on_ray
 
     args = build_parser().parse_args(_argv(base_url, ray_workers))
     engine = engine_from_args(args)

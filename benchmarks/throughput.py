@@ -1,7 +1,7 @@
 """Question 1: how close does the engine run to what the judge server allows, and what does it cost
 on its own?
 
-The engine (``labeler.runner.run_batch`` with the ``openai`` judge: the product's batch path) labels a
+The engine (``labeler.runners.local.run_batch`` with the ``openai`` judge: the product's batch path) labels a
 manifest of demo pairs against ``labeler.standin``, a real OpenAI-compatible server in its own
 process, with a simulated latency L per request and a concurrency limit. Little's law bounds what
 any client can get: ``min(concurrency, server_limit) / L`` requests per second, halved into segment
@@ -82,8 +82,8 @@ def little_bound(setting: Setting, requests_per_pair: int) -> float | None:
 
 def segments_per_pair(manifest: Path, segment_seconds: float = 1.0) -> float:
     """Mean number of segments of the manifest's pairs (probes A of every pair, decodes nothing)."""
+    from labeler.media.video import plan_segments, probe
     from labeler.schemas import read_manifest
-    from labeler.video import plan_segments, probe
 
     counts = []
     for entry in read_manifest(manifest):
@@ -107,7 +107,7 @@ def default_workers(concurrency: int) -> int:
 
 
 async def _run_batch(manifest: Path, out: Path, engine: Any, workers: int) -> Any:
-    from labeler.runner import run_batch
+    from labeler.runners.local import run_batch
 
     try:
         return await run_batch(manifest, out, engine, workers=workers, progress=False)

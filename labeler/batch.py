@@ -23,8 +23,8 @@ from labeler.cli_options import (
     engine_from_args,
 )
 from labeler.engine import Engine
-from labeler.runner import BatchResult, run_batch
-from labeler.scale.options import RayOptions, add_ray_arguments, ray_options_from_args
+from labeler.runners.local import BatchResult, run_batch
+from labeler.runners.ray.options import RayOptions, add_ray_arguments, ray_options_from_args
 from labeler.schemas import JudgeError
 
 #: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
@@ -173,14 +173,14 @@ async def _label(
     """One event loop for the whole job (the engine's semaphores and HTTP clients belong to it)."""
     try:
         if batch_import:
-            from labeler.judges.openai_batch import import_batch_outputs
+            from labeler.runners.batch_api import import_batch_outputs
 
             report = import_batch_outputs(batch_import, engine)
             print(
                 f"batch import: {report.answered} answers cached, {report.unusable} left for the online run"
             )
         if openai_batch_poll is not None:
-            from labeler.judges.openai_batch import prefill_with_batch_api
+            from labeler.runners.batch_api import prefill_with_batch_api
 
             await prefill_with_batch_api(
                 manifest, out, engine, poll_seconds=openai_batch_poll, max_tokens=batch_max_tokens
@@ -191,7 +191,7 @@ async def _label(
 
 
 def _export(manifest: Path, out: Path, engine: Engine, directory: Path) -> int:
-    from labeler.judges.openai_batch import export_batch_files
+    from labeler.runners.batch_api import export_batch_files
 
     async def export() -> list[Path]:
         try:
@@ -232,14 +232,14 @@ def _run(
     args: argparse.Namespace, engine: Engine, manifest: Path, out: Path, ray_options: RayOptions | None
 ) -> BatchResult | int:
     """The labeling itself, holding the output's lock; an int is an exit code."""
-    from labeler.judges.openai_batch import BatchApiUnavailable
+    from labeler.runners.batch_api import BatchApiUnavailable
 
     workers = args.workers or max(4, engine.config.concurrency // 2)
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
         with jobfiles.lock_output(out):
             if ray_options is not None:
-                from labeler.scale.ray_runner import label_on_ray
+                from labeler.runners.ray.ray_runner import label_on_ray
 
                 return label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
             return asyncio.run(

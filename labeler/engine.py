@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from labeler import __version__, video
+from labeler import __version__
 from labeler.aggregate import combine_votes
 from labeler.cache import JudgmentCache, cache_key
 from labeler.engine_types import (
@@ -31,6 +31,7 @@ from labeler.engine_types import (
 )
 from labeler.frame_source import FrameSource
 from labeler.judges.base import Judge
+from labeler.media import video
 from labeler.schemas import (
     DensePreferenceRecord,
     Judgment,

@@ -21,8 +21,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from labeler import video
 from labeler.engine_types import EngineConfig, EngineStats, PairPlan, SegmentPlan
+from labeler.media import video
 
 __all__ = ["FrameSource"]
 

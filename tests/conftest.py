@@ -36,7 +36,7 @@ def textured_frames(n: int, h: int = 64, w: int = 96, seed: int = 0, motion: int
 @pytest.fixture
 def make_video(tmp_path: Path) -> Callable[..., Path]:
     """make_video(name, n_frames=48, fps=24.0, frames=None, **texture_kwargs) -> path of an H.264 mp4."""
-    from labeler.video import write_video
+    from labeler.media.video import write_video
 
     def _make(
         name: str, n_frames: int = 48, fps: float = 24.0, frames: np.ndarray | None = None, **kw
@@ -86,7 +86,7 @@ def level_pairs_manifest(
     A sits at gray level ``a[0] + a[1]·i`` and its B at ``b[0] + b[1]·i`` (plus the segment index)."""
     import json
 
-    from labeler import video
+    from labeler.media import video
     from tests.fake_judges import frames_with_level
 
     lines = []

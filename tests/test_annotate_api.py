@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 
 from labeler.agreement.compute import compute_agreement
 from labeler.engine import Engine
+from labeler.media.video import write_video
 from labeler.schemas import iter_manifest, read_records
 from labeler.service.annotate.routes import blind_swapped
 from labeler.service.annotate.store import AnnotationStore, Answer, manifest_key
 from labeler.service.app import create_app
 from labeler.service.media_stream import SIGNED_URL_SECONDS, media_url
 from labeler.service.settings import ServiceSettings
-from labeler.video import write_video
 from tests.conftest import textured_frames
 from tests.fake_judges import BrightnessJudge
 

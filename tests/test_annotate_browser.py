@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from labeler.media.video import VideoError, read_frames, write_video
 from labeler.schemas import read_records
 from labeler.service.annotate.routes import blind_swapped
-from labeler.video import VideoError, read_frames, write_video
 from tests.conftest import textured_frames
 from tests.service_helpers import ServiceProcess, running_service
 

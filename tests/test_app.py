@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from labeler import video
 from labeler.engine import Engine, EngineConfig, FrameSegment
 from labeler.judges import build_judge
+from labeler.media import video
 from labeler.schemas import DensePreferenceRecord, Judgment, ManifestEntry
 from labeler.service.settings import ServiceSettings
 from labeler.standin import StandinServer

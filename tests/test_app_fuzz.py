@@ -10,8 +10,8 @@ import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
-from labeler import video
 from labeler.engine import Engine, EngineConfig
+from labeler.media import video
 from labeler.service.app import create_app
 from labeler.service.settings import ServiceSettings
 from tests.fake_judges import BrightnessJudge, frames_with_level

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from labeler import video
+from labeler.media import video
 from labeler.service.app import create_app
 from labeler.service.errors import MAX_REPORTED_ERRORS
 from labeler.service.media_stream import usable_range

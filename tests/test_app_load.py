@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from labeler import video
+from labeler.media import video
 from tests.conftest import textured_frames
 from tests.service_helpers import metric_value, mixed_label_bodies, run_load, running_service
 

@@ -18,8 +18,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from labeler import video
 from labeler.engine import Engine, EngineConfig
+from labeler.media import video
 from labeler.service.app import create_app
 from labeler.service.settings import ServiceSettings
 from tests.fake_judges import BrightnessJudge, ScriptedFailures, frames_with_level
@@ -250,12 +250,12 @@ def png_claiming(width: int, height: int) -> str:
 
 @pytest.mark.parametrize("side", [5000, 40000])  # over our limit; over Pillow's own bomb limit too
 def test_decompression_bombs_are_refused_before_decoding(client, monkeypatch, side):
-    import labeler.images
+    import labeler.media.images
 
     def never(*_a, **_k):
         raise AssertionError("decoded a bomb")
 
-    monkeypatch.setattr(labeler.images, "decode_image", never)
+    monkeypatch.setattr(labeler.media.images, "decode_image", never)
     body = {
         "prompt": "p",
         "segments": [

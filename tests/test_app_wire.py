@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from labeler import video
+from labeler.media import video
 from labeler.standin import StandinServer
 from tests.conftest import textured_frames
 from tests.service_helpers import ServiceProcess, metric_value, running_service

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler import video
+from labeler.media import video
 from labeler.schemas import read_manifest, read_records
 from tests.conftest import textured_frames
 

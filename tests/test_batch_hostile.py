@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from labeler import jobfiles, video
+from labeler import jobfiles
+from labeler.media import video
 from labeler.schemas import read_records
 from labeler.standin import StandinServer
 from tests.conftest import textured_frames

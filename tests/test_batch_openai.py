@@ -189,8 +189,8 @@ def test_openai_batch_interrupted_while_waiting_resumes_the_same_batch(
 
     from labeler.cache import JudgmentCache
     from labeler.engine import Engine, EngineConfig
-    from labeler.judges import openai_batch
     from labeler.judges.openai_api import OpenAIJudge
+    from labeler.runners import batch_api as openai_batch
 
     def engine() -> Engine:
         judge = OpenAIJudge("standin-vlm", base_url=server.base_url, api_key="k")
@@ -221,8 +221,8 @@ def test_openai_batch_splits_large_jobs(manifest, server, tmp_path):
 
     from labeler.cache import JudgmentCache
     from labeler.engine import Engine, EngineConfig
-    from labeler.judges import openai_batch
     from labeler.judges.openai_api import OpenAIJudge
+    from labeler.runners import batch_api as openai_batch
 
     judge = OpenAIJudge("standin-vlm", base_url=server.base_url, api_key="k")
     eng = Engine(judge, EngineConfig(frames_per_segment=4), JudgmentCache(tmp_path / "cache"))

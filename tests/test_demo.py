@@ -17,8 +17,8 @@ import pytest
 from labeler.demo import build as demo
 from labeler.demo.degradations import DEMO_KINDS
 from labeler.judges.metrics import MetricsJudge
+from labeler.media.video import plan_segments, probe, read_frames, sample_indices
 from labeler.schemas import SegmentRequest, read_manifest, read_records, video_level
-from labeler.video import plan_segments, probe, read_frames, sample_indices
 
 MIN_AGREEMENT = 0.85
 

@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from labeler import video
 from labeler.cache import JudgmentCache
 from labeler.engine import BudgetExceeded, Engine, EngineConfig, FrameSegment
+from labeler.media import video
 from labeler.schemas import FatalJudgeError, ManifestEntry, TransientJudgeError
 from tests.fake_judges import BrightnessJudge, ScriptedFailures, frames_with_level
 

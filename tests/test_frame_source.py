@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler import video
 from labeler.engine import Engine, EngineConfig
-from labeler.runner import run_batch
+from labeler.media import video
+from labeler.runners.local import run_batch
 from labeler.schemas import Judgment, ManifestEntry, SegmentRequest
 from tests.conftest import textured_frames
 from tests.fake_judges import BrightnessJudge

@@ -13,8 +13,8 @@ import pytest
 from labeler.demo import build as demo
 from labeler.demo.gen_artifacts import GEN_KINDS, Nuisance, apply_artifact, nuisance
 from labeler.demo.generated import SPLITS, build_generated
+from labeler.media.video import plan_segments, probe, read_frames
 from labeler.schemas import read_manifest, read_records
-from labeler.video import plan_segments, probe, read_frames
 from tests.conftest import textured_frames
 from tests.test_batch_cli import cli
 

@@ -1,4 +1,4 @@
-"""labeler.images: composites, JPEG data URIs, and safe decoding of untrusted image bytes."""
+"""labeler.media.images: composites, JPEG data URIs, and safe decoding of untrusted image bytes."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import labeler.images
-from labeler.images import (
+import labeler.media.images
+from labeler.media.images import (
     GAP_VALUE,
     JpegUriCache,
     data_uri_bytes,
@@ -150,13 +150,13 @@ def test_decode_image_refuses_decompression_bomb_header():
 def encodes(monkeypatch) -> list[tuple[int, int]]:
     """Every real JPEG encoding JpegUriCache asks for, as (id of the array, quality)."""
     calls: list[tuple[int, int]] = []
-    real = labeler.images.jpeg_data_uri
+    real = labeler.media.images.jpeg_data_uri
 
     def counting(image: np.ndarray, quality: int = 90) -> str:
         calls.append((id(image), quality))
         return real(image, quality)
 
-    monkeypatch.setattr(labeler.images, "jpeg_data_uri", counting)
+    monkeypatch.setattr(labeler.media.images, "jpeg_data_uri", counting)
     return calls
 
 
@@ -193,14 +193,14 @@ def test_jpeg_uri_cache_does_not_keep_failed_encodings(monkeypatch):
     cache = JpegUriCache()
     frame = _rgb(8, 8)
     failures = [RuntimeError("disk full")]
-    real = labeler.images.jpeg_data_uri
+    real = labeler.media.images.jpeg_data_uri
 
     def flaky(image: np.ndarray, quality: int = 90) -> str:
         if failures:
             raise failures.pop()
         return real(image, quality)
 
-    monkeypatch.setattr(labeler.images, "jpeg_data_uri", flaky)
+    monkeypatch.setattr(labeler.media.images, "jpeg_data_uri", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         cache.data_uri(frame)
     assert len(cache) == 0
@@ -232,7 +232,7 @@ def test_jpeg_uri_cache_second_thread_waits_for_the_first_encoding(monkeypatch):
     frame = _rgb(16, 16)
     started, release = threading.Event(), threading.Event()
     calls = []
-    real = labeler.images.jpeg_data_uri
+    real = labeler.media.images.jpeg_data_uri
 
     def slow(image: np.ndarray, quality: int = 90) -> str:
         calls.append(id(image))
@@ -240,7 +240,7 @@ def test_jpeg_uri_cache_second_thread_waits_for_the_first_encoding(monkeypatch):
         release.wait(10)  # held until the second thread has looked the frame up
         return real(image, quality)
 
-    monkeypatch.setattr(labeler.images, "jpeg_data_uri", slow)
+    monkeypatch.setattr(labeler.media.images, "jpeg_data_uri", slow)
     # Both threads' lookups (one critical section each) must be done before the encoding ends,
     # so the second thread finds the frame in flight rather than finished.
     cache._lock = watched = _WatchedLock(after=2)  # type: ignore[assignment]

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from labeler import video
 from labeler.dryrun import dry_run
 from labeler.engine import Engine, EngineConfig
 from labeler.judges.base import BatchApiUnsupported, Judge
+from labeler.media import video
 from labeler.schemas import JudgeEstimate, Judgment, ManifestEntry, SegmentRequest, read_records
 from tests.conftest import textured_frames
 from tests.fake_judges import BrightnessJudge, frames_with_level

@@ -21,8 +21,8 @@ from labeler.demo.degradations import DEMO_KINDS, HELD_OUT_KINDS, degrade
 from labeler.judges import build_judge
 from labeler.judges.base import Judge
 from labeler.judges.metrics import COEFFICIENTS, DEFAULT_WEIGHTS, TEMPERATURES, MetricsJudge
+from labeler.media.video import read_frames, sample_indices, write_video
 from labeler.schemas import FramesTooSmallError, InputError, Judgment, SegmentRequest
-from labeler.video import read_frames, sample_indices, write_video
 from tests.conftest import textured_frames
 
 WINDOW = 25  # one 1 s segment at 25 fps
@@ -362,7 +362,7 @@ def test_bad_settings_are_rejected_by_name(kwargs, words):
 def test_reference_of_another_size_is_resized_and_another_shape_rejected(windows):
     clean = windows["bikes"][IDX]
     bad = degrade(clean, "noise", 0.8)
-    from labeler.video import resize_max_side
+    from labeler.media.video import resize_max_side
 
     smaller = resize_max_side(clean, 224)  # same aspect ratio, half the size
     j = MetricsJudge().score(SegmentRequest("p", bad, clean, 0.0, 1.0, reference=smaller))

@@ -15,7 +15,7 @@ from labeler.demo.gen_artifacts import apply_artifact
 from labeler.judges.metrics import local as loc
 from labeler.judges.metrics import signals as sig
 from labeler.judges.metrics.features import measure
-from labeler.video import read_frames, sample_indices
+from labeler.media.video import read_frames, sample_indices
 
 WINDOW = 25
 IDX = sample_indices(0, WINDOW, 8)

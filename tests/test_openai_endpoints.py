@@ -18,9 +18,9 @@ import pytest
 
 from labeler.cache import JudgmentCache
 from labeler.engine import BudgetExceeded, Engine, EngineConfig
-from labeler.judges import openai_batch
 from labeler.judges.openai_api import OpenAIJudge
-from labeler.judges.openai_batch_files import line_tokens
+from labeler.runners import batch_api as openai_batch
+from labeler.runners.batch_api_files import line_tokens
 from labeler.schemas import JudgeParseError, SegmentRequest, read_records
 from labeler.standin import StandinServer
 from tests.conftest import level_pairs_manifest
@@ -216,7 +216,7 @@ def test_batch_answers_are_costed_at_half_price(manifest, tmp_path):
         assert report.answered == 8 and billed["online"] == 0 and billed["batch"] > 0
         assert engine.stats.cost_usd == pytest.approx(billed["batch"], rel=1e-9)
         online = engine_for(server, tmp_path / "c2")
-        from labeler.runner import run_batch
+        from labeler.runners.local import run_batch
 
         async def label() -> None:
             try:

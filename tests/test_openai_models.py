@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.images import data_uri_bytes, image_size
 from labeler.judges.composite import plan_composite
 from labeler.judges.models_table import REASONING_BUDGET, TABLE_AS_OF, TABLE_SOURCES, lookup
 from labeler.judges.openai_api import OpenAIJudge
 from labeler.judges.openai_request import parse_price
 from labeler.judges.pricing import estimate_cost
+from labeler.media.images import data_uri_bytes, image_size
 from labeler.schemas import SegmentRequest
 from tests.conftest import textured_frames
 

@@ -21,7 +21,7 @@ from labeler.engine import Engine, EngineConfig
 from labeler.fileio import read_lines
 from labeler.judges.models_table import MODELS
 from labeler.judges.openai_api import OpenAIJudge
-from labeler.judges.openai_batch_files import write_batch_files
+from labeler.runners.batch_api_files import write_batch_files
 from labeler.schemas import ManifestEntry, SegmentRequest
 from tests.conftest import textured_frames
 
@@ -96,7 +96,7 @@ def test_fallback_and_option_variants_stay_valid(request_pair):
 def test_batch_lines_are_valid_batch_requests(tmp_path, request_pair):
     """Batch input lines: each body is a valid chat body, and the batch they make is a valid
     BatchCreateParams (endpoint, window)."""
-    from labeler import video
+    from labeler.media import video
 
     for name in ("a", "b"):
         video.write_video(tmp_path / f"{name}.mp4", textured_frames(16, h=36, w=64), 8.0)

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from labeler.images import jpeg_data_uri
 from labeler.judges.pricing import (
     BATCH_DISCOUNT,
     PRICES_AS_OF,
@@ -16,6 +15,7 @@ from labeler.judges.pricing import (
     image_tokens,
     text_tokens,
 )
+from labeler.media.images import jpeg_data_uri
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.images import side_by_side
 from labeler.judges.prompts import PromptTemplateError, available_prompts, load_prompt
+from labeler.media.images import side_by_side
 from labeler.schemas import SegmentRequest
 
 SHIPPED = Path(__file__).resolve().parents[1] / "prompts"

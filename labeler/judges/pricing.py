@@ -181,7 +181,7 @@ def _image_size(part: dict[str, Any]) -> tuple[int, int] | None:
         return int(w), int(h)
     url = (part.get("image_url") or {}).get("url", "")
     if url.startswith("data:"):
-        from labeler.images import data_uri_bytes, image_size
+        from labeler.media.images import data_uri_bytes, image_size
 
         # The size sits in the header: decoding the first 16 KiB of base64 is enough, and far
         # cheaper than the whole image (the stand-in counts tokens of every request this way).

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 
 from labeler.engine import BudgetExceeded
+from labeler.media.video import VideoError, VideoMismatchError
 from labeler.schemas import ErrorInfo, FramesTooSmallError, InputError, JudgeError
-from labeler.video import VideoError, VideoMismatchError
 
 __all__ = [
     "ERROR_RESPONSES",

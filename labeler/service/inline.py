@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from labeler.engine import FrameSegment
-from labeler.images import decode_image, image_size
+from labeler.media.images import decode_image, image_size
 from labeler.service.errors import ServiceError, clean_message
 from labeler.service.models import LabelInlineRequest
 from labeler.service.settings import ServiceSettings

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from fastapi import Request
 
+from labeler.media.video import VideoError, VideoInfo
+from labeler.media.video import probe as probe_file
 from labeler.service.errors import ServiceError
-from labeler.video import VideoError, VideoInfo
-from labeler.video import probe as probe_file
 
 __all__ = ["media_root", "private_paths", "probe_media", "require_media_root", "resolve_media_path"]
 
@@ -121,7 +121,7 @@ def probe_media(
 ) -> VideoInfo:
     """Probe a resolved media path: its ``VideoInfo``, or 400 saying why it is not a usable video
     (unreadable, no video stream, zero frames, longer than ``max_seconds``). ``probe`` defaults to
-    ``labeler.video.probe``; the service passes the engine's memoised one. Blocking (it may open
+    ``labeler.media.video.probe``; the service passes the engine's memoised one. Blocking (it may open
     the file): call it in a worker thread from async code. ``private`` (see :func:`private_paths`)
     keeps server paths out of the message."""
     try:

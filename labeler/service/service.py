@@ -8,8 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from labeler import video
 from labeler.engine import Engine
+from labeler.media import video
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
 from labeler.service.body import BodyCounts, BodyParser
 from labeler.service.errors import ServiceError, service_error

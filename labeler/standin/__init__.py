@@ -9,7 +9,7 @@ It speaks enough of the API for the official ``openai`` client: ``POST /v1/chat/
   shown first/second (pure position bias); "tie"; "garbage": prose without JSON; "sharpness": decodes
   the frames and prefers the side with the higher mean Laplacian variance (a crude but real judge).
 - Layout rule for "sharpness": a request whose images carry a bright vertical stripe at their exact
-  centre (labeler.images.side_by_side's gap) is 'side-by-side' and each image is split at the stripe
+  centre (labeler.media.images.side_by_side's gap) is 'side-by-side' and each image is split at the stripe
   into first | second; otherwise it is 'separate' and the first half of the images is the first video.
 - ``faults`` — a queue applied to the next requests, one each: ``{"status": 429, "retry_after": 0.05}``,
   ``{"status": 500}``, ``{"hang": 5.0}`` (sleep before answering), ``{"garbage": true}``; ``rules`` —

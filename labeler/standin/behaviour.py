@@ -140,7 +140,7 @@ def _split_left_right(image: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None
 
 def sharpness_scores(image_urls: list[str]) -> tuple[float, float, str]:
     """Mean Laplacian variance of the first and second video's frames, and the detected layout."""
-    from labeler.images import data_uri_bytes, decode_image
+    from labeler.media.images import data_uri_bytes, decode_image
 
     images = [decode_image(data_uri_bytes(u), max_pixels=4096 * 4096) for u in image_urls]
     if not images:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from labeler.video import plan_segments
+from labeler.media.video import plan_segments
 from trainer.latents import latent_frame_labels, latent_frame_ranges, num_latent_frames
 
 A, B, TIE = 1, -1, 0

@@ -1,7 +1,7 @@
 """The data side of human annotation: a manifest's pairs as the annotation page sees them, the log of
 answers, and the export to dense preference records (``labeler.judge = "human"``).
 
-Segments come from the judges' own segmentation (``labeler.video.probe`` + ``segment_spans`` with the
+Segments come from the judges' own segmentation (``labeler.media.video.probe`` + ``segment_spans`` with the
 entry's ``segment_seconds`` or the engine default), so an exported record joins a judge's record on
 (pair_id, segment index) with identical frame ranges, ready for ``python -m labeler.agreement``.
 
@@ -29,6 +29,7 @@ from urllib.parse import quote
 from labeler import __version__
 from labeler.engine import EngineConfig
 from labeler.fileio import atomic_write_lines, read_lines
+from labeler.media.video import VideoError, VideoInfo, check_aligned, file_identity, probe, segment_spans
 from labeler.schemas import (
     LABELS,
     DensePreferenceRecord,
@@ -38,7 +39,6 @@ from labeler.schemas import (
     iter_manifest,
     one_hot_segment,
 )
-from labeler.video import VideoError, VideoInfo, check_aligned, file_identity, probe, segment_spans
 
 try:  # serialises appends across processes too (uvicorn --workers); absent on Windows
     import fcntl

@@ -1,6 +1,6 @@
 """Video access for the labeler: probe, segment (docs/design.md §2.2), sample, decode, resize, write.
 
-Frames are read by PyAV from an index of the packets (labeler.video_index), else by decord, else
+Frames are read by PyAV from an index of the packets (labeler.media.video_index), else by decord, else
 by a plain PyAV decode; probing is PyAV's, else decord's. Every failure is a VideoError that names
 the file and the reason.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from labeler.fileio import atomic_path
-from labeler.video_index import decode_wanted
+from labeler.media.video_index import decode_wanted
 
 FPS_TOLERANCE = 1e-3
 ASPECT_TOLERANCE = 0.01  # relative; 1920x1080 vs 1280x720 pass, 1080x1920 (rotated) does not
@@ -104,7 +104,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         raise VideoReadError(path, "the file is empty")
     try:
         # PyAV counts frames from the packets, as the first-choice reader numbers them
-        # (labeler.video_index), and costs half of decord's open (which decodes a frame).
+        # (labeler.media.video_index), and costs half of decord's open (which decodes a frame).
         return _probe_av(path)
     except VideoReadError as av_error:
         try:
@@ -305,7 +305,7 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], max_side: int |
     wanted = sorted(set(indices))
     try:
         frames = _read_indexed(path, wanted, max_side)
-    except Exception:  # not indexable (labeler.video_index), or PyAV cannot open it: decord may
+    except Exception:  # not indexable (labeler.media.video_index), or PyAV cannot open it: decord may
         try:
             frames = _read_decord(path, wanted, max_side)
         except VideoReadError:

@@ -2,7 +2,7 @@
 
 Ray Data calls :class:`PairLabeler` with a batch of manifest entries (JSON, one column) and gets
 back one row per pair: the record's JSON, or the failure's type and message. The driver writes the
-rows to OUT (``labeler.scale.ray_runner``); the actor never touches OUT, so a killed actor loses
+rows to OUT (``labeler.runners.ray.ray_runner``); the actor never touches OUT, so a killed actor loses
 nothing but the chunk it was labeling, which Ray runs again on a restarted actor.
 
 Every actor keeps one event loop for its whole life: the engine's semaphores and the judge's HTTP
@@ -22,8 +22,8 @@ import numpy as np
 
 from labeler.cli_options import engine_from_args
 from labeler.engine import BudgetExceeded, Engine, EngineStats
-from labeler.runner import failure_kind
-from labeler.scale.cache_policy import refuse_network_cache
+from labeler.runners.local import failure_kind
+from labeler.runners.ray.cache_policy import refuse_network_cache
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
 
 #: The columns of the rows an actor returns; ``stats`` and ``worker`` are filled on a chunk's first row.

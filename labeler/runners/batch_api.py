@@ -30,7 +30,7 @@ from typing import Any
 from labeler import jobfiles
 from labeler.engine import Engine
 from labeler.fileio import atomic_write_json, read_lines, split_lines
-from labeler.judges.openai_batch_files import (
+from labeler.runners.batch_api_files import (
     MAX_LINES_PER_BATCH,
     SubmissionBudget,
     write_batch_files,

@@ -1,7 +1,7 @@
 """Image helpers shared by the judges and the HTTP service: composites, JPEG encoding (with a
 thread-safe cache of data URIs), safe decoding.
 
-Pillow is imported inside the functions so ``import labeler.images`` stays cheap.
+Pillow is imported inside the functions so ``import labeler.media.images`` stays cheap.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The driver reads the manifest and OUT exactly as a one-process run does (``runner.JobFiles``: pairs
 already done are skipped, bad lines recorded), turns the pairs still to do into a Ray Dataset, and
-maps it through a fixed pool of :class:`~labeler.scale.worker.PairLabeler` actors. Each chunk of
+maps it through a fixed pool of :class:`~labeler.runners.ray.worker.PairLabeler` actors. Each chunk of
 ``pairs_per_worker`` pairs is one Ray task; its rows stream back through ``iter_batches`` in
 completion order and the driver appends and flushes them one by one. Ray restarts a killed actor
 and runs its unfinished chunk again (``max_restarts``/``max_task_retries``); a chunk's rows reach
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from labeler.engine import Engine, EngineConfig, EngineStats
-from labeler.runner import BatchResult, FailureKind, JobFiles
-from labeler.scale.options import RayOptions
-from labeler.scale.worker import PairLabeler, add_stats
+from labeler.runners.local import BatchResult, FailureKind, JobFiles
+from labeler.runners.ray.options import RayOptions
+from labeler.runners.ray.worker import PairLabeler, add_stats
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
 
 #: Times Ray runs a chunk again after its actor died (a video that crashes the decoder every time

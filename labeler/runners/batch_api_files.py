@@ -15,8 +15,8 @@ from typing import Any
 
 from labeler.engine import Engine
 from labeler.judges.pricing import chat_input_tokens
+from labeler.media.video import VideoError
 from labeler.schemas import ManifestEntry
-from labeler.video import VideoError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Pairs already in the output are skipped; each finished pair is appended and flus
 completion order, ``pair_id`` joins); a pair that fails becomes a line of ``OUT.errors.jsonl`` and
 is retried by the next run; a spent budget stops the run cleanly with everything so far kept.
 ``JobFiles`` is that bookkeeping on its own, shared by this one-process runner and the Ray runner
-(``labeler.scale``), so both write OUT the same way.
+(``labeler.runners.ray``), so both write OUT the same way.
 """
 
 from __future__ import annotations

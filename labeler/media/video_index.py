@@ -14,7 +14,7 @@ conversion itself at these sizes).
 
 :func:`decode_wanted` raises :class:`NotIndexable` for a file it cannot number this way (packets
 without timestamps, repeated timestamps, discarded or corrupt packets, no keyframe to start from);
-``labeler.video.read_frames`` then reads it with decord, or a plain PyAV decode.
+``labeler.media.video.read_frames`` then reads it with decord, or a plain PyAV decode.
 """
 
 from __future__ import annotations
