@@ -34,6 +34,7 @@ from labeler.judges.base import Judge
 from labeler.media import video
 from labeler.schemas import (
     DensePreferenceRecord,
+    InputError,
     Judgment,
     LabelerInfo,
     ManifestEntry,
@@ -340,7 +341,7 @@ class Engine:
     ) -> DensePreferenceRecord:
         """Label segments whose frames the caller holds; the cache keys on the pixels."""
         if not segments:
-            raise ValueError("nothing to label: no segments")
+            raise InputError("nothing to label: no segments")
         plans, frames, start = [], {}, 0
         for i, seg in enumerate(segments):
             fa = video.resize_max_side(
@@ -350,7 +351,7 @@ class Engine:
                 np.ascontiguousarray(seg.frames_b, dtype=np.uint8), self.config.max_side
             )
             if fa.shape != fb.shape:
-                raise ValueError(
+                raise InputError(
                     f"segments[{i}]: frames_a {fa.shape} and frames_b {fb.shape} differ in shape"
                 )
             content = {"a": _array_digest(fa), "b": _array_digest(fb)}

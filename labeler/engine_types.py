@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from labeler.errors import BudgetExceeded
 from labeler.schemas import ManifestEntry, Order
 
 __all__ = ["BudgetExceeded", "EngineConfig", "EngineStats", "FrameSegment", "PairPlan", "SegmentPlan"]
@@ -36,10 +37,6 @@ class EngineConfig:
     #: videos more than one pair reads: MiB, least recently used dropped first; 0 keeps none
     #: (labeler.frame_source).
     frame_memo_mib: float = 64.0
-
-
-class BudgetExceeded(RuntimeError):
-    """The --max-requests / --max-cost budget is spent; nothing more is sent."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar, Protocol
 
+from labeler.errors import BatchApiUnsupported
 from labeler.schemas import JudgeEstimate, Judgment, SegmentRequest
 
 
@@ -24,10 +25,6 @@ class UsageMeter(Protocol):
 
     def billed(self, input_tokens: int, output_tokens: int) -> None:
         """Tokens of one answered HTTP request, usable or not."""
-
-
-class BatchApiUnsupported(NotImplementedError):
-    """The judge cannot build or read OpenAI Batch API lines."""
 
 
 class Judge(abc.ABC):

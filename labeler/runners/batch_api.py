@@ -29,6 +29,7 @@ from typing import Any
 
 from labeler import jobfiles
 from labeler.engine import Engine
+from labeler.errors import BatchApiUnavailable
 from labeler.fileio import atomic_write_json, read_lines, split_lines
 from labeler.runners.batch_api_files import (
     MAX_LINES_PER_BATCH,
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 DONE_STATES = {"completed", "failed", "expired", "cancelled"}
 #: Times a batch refused for the enqueued-token limit is submitted again before its lines go online.
 MAX_RESUBMITS = 5
-
-
-class BatchApiUnavailable(RuntimeError):
-    """The endpoint has no Files/Batch API (e.g. ``vllm serve``); the CLI exits 2."""
 
 
 @dataclass
