@@ -10,9 +10,17 @@ from typing import Any
 import numpy as np
 
 from labeler.errors import BudgetExceeded
-from labeler.schemas import ManifestEntry, Order
+from labeler.schemas import ManifestEntry, Order, SegmentRequest
 
-__all__ = ["BudgetExceeded", "EngineConfig", "EngineStats", "FrameSegment", "PairPlan", "SegmentPlan"]
+__all__ = [
+    "BudgetExceeded",
+    "EngineConfig",
+    "EngineStats",
+    "FrameSegment",
+    "PairPlan",
+    "PendingRequest",
+    "SegmentPlan",
+]
 
 
 @dataclass
@@ -93,3 +101,13 @@ class PairPlan:
     #: Content hash of each video the pair decodes ("a", "b" and "ref" when used): pairs that share a
     #: video (a reference, a candidate compared with several others) share its decoded frames.
     content: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """One (segment, order) judgment the cache cannot answer: ``key`` is its cache key (what
+    ``Engine.record`` stores the answer under), ``request`` what the judge would be shown."""
+
+    pair_id: str
+    key: str
+    request: SegmentRequest

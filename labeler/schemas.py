@@ -426,6 +426,11 @@ class SegmentRequest:
     frame_times: tuple[float, ...] = ()  # seconds of each sampled frame, for the prompt
     reference: np.ndarray | None = None  # ground-truth frames at the same indices, if any
     fps: float | None = None
+    #: Names the segment whatever the order it is shown in: two requests with the same key show the
+    #: same two frame arrays (and reference), in the same order when ``order`` is equal and swapped
+    #: otherwise. The engine sets it (the segment's "ab" cache key); None promises nothing.
+    segment_key: str | None = None
+    order: Order = "ab"  # "ba": frames_first are the pair's B (only meaningful with segment_key)
 
     def __post_init__(self) -> None:
         a, b = self.frames_first, self.frames_second
