@@ -54,6 +54,7 @@ __all__ = [
     "evaluate",
     "main",
     "micro_batch_positions",
+    "step_loss_terms",
     "stream_index",
     "train",
     "train_step",
@@ -226,9 +227,36 @@ def evaluate(s: Session) -> dict[str, Any]:
     return {"loss": out.loss.item(), **out.metrics, "pairs": count}
 
 
+def step_loss_terms(s: Session, step: int) -> int:
+    """The loss terms (``losses.loss_terms``) of every pair optimizer step ``step`` reads, over all its
+    micro-batches and processes: the same number on every process, computed from the labels alone."""
+    from trainer.losses import loss_terms
+
+    cfg, acc = s.cfg, s.accelerator
+    per_step = acc.num_processes * cfg.grad_accum * cfg.batch_size
+    n = len(s.dataset)
+    items = [
+        s.dataset.items[stream_index(n, cfg.seed, q)] for q in range(step * per_step, (step + 1) * per_step)
+    ]
+    return sum(
+        loss_terms(it.labels, it.segment_ids, it.video_label, mode=cfg.mode, reduction=cfg.reduction)
+        for it in items
+    )
+
+
+#: Metrics of ``preference_metrics`` that are means over its labeled entries: a step's value is their
+#: mean over the step's labeled entries, so they are summed weighted by ``labeled`` and divided after.
+_WEIGHTED = ("implicit_acc", "reward_margin", "rewards_chosen", "rewards_rejected")
+
+
 def train_step(s: Session, step: int) -> dict[str, float]:
-    """One optimizer step (``grad_accum`` micro-batches on every process); returns its metrics
-    averaged over micro-batches and processes."""
+    """One optimizer step (``grad_accum`` micro-batches on every process); returns its metrics over
+    the whole step (all micro-batches and processes).
+
+    Every micro-batch's loss is the sum of its terms divided by the number of terms of the whole step
+    (``step_loss_terms``), times ``processes * grad_accum`` to undo the means that ``accelerate``'s
+    accumulation and DDP / FSDP gradient averaging take: the step's gradient is that of the mean over
+    every term of the step, however the step's pairs are split over processes and micro-batches."""
     import torch
 
     from trainer.data import collate
@@ -237,7 +265,9 @@ def train_step(s: Session, step: int) -> dict[str, float]:
 
     cfg, acc = s.cfg, s.accelerator
     rank, world, dev = acc.process_index, acc.num_processes, acc.device
-    sums: dict[str, float] = {}
+    terms = step_loss_terms(s, step)
+    sums: dict[str, float] = {"loss": 0.0, "labeled": 0.0, **dict.fromkeys(_WEIGHTED, 0.0)}
+    fixed: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
         positions = micro_batch_positions(
             step, micro=micro, rank=rank, world=world, grad_accum=cfg.grad_accum, batch_size=cfg.batch_size
@@ -249,23 +279,29 @@ def train_step(s: Session, step: int) -> dict[str, float]:
                 s.adapter, s.model, batch["latents_a"].to(dev), batch["latents_b"].to(dev), batch["text"].to(dev),
                 noise, t, lora_owner=peft_host(s.unwrapped), autocast=acc.autocast,
             )  # fmt: skip
-            out = dpo_loss(errors, batch, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction)
-            acc.backward(out.loss)
+            out = dpo_loss(
+                errors, batch, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction, denominator=float(terms)
+            )
+            acc.backward(out.loss * (world * cfg.grad_accum))
             if acc.sync_gradients:
-                sums["grad_norm"] = float(acc.clip_grad_norm_(s.params, cfg.max_grad_norm))
-                sums["lr"] = float(s.scheduler.get_last_lr()[0])
+                fixed["grad_norm"] = float(acc.clip_grad_norm_(s.params, cfg.max_grad_norm))
+                fixed["lr"] = float(s.scheduler.get_last_lr()[0])
             s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
-        for key, value in {"loss": out.loss.item(), **out.metrics}.items():
-            sums[key] = sums.get(key, 0.0) + value / cfg.grad_accum
+        sums["loss"] += out.loss.item()
+        sums["labeled"] += out.metrics["labeled"]
+        for key in _WEIGHTED:
+            sums[key] += out.metrics[key] * out.metrics["labeled"]
     s.scheduler.step()
-    if world > 1:  # the logged numbers are means over the processes
+    if world > 1:  # sums over the processes (grad_norm and lr are already the same on all)
         keys = sorted(sums)
-        mean = acc.reduce(torch.tensor([sums[k] for k in keys], device=dev), "mean")
-        sums = dict(zip(keys, mean.tolist(), strict=True))
-    if not math.isfinite(sums["loss"]):
-        raise FloatingPointError(f"step {step + 1}: loss is {sums['loss']}; lower --lr or use fp32")
-    return sums
+        total = acc.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=dev), "sum")
+        sums = dict(zip(keys, total.tolist(), strict=True))
+    metrics = {"loss": sums["loss"], **{k: sums[k] / max(sums["labeled"], 1.0) for k in _WEIGHTED}}
+    metrics |= {"labeled": sums["labeled"], "loss_terms": float(terms), **fixed}
+    if not math.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"step {step + 1}: loss is {metrics['loss']}; lower --lr or use fp32")
+    return metrics
 
 
 def _trackers(report_to: str) -> list[str]:
