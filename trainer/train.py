@@ -54,6 +54,7 @@ __all__ = [
     "evaluate",
     "main",
     "micro_batch_positions",
+    "run_settings",
     "step_loss_terms",
     "stream_index",
     "train",
@@ -171,6 +172,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sampler: TimestepSampler
+    run: dict[str, Any]  # the resolved settings a resume must not change (``run_settings``)
 
     @property
     def sharded(self) -> bool:
@@ -349,6 +351,28 @@ def _load_data(
     return dataset, dict(skipped)
 
 
+def run_settings(
+    cfg: TrainConfig, adapter: VideoModelAdapter, sampler: TimestepSampler, targets: list[str]
+) -> dict[str, Any]:
+    """The settings that shape what a run trains, resolved (defaults filled in from the model), as
+    checkpoints record them: a resume that changes one would mix two runs in one LoRA and one log."""
+    return {
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "reduction": cfg.reduction,
+        "beta": cfg.beta,
+        "lora_rank": cfg.lora_rank,
+        "lora_alpha": cfg.lora_alpha or cfg.lora_rank,
+        "lora_targets": sorted(targets),
+        "num_frames": cfg.num_frames or adapter.num_frames,
+        "height": cfg.height or adapter.height,
+        "width": cfg.width or adapter.width,
+        "seed": cfg.seed,
+        "timestep_sampling": sampler.kind,
+        "timestep_shift": sampler.shift,
+    }
+
+
 def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, dict[str, int]]:
     """Accelerator, data, frozen base + LoRA, optimizer and warm-up-then-constant LR."""
     import torch
@@ -393,22 +417,34 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
     params = [p for group in optimizer.param_groups for p in group["params"]]
     session = Session(
         cfg, accelerator, adapter, dataset, model, accelerator.unwrap_model(model), params, names,
-        optimizer, scheduler, sampler,
+        optimizer, scheduler, sampler, run_settings(cfg, adapter, sampler, targets),
     )  # fmt: skip
     accelerator.print(f"timesteps: {sampler.kind}, shift {sampler.shift:g}")
     return session, skipped
 
 
-def _resume(s: Session, out_dir: Path) -> int:
-    from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+def _resume(s: Session, out_dir: Path) -> tuple[int, dict[str, tuple[Any, Any]]]:
+    """(step to continue from, the settings changed since the checkpoint when allowed)."""
+    from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_state, run_changes
+    from trainer.config import ConfigError
 
     if not s.cfg.resume or not (ckpt := latest_checkpoint(out_dir)):
-        return 0
+        return 0, {}
     if s.sharded:
         raise CheckpointError(f"{ckpt}: resuming a sharded (FSDP / DeepSpeed) run is not supported")
+    changes = run_changes(read_state(ckpt).get("run"), s.run)
+    if changes and not s.cfg.resume_changed_config:
+        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in changes.items())
+        raise ConfigError(
+            f"{ckpt}: --resume with changed settings ({listed}); resuming would mix two runs in one LoRA "
+            "and one log. Use the checkpoint's settings, another --output-dir, or --resume-changed-config "
+            "to continue anyway (the changes are then written into log.jsonl)"
+        )
     step = int(load_checkpoint(ckpt, s.unwrapped, s.optimizer, s.scheduler)["step"])
     s.accelerator.print(f"resumed from {ckpt} at step {step}")
-    return step
+    for key, (old, new) in changes.items():
+        s.accelerator.print(f"warning: resumed with {key} changed from {old!r} to {new!r}")
+    return step, changes
 
 
 def _lora_state(s: Session) -> dict[str, torch.Tensor]:
@@ -426,7 +462,7 @@ def _save(s: Session, out_dir: Path, step: int) -> None:
     if s.accelerator.is_main_process:
         optimizer_state = None if s.sharded else s.optimizer.state_dict()
         save_checkpoint(out_dir, step, lora, optimizer_state, s.scheduler, s.cfg.to_dict(),
-                        keep=s.cfg.keep_checkpoints)  # fmt: skip
+                        keep=s.cfg.keep_checkpoints, run=s.run)  # fmt: skip
     s.accelerator.wait_for_everyone()
 
 
@@ -439,8 +475,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     s, skipped = _start(cfg, out_dir, progress)
     acc = s.accelerator
-    start_step = _resume(s, out_dir)
+    start_step, changed = _resume(s, out_dir)
     log = TrainLog(out_dir / "log.jsonl", enabled=acc.is_main_process, resume_step=start_step)
+    if changed:  # --resume-changed-config: the log says where the settings changed, and how
+        log.write({"step": start_step, "config_changed": {k: list(v) for k, v in changed.items()}})
     summary: dict[str, Any] = {"output_dir": str(out_dir), "pairs": len(s.dataset), "skipped": skipped}
     if cfg.eval_pairs and start_step == 0:
         summary["eval_before"] = evaluate(s)
