@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from labeler.errors import PromptTemplateError
 from labeler.judges.composite import compose_pair, plan_composite
 from labeler.schemas import SegmentRequest
 
@@ -62,10 +63,6 @@ DEFAULT_REFERENCE_NOTE = (
     "The reference shown first is the real video both were generated from: judge which of A and B has "
     "fewer artifacts and more plausible motion; do not reward copying the reference's content."
 )
-
-
-class PromptTemplateError(ValueError):
-    """A template that is missing, does not compile, lacks a block, or breaks the sandbox."""
 
 
 def _environment() -> Any:
