@@ -27,7 +27,8 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
         choices=JUDGE_NAMES,
         default="metrics",
         help="metrics: embedded model-free default (no key, no GPU); openai: any OpenAI-compatible "
-        "chat endpoint (OpenAI GPT, vllm serve); hf: a local transformers VLM (default: %(default)s)",
+        "chat endpoint (OpenAI GPT, vllm serve); gemini: Google's Gemini, each segment as inline "
+        "video (GEMINI_API_KEY); hf: a local transformers VLM (default: %(default)s)",
     )
     g.add_argument(
         "--model",
@@ -204,6 +205,12 @@ JUDGE_READS: dict[str, frozenset[str]] = {
         }
     ),
     "hf": frozenset({"model", "prompt", "layout", "device", "dtype", "rationale_tokens"}),
+    "gemini": frozenset(
+        {
+            *("model", "base_url", "prompt", "temperature", "max_tokens", "no_logprobs", "price"),
+            *("answer_order", "show_reference"),
+        }
+    ),
 }
 
 
@@ -232,6 +239,20 @@ def build_judge_from_args(args: argparse.Namespace) -> Judge:
         )
     if not args.model:
         raise UsageError(f"--judge {args.judge} needs --model")
+    if args.judge == "gemini":
+        return build_judge(
+            "gemini",
+            model=args.model,
+            base_url=args.base_url,
+            prompt=args.prompt,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            logprobs=False if args.no_logprobs else None,
+            timeout=args.timeout,
+            price=args.price,
+            answer_order=args.answer_order,
+            show_reference=args.show_reference or None,
+        )
     common = {"prompt": args.prompt, "layout": args.layout}
     if args.judge == "openai":
         return build_judge(
