@@ -152,7 +152,14 @@ def _compare(
     }, j
 
 
-_SCALARS = ("accuracy_no_ties", "accuracy_with_ties", "cohen_kappa", "krippendorff_alpha")
+_SCALARS = (
+    "accuracy_no_ties",
+    "decided_coverage",
+    "accuracy_both_decided",
+    "accuracy_with_ties",
+    "cohen_kappa",
+    "krippendorff_alpha",
+)
 
 
 def _mean_block(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -340,8 +347,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fit-tie-threshold",
         action="store_true",
-        help="fit on half the pairs the |p_a - p_b| threshold below which a prediction becomes a tie "
-        "(max 3-way accuracy) and report it on the other half",
+        help="fit on half the pairs the |p_a - p_b| tie margin (max 3-way accuracy) and report it on the "
+        "other half: below it a prediction becomes a tie, at or above it a predicted tie is decided by "
+        "the sign of p_a - p_b (so the fit can raise or lower the judge's own margin)",
     )
     return parser
 
