@@ -95,25 +95,46 @@ async def run_cascade(
             raise CheapLabelMissing(
                 f"the cheap judge ({cheap_engine.judge.name}) has no label for this pair (see {errors})"
             )
-        indices = chosen.get(entry.pair_id, set())
-        decided, usage = {}, Usage()
-        if indices:
-            _, segments, usage = await main_engine.label_some_segments(entry, indices)
-            decided = {s.index: s for s in segments}
-        seconds = entry.segment_seconds or main_engine.config.segment_seconds
-        return merge(
-            record,
-            decided,
-            main_judge=main_engine.judge.name,
-            labeler=main_engine.labeler_info(seconds),
-            usage=usage,
-            cascade=info,
-        )
+        return await escalate(entry, record, chosen.get(entry.pair_id, set()), main_engine, info)
 
     second = await run_batch(manifest, out, main_engine, workers=workers, progress=progress, label=label)
     result = CascadeResult(first, second, escalation, cheap_file, rule)
     result.totals = cascade_totals(out, cheap, main_engine)
     return result
+
+
+async def escalate(
+    entry: ManifestEntry,
+    cheap: DensePreferenceRecord,
+    indices: set[int],
+    main_engine: Engine,
+    info: Mapping[str, Any],
+) -> DensePreferenceRecord:
+    """The cascade's record of one pair: ``indices`` judged by the main engine, the rest cheap."""
+    decided, usage = {}, Usage()
+    if indices:
+        _, segments, usage = await main_engine.label_some_segments(entry, indices)
+        decided = {s.index: s for s in segments}
+    seconds = entry.segment_seconds or main_engine.config.segment_seconds
+    return merge(
+        cheap,
+        decided,
+        main_judge=main_engine.judge.name,
+        labeler=main_engine.labeler_info(seconds),
+        usage=usage,
+        cascade=info,
+    )
+
+
+async def label_pair_cascade(
+    entry: ManifestEntry, cheap_engine: Engine, main_engine: Engine, rule: EscalationRule
+) -> DensePreferenceRecord:
+    """One pair on its own (the HTTP service): a share is of this pair's segments."""
+    cheap = await cheap_engine.label_pair(entry)
+    escalation = choose_escalated([cheap], rule)
+    return await escalate(
+        entry, cheap, escalation.of_pair(entry.pair_id), main_engine, cascade_info(rule, escalation)
+    )
 
 
 def cascade_totals(
