@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 from labeler.agreement.cascade_fit import (
     TARGET_METRICS,
-    CascadeFitError,
     cascade_headline,
     fit_cascade,
     write_cascade_report,
 )
+from labeler.errors import AgreementInputError
 from labeler.judges.openai_request import parse_price
 from labeler.schemas import DensePreferenceRecord
 
@@ -78,7 +78,7 @@ def run_cascade_fit(args: argparse.Namespace, read: Reader) -> int:
             metric=args.target_metric,
             price=args.price,
         )
-    except (CascadeFitError, ValueError) as exc:
+    except AgreementInputError as exc:  # CascadeFitError, and _read's unreadable files
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -21,16 +21,15 @@ import numpy as np
 
 from labeler.agreement.metrics import forced_choice_credit
 from labeler.cascade.policy import segment_confidence
+from labeler.errors import CascadeFitError
 from labeler.judges.pricing import estimate_cost
 from labeler.schemas import LABEL_VALUE, DensePreferenceRecord
 
 #: What ``--target-accuracy`` is measured on.
+__all__ = ["CascadeFitError", "cascade_curve", "fit_cascade", "write_cascade_report"]
+
 TARGET_METRICS = ("accuracy_with_ties", "accuracy_no_ties", "accuracy_both_decided")
 CURVE_STEPS = 20  # the table and the plot: escalated share 0 %, 5 %, ... 100 %
-
-
-class CascadeFitError(ValueError):
-    """Label files that cannot be fitted together (nothing in common, no human-labeled segment)."""
 
 
 @dataclass

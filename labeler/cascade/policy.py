@@ -13,22 +13,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from labeler.errors import CascadeMismatchError, UsageError
 from labeler.schemas import (
     CheapVerdict,
     DensePreferenceRecord,
-    InputError,
     LabelerInfo,
     Segment,
     Usage,
     video_level,
 )
 
+__all__ = ["CascadeMismatchError", "Escalation", "EscalationRule", "choose_escalated", "merge"]
+
 #: A segment by (pair_id, index).
 SegmentKey = tuple[str, int]
-
-
-class CascadeMismatchError(InputError):
-    """The cheap judge's record and the main judge's segments of a pair do not line up."""
 
 
 def segment_confidence(segment: Segment) -> float:
@@ -49,10 +47,10 @@ class EscalationRule:
 
     def __post_init__(self) -> None:
         if (self.share is None) == (self.below is None):
-            raise ValueError("give exactly one of an escalated share or a confidence threshold")
+            raise UsageError("give exactly one of an escalated share or a confidence threshold")
         for name, value in (("share", self.share), ("below", self.below)):
             if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
-                raise ValueError(f"escalate {name} must be between 0 and 1, got {value}")
+                raise UsageError(f"escalate {name} must be between 0 and 1, got {value}")
 
     def describe(self) -> dict[str, float]:
         return {"escalate_share": self.share} if self.share is not None else {"escalate_below": self.below}  # type: ignore[dict-item]

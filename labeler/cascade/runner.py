@@ -20,19 +20,15 @@ from typing import Any
 
 from labeler.cascade.policy import Escalation, EscalationRule, choose_escalated, merge
 from labeler.engine import Engine
+from labeler.errors import CheapLabelMissing
 from labeler.runners.local import BatchResult, run_batch
 from labeler.schemas import (
     DensePreferenceRecord,
-    InputError,
     ManifestEntry,
     Usage,
     iter_manifest,
     iter_records,
 )
-
-
-class CheapLabelMissing(InputError):
-    """The cheap judge could not label this pair, so the cascade cannot either."""
 
 
 def cheap_path_for(out: str | Path) -> Path:
