@@ -173,3 +173,13 @@ def test_the_command_line_builds_the_gemini_judge():
     judge = build_judge_from_args(args)
     assert isinstance(judge, GeminiJudge) and judge.show_reference and not judge.logprobs
     assert judge.uses_reference and judge.prompt_id.endswith("+video+reference")
+
+
+def test_a_segment_over_the_inline_limit_fails_alone(monkeypatch):
+    import labeler.judges.gemini as gemini
+
+    monkeypatch.setattr(gemini, "MAX_INLINE_BYTES", 1000)  # the real 20 MiB needs huge frames
+    fake = FakeGemini()
+    with pytest.raises(InputError, match="over Gemini's 20 MiB of inline data"):
+        run(judge_for(fake), segment())
+    assert fake.seen == []  # nothing was sent

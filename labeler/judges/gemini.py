@@ -17,6 +17,7 @@ from typing import Any
 from labeler.judges.base import Judge, UsageMeter
 from labeler.judges.gemini_request import (
     BATCH_DISCOUNT,
+    MAX_INLINE_BYTES,
     api_key_from_env,
     estimate_tokens,
     gemini_price,
@@ -140,6 +141,13 @@ class GeminiJudge(Judge):
                         video_metadata=types.VideoMetadata(fps=fps),
                     )
                 )
+        inline = sum(len(p.inline_data.data or b"") for p in parts if p.inline_data is not None)
+        if inline > MAX_INLINE_BYTES:
+            # This segment alone is too big: fail it (InputError), not the run (FatalJudgeError).
+            raise InputError(
+                f"the segment's videos are {inline / 2**20:.1f} MiB, over Gemini's 20 MiB of inline "
+                "data a request: lower --max-side or --frames-per-segment"
+            )
         contents = [types.Content(role="user", parts=parts)]
         return contents, self._config(system["content"][0]["text"])
 

@@ -24,6 +24,7 @@ from labeler.schemas import JudgeParseError, Judgment
 
 __all__ = [
     "GEMINI_PRICES",
+    "MAX_INLINE_BYTES",
     "MAX_VIDEO_FPS",
     "TOKENS_PER_FRAME",
     "gemini_price",
@@ -35,6 +36,8 @@ __all__ = [
 
 #: Gemini's ``videoMetadata.fps`` must lie in (0, 24].
 MAX_VIDEO_FPS = 24.0
+#: Gemini refuses a request whose inline data passes 20 MB (larger videos go through its Files API).
+MAX_INLINE_BYTES = 20 * 1024 * 1024
 #: Tokens Gemini bills per sampled video frame at the default media resolution (Gemini API docs,
 #: "Video understanding": 258 tokens per frame; no audio track is sent).
 TOKENS_PER_FRAME = 258
