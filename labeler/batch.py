@@ -16,6 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from labeler import jobfiles
+from labeler.cascade.options import add_cascade_arguments, cascade_rule_from_args, cheap_engine
+from labeler.cascade.policy import EscalationRule
 from labeler.cli_options import (
     EngineSpec,
     UsageError,
@@ -117,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_judge_arguments(p)
     add_engine_arguments(p)
     add_ray_arguments(p)
+    add_cascade_arguments(p)
     return p
 
 
@@ -199,6 +202,25 @@ async def _label(
         await engine.aclose()
 
 
+async def _label_cascade(
+    manifest: Path, out: Path, args: argparse.Namespace, engine: Engine, rule: EscalationRule, workers: int
+) -> BatchResult:
+    """The cascade's two passes (labeler.cascade.runner); prints its summary lines."""
+    from labeler.cascade.runner import format_cascade, run_cascade
+
+    processes = batch_judge_processes(manifest, demo=args.demo is not None, ray=False)
+    cheap = cheap_engine(engine, args.cascade_from, processes=processes)
+    try:
+        result = await run_cascade(
+            manifest, out, cheap, engine, rule, workers=workers, progress=not args.quiet
+        )
+    finally:
+        await cheap.aclose()
+        await engine.aclose()
+    print(format_cascade(result))
+    return result.final
+
+
 def _export(manifest: Path, out: Path, engine: Engine, directory: Path) -> int:
     from labeler.runners.batch_api import export_batch_files
 
@@ -244,6 +266,7 @@ def _run(
     manifest: Path,
     out: Path,
     ray_options: RayOptions | None,
+    cascade: EscalationRule | None = None,
 ) -> BatchResult | int:
     """The labeling itself, holding the output's lock; an int is an exit code."""
     from labeler.runners.batch_api import BatchApiUnavailable
@@ -252,6 +275,8 @@ def _run(
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
         with jobfiles.lock_output(out):
+            if cascade is not None:
+                return asyncio.run(_label_cascade(manifest, out, args, engine, cascade, workers))
             if ray_options is not None:
                 from labeler.runners.ray.ray_runner import describe_workers, label_on_ray
 
@@ -298,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _check_args(args)
+        cascade = cascade_rule_from_args(args)
+        if cascade is not None and args.ray is not None:
+            raise UsageError("--cascade-from cannot run on --ray yet; run it on one machine")
         spec = _spec(args)
         engine = spec.build()
     except (UsageError, ValueError, JudgeError) as exc:  # bad options or files, unknown prompt, no model...
@@ -322,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.batch_export is not None:
         return _export(manifest, out, engine, args.batch_export)
-    result = _run(args, engine, spec, manifest, out, ray_options)
+    result = _run(args, engine, spec, manifest, out, ray_options, cascade)
     if isinstance(result, int):
         return result
     print(format_summary(result, engine, out))

@@ -118,6 +118,22 @@ class JudgeConfig:
     detail: str | None = option(
         "OpenAI image detail (default: low)", judges=OPENAI, choices=("low", "high", "auto")
     )
+    input: str | None = option(
+        "what the VLM sees of each segment: frames = the sampled frames as still images; video = "
+        "each video's frames as one video_url clip with their real timing (vLLM/SGLang serving "
+        "Qwen2.5-VL or Qwen3-VL; not OpenAI). --frames-per-segment sets the frame count either way "
+        "(default: frames)",
+        judges=OPENAI,
+        choices=("frames", "video"),
+        kwarg="input_mode",
+    )
+    show_reference: bool = option(
+        "show each pair's reference (the real video both were generated from) beside A and B; "
+        "a pair without a reference, or whose reference does not match it, fails",
+        judges=OPENAI,
+        flag_only=True,
+        to=lambda given: True if given else None,
+    )
     temperature: float | None = option("sampling temperature (default: 0)", judges=OPENAI, type=float)
     max_tokens: int | None = option("answer token limit (default: 300)", judges=OPENAI, type=int)
     no_logprobs: bool = option(
