@@ -23,8 +23,8 @@ from typing import Any, cast
 
 from labeler.engine import Engine, EngineStats
 from labeler.engine_spec import EngineSpec
+from labeler.jobfiles import BatchResult, FailureKind, JobFiles
 from labeler.ledger import Ledger
-from labeler.runners.local import BatchResult, FailureKind, JobFiles
 from labeler.runners.ray.options import RayOptions
 from labeler.runners.ray.worker import PairLabeler
 from labeler.schemas import DensePreferenceRecord, ManifestEntry

@@ -21,8 +21,8 @@ import numpy as np
 
 from labeler.engine import BudgetExceeded, Engine
 from labeler.engine_spec import EngineSpec
+from labeler.jobfiles import failure_kind
 from labeler.ledger import Ledger
-from labeler.runners.local import failure_kind
 from labeler.runners.ray.cache_policy import refuse_network_cache
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
 
