@@ -218,7 +218,7 @@ def _undefined_notes(result: dict[str, Any], notes: list[str]) -> None:
 
 def _check_inputs(
     pred: list[DensePreferenceRecord],
-    humans: list[list[DensePreferenceRecord]],
+    humans: Sequence[Sequence[DensePreferenceRecord]],
     names: list[str],
     pred_name: str,
     bootstrap: int,
@@ -237,7 +237,7 @@ def _check_inputs(
 
 def _per_human(
     pred: list[DensePreferenceRecord],
-    humans: list[list[DensePreferenceRecord]],
+    humans: Sequence[Sequence[DensePreferenceRecord]],
     names: list[str],
     pred_name: str,
     bootstrap: int,
