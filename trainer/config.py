@@ -98,6 +98,24 @@ class TrainConfig:
         "Directory that relative video paths in the labels resolve against (default: the label file's directory).",
     )
     eval_pairs: int = _f(32, "Training pairs scored with fixed noise before and after training (0: off).")
+    eval_prefs: str | None = _f(
+        None,
+        "A held-out dense preference JSONL (same format as --prefs, cut to the same window and filtered "
+        "alike): all its pairs are scored with fixed noise before and after training, logged as "
+        "'eval_heldout' beside the training pairs' 'eval'.",
+    )
+    validation_prompts: str | None = _f(
+        None,
+        "A text file, one prompt per line: each is rendered from fixed noise by the base model (step 0) "
+        "and by the LoRA every --validation-steps steps and at the end, as OUTPUT_DIR/validation/"
+        "step-<N>/prompt-<i>.mp4 (listed in log.jsonl, logged as frames to --report-to trackers).",
+    )
+    validation_steps: int = _f(
+        0, "Render the validation prompts every N steps (0: only before and after training)."
+    )
+    validation_inference_steps: int | None = _f(
+        None, "Sampling steps of a validation video (default: the model's, 40 for Wan, 20 for tiny)."
+    )
     cache_dir: str | None = _f(None, "Latent / text-embedding cache (default: OUTPUT_DIR/cache).")
     save_every: int = _f(250, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = _f(2, "How many checkpoints to keep (older ones are deleted).")
@@ -135,9 +153,16 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup", "eval_pairs"):
+        for name in ("warmup", "eval_pairs", "validation_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.validation_inference_steps is not None and self.validation_inference_steps <= 0:
+            raise ConfigError(
+                f"validation_inference_steps must be positive, got {self.validation_inference_steps}"
+            )
+        for name in ("validation_steps", "validation_inference_steps"):
+            if getattr(self, name) and not self.validation_prompts:
+                raise ConfigError(f"{name} needs validation_prompts")
         if self.num_frames is not None and self.num_frames <= 0:
             raise ConfigError(f"num_frames must be positive, got {self.num_frames}")
         if self.timestep_shift is not None:

@@ -147,9 +147,10 @@ class VideoModelAdapter:
 
         return FlowMatchEulerDiscreteScheduler(shift=self.flow_shift)
 
-    def release(self) -> None:
-        """Drop the VAE and text encoder (on a GPU they hold memory training needs)."""
-        for name in ("vae", "text_encoder"):
+    def release(self, *, keep_vae: bool = False) -> None:
+        """Drop the text encoder and, unless ``keep_vae`` (validation videos decode with it), the VAE:
+        on a GPU they hold memory training needs."""
+        for name in ("text_encoder",) if keep_vae else ("vae", "text_encoder"):
             self.__dict__.pop(name, None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
