@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from labeler.errors import DenseprefError
+
 __all__ = [
     "CheckpointError",
     "latest_checkpoint",
@@ -36,7 +38,7 @@ __all__ = [
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DenseprefError, RuntimeError):
     """A checkpoint that does not fit the model being trained (missing or unexpected LoRA weights)."""
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from labeler.errors import DenseprefError
+
 __all__ = [
     "TINY_PRESET",
     "ConfigError",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(DenseprefError, ValueError):
     """A bad configuration file or value; the message names the key."""
 
 
