@@ -254,6 +254,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment length; a manifest entry's segment_seconds overrides it (default: %(default)s)",
     )
     g.add_argument(
+        "--align-to-latent",
+        type=int,
+        default=None,
+        metavar="R",
+        help="move every boundary between segments to the nearest frame 1 + R*k, so that no latent frame of a "
+        "causal video VAE with temporal compression R (Wan: 4) straddles two segments (training masks such "
+        "frames where the labels differ); default: boundaries every --segment-seconds exactly",
+    )
+    g.add_argument(
         "--frames-per-segment",
         type=int,
         default=d.frames_per_segment,
@@ -339,8 +348,11 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     for name in ("frames_per_segment", "concurrency", "max_attempts"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.align_to_latent is not None and args.align_to_latent < 1:
+        raise UsageError(f"--align-to-latent must be at least 1, got {args.align_to_latent}")
     return EngineConfig(
         segment_seconds=args.segment_seconds,
+        align_to_latent=args.align_to_latent,
         frames_per_segment=args.frames_per_segment,
         max_side=args.max_side,
         swap=not args.no_swap,

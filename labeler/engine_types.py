@@ -26,6 +26,8 @@ __all__ = [
 @dataclass
 class EngineConfig:
     segment_seconds: float = 1.0  # default segment length; a manifest entry may override it
+    # Move segment boundaries onto frames 1 + r*k (a causal VAE's latent frames; Wan: r = 4).
+    align_to_latent: int | None = None
     frames_per_segment: int = 8  # frames shown per segment (the paper's 8 fps for 1 s segments)
     max_side: int = 448  # long side of the frames shown to the judge
     swap: bool = True  # judge every segment in both orders to cancel position bias

@@ -354,7 +354,15 @@ def _load_data(
             records, adapter, geometry, cfg.cache_dir or out_dir / "cache", cfg.video_root or Path(prefs).parent,
             progress=progress and acc.is_local_main_process,
         )  # fmt: skip
-    acc.print(f"latent frames by label: {dataset.label_counts()}")
+    counts = dataset.label_counts()
+    acc.print(f"latent frames by label: {counts}")
+    if counts["masked_straddling"]:
+        total = sum(len(item.labels) for item in dataset.items)
+        acc.print(
+            f"  {counts['masked_straddling']} of {total} latent frames masked: they straddle segments with different "
+            f"labels (label with `labeler.batch --align-to-latent {adapter.temporal_compression}` to put every "
+            "segment boundary on a latent frame's first frame)"
+        )
     return dataset, dict(skipped)
 
 
@@ -554,7 +562,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     log = TrainLog(out_dir / "log.jsonl", enabled=acc.is_main_process, resume_step=start_step)
     if changed:  # --resume-changed-config: the log says where the settings changed, and how
         log.write({"step": start_step, "config_changed": {k: list(v) for k, v in changed.items()}})
-    summary: dict[str, Any] = {"output_dir": str(out_dir), "pairs": len(s.dataset), "skipped": skipped}
+    summary: dict[str, Any] = {
+        "output_dir": str(out_dir), "pairs": len(s.dataset), "skipped": skipped,
+        "latent_frames": s.dataset.label_counts(),
+    }  # fmt: skip
     if acc.trackers:
         acc.init_trackers("densepref", config={k: v for k, v in cfg.to_dict().items() if v is not None})
     if (cfg.eval_pairs or s.heldout) and start_step == 0:
@@ -609,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one summary, not one per process
-        keys = ("step", "pairs", "skipped", "eval_before", "eval_after", "eval_heldout_before",
+        keys = ("step", "pairs", "skipped", "latent_frames", "eval_before", "eval_after", "eval_heldout_before",
                 "eval_heldout_after", "lora_dir")  # fmt: skip
         print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
