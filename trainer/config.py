@@ -118,7 +118,16 @@ class TrainConfig:
     validation_inference_steps: int | None = _f(
         None, "Sampling steps of a validation video (default: the model's, 40 for Wan, 20 for tiny)."
     )
-    cache_dir: str | None = _f(None, "Latent / text-embedding cache (default: OUTPUT_DIR/cache).")
+    cache_dir: str | None = _f(
+        None,
+        "Latent / text-embedding cache (default: OUTPUT_DIR/cache). On several GPUs, fill it first with "
+        "`python -m trainer.cache` (split over the processes): here only the main process encodes.",
+    )
+    process_group_timeout: float | None = _f(
+        None,
+        "Seconds a process waits at a collective (the barrier while the main process builds the cache, "
+        "a slow step) before the run is aborted (default: torch's, 10 min for NCCL, 30 min for gloo).",
+    )
     save_every: int = _f(250, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = _f(2, "How many checkpoints to keep (older ones are deleted).")
     log_every: int = _f(1, "Log every N steps.")
@@ -165,6 +174,8 @@ class TrainConfig:
         for name in ("validation_steps", "validation_inference_steps"):
             if getattr(self, name) and not self.validation_prompts:
                 raise ConfigError(f"{name} needs validation_prompts")
+        if self.process_group_timeout is not None and not self.process_group_timeout > 0:
+            raise ConfigError(f"process_group_timeout must be positive, got {self.process_group_timeout}")
         if self.num_frames is not None and self.num_frames <= 0:
             raise ConfigError(f"num_frames must be positive, got {self.num_frames}")
         if self.timestep_shift is not None:

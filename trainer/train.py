@@ -27,6 +27,7 @@ diffusers format: ``pipe.load_lora_weights(OUTPUT_DIR / "lora")``).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -388,6 +389,21 @@ def run_settings(
     }
 
 
+def _print_batch(cfg: TrainConfig, acc: Accelerator, pairs: int) -> None:
+    """Say how many processes run and what one optimizer step reads; warn when that is more than the data."""
+    world = acc.num_processes
+    global_batch = world * cfg.grad_accum * cfg.batch_size
+    acc.print(
+        f"processes: {world}, global batch: {global_batch} pairs per step "
+        f"({world} processes x grad_accum {cfg.grad_accum} x batch_size {cfg.batch_size})"
+    )
+    if global_batch > pairs:
+        acc.print(
+            f"warning: the global batch ({global_batch} pairs) is larger than the data ({pairs} pairs): every step "
+            "reads some pairs twice (with other noise); lower --batch-size / --grad-accum or the process count"
+        )
+
+
 def _renders_here(acc: Accelerator) -> bool:
     """Validation videos are rendered by the main process alone, except under FSDP / DeepSpeed, where
     every forward is a collective and every process takes part."""
@@ -432,17 +448,21 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
     """Accelerator, data, frozen base + LoRA, optimizer and warm-up-then-constant LR."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import InitProcessGroupKwargs, set_seed
 
     from trainer.models import load_adapter, peft_host
     from trainer.step import TimestepSampler
 
+    handlers = []
+    if cfg.process_group_timeout is not None:
+        handlers.append(InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.process_group_timeout)))
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several processes on a CPU-only machine: gloo
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=_trackers(cfg.report_to) or None,
         project_dir=str(out_dir),
+        kwargs_handlers=handlers,
     )
     set_seed(cfg.seed)
     adapter = load_adapter(cfg.model, device=accelerator.device)
@@ -453,6 +473,7 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
         adapter.train_timestep_shift,
     )
     dataset, skipped = _load_data(cfg, accelerator, adapter, out_dir, progress, cfg.prefs)
+    _print_batch(cfg, accelerator, len(dataset))
     heldout = (
         _load_data(cfg, accelerator, adapter, out_dir, progress, cfg.eval_prefs)[0]
         if cfg.eval_prefs

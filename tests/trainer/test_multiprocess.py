@@ -81,6 +81,7 @@ def test_two_processes_split_the_data_log_once_resume_exactly_and_evaluate_all_p
 
     # Two processes, batch 1 each: the same global batch of 2 pairs per step.
     done = launch(common_args(labels, tmp_path / "multi", cache, 1, 4))
+    assert "processes: 2, global batch: 2 pairs per step" in done.stdout
     summaries = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1  # printed by the main process only
     multi = log_lines(tmp_path / "multi")
@@ -107,7 +108,7 @@ def test_two_processes_split_the_data_log_once_resume_exactly_and_evaluate_all_p
     # Stopped after step 2 and resumed under two processes: the same weights and the same log.
     split = tmp_path / "split"
     launch(common_args(labels, split, cache, 1, 2))
-    launch([*common_args(labels, split, cache, 1, 4), "--resume"])
+    launch([*common_args(labels, split, cache, 1, 4), "--resume", "--process-group-timeout", "900"])
     resumed = lora(split, 4)
     assert all(torch.equal(resumed[k], multi_w[k]) for k in multi_w)
     resumed_log, straight_log = numbers(split), numbers(tmp_path / "multi")
