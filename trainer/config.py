@@ -79,11 +79,12 @@ class TrainConfig:
         "The non-tie filter, the video label and the latent masks use only the segments inside these frames; "
         "pairs whose labels cover fewer frames are skipped.",
     )
-    timestep_sampling: Literal["auto", "uniform", "logit-normal", "shift"] = _f(
+    timestep_sampling: Literal["auto", "uniform", "logit-normal", "shift", "wan480"] = _f(
         "auto",
         "How the noise level t of each pair is drawn: uniform t ~ U(0, 1); logit-normal t = sigmoid(N(0, 1)); "
-        "shift: u ~ U(0, 1) mapped by t = s*u / (1 + (s-1)*u). auto: what the model family was trained with "
-        "(Wan: shift 5).",
+        "shift: u ~ U(0, 1) mapped by t = s*u / (1 + (s-1)*u); wan480: logit-normal with shift 2, the Wan "
+        "team's 480p training recipe (Wan2.1 issue #291). auto: the model family's preset (Wan: shift 5, the "
+        "Wan repo's T2V sample_shift and DiffSynth-Studio's training scheduler; see docs/training.md).",
     )
     timestep_shift: float | None = _f(
         None,
@@ -116,7 +117,7 @@ class TrainConfig:
         0, "Render the validation prompts every N steps (0: only before and after training)."
     )
     validation_inference_steps: int | None = _f(
-        None, "Sampling steps of a validation video (default: the model's, 40 for Wan, 20 for tiny)."
+        None, "Sampling steps of a validation video (default: the model's, 50 for Wan, 20 for tiny)."
     )
     cache_dir: str | None = _f(
         None,

@@ -104,7 +104,7 @@ class VideoModelAdapter:
     # How training draws t when --timestep-sampling is auto: the density the family was trained with.
     train_timestep_sampling: ClassVar[Literal["uniform", "logit-normal", "shift"]] = "uniform"
     train_timestep_shift: ClassVar[float] = 1.0
-    num_inference_steps: int = 40
+    num_inference_steps: int = 50  # WanPipeline's T2V default (40 is the Wan repo's I2V sample_steps)
     guidance_scale: float = 5.0  # classifier-free guidance of pair generation
     subfolders: ClassVar[dict[str, str]] = {
         "vae": "vae",

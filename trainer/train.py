@@ -15,8 +15,9 @@ processes use the CPU and gloo).
 With N processes every optimizer step consumes one global batch of ``N * grad_accum * batch_size``
 pairs from a seeded stream of per-epoch permutations, each process taking its own slice
 (``micro_batch_positions``): no pair is seen twice in an epoch, and the stream depends only on the
-seed. A pair's noise and t are keyed by its stream position, so the run does not depend on how the
-global batch is split over processes.
+seed. A pair's noise and t are keyed by its stream position, and the loss of a step is the sum of
+its terms over the step's global term count (``step_loss_terms``), so the run does not depend on
+how the global batch is split over processes and micro-batches.
 
 Writes ``OUTPUT_DIR/log.jsonl`` (main process only: one line per logged step, averaged over the
 processes: step, loss, implicit_acc, reward_margin, grad_norm, lr, step_time; and ``eval`` lines
