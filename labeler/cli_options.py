@@ -54,6 +54,21 @@ def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--detail", choices=("low", "high", "auto"), default=None, help="OpenAI image detail (default: low)"
     )
+    g.add_argument(
+        "--input",
+        choices=("frames", "video"),
+        default=None,
+        help="what the VLM sees of each segment: frames = the sampled frames as still images; video = "
+        "each video's frames as one video_url clip with their real timing (vLLM/SGLang serving "
+        "Qwen2.5-VL or Qwen3-VL; not OpenAI). --frames-per-segment sets the frame count either way "
+        "(default: frames)",
+    )
+    g.add_argument(
+        "--show-reference",
+        action="store_true",
+        help="show each pair's reference (the real video both were generated from) beside A and B; "
+        "a pair without a reference, or whose reference does not match it, fails",
+    )
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 0)")
     g.add_argument("--max-tokens", type=int, default=None, help="answer token limit (default: 300)")
     g.add_argument(
@@ -185,6 +200,7 @@ JUDGE_READS: dict[str, frozenset[str]] = {
         {
             *("model", "base_url", "prompt", "layout", "detail", "temperature", "max_tokens"),
             *("no_logprobs", "no_strict", "reasoning_effort", "extra_body", "price", "answer_order"),
+            *("input", "show_reference"),
         }
     ),
     "hf": frozenset({"model", "prompt", "layout", "device", "dtype", "rationale_tokens"}),
@@ -232,6 +248,8 @@ def build_judge_from_args(args: argparse.Namespace) -> Judge:
             extra_body=args.extra_body,
             price=args.price,
             answer_order=args.answer_order,
+            input_mode=args.input,
+            show_reference=args.show_reference or None,
             **common,
         )
     return build_judge(

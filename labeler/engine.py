@@ -257,6 +257,7 @@ class Engine:
             index=seg.index,
             num_segments=n_segments,
             frame_times=times,
+            frame_indices=tuple(int(i) for i in seg.frame_indices),
             reference=ref,
             fps=fps,
             segment_key=seg.keys["ab"],

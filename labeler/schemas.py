@@ -448,6 +448,7 @@ class SegmentRequest:
     index: int = 0
     num_segments: int = 1
     frame_times: tuple[float, ...] = ()  # seconds of each sampled frame, for the prompt
+    frame_indices: tuple[int, ...] = ()  # each sampled frame's number in its video (video input timing)
     reference: np.ndarray | None = None  # ground-truth frames at the same indices, if any
     fps: float | None = None
     #: Names the segment whatever the order it is shown in: two requests with the same key show the

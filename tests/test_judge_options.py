@@ -26,6 +26,8 @@ SAMPLE = {
     "extra_body": ["--extra-body", '{"top_k": 1}'],
     "price": ["--price", "1,2"],
     "answer_order": ["--answer-order", "rationale-first"],
+    "input": ["--input", "video"],
+    "show_reference": ["--show-reference"],
     "device": ["--device", "cpu"],
     "dtype": ["--dtype", "float32"],
     "rationale_tokens": ["--rationale-tokens", "4"],
