@@ -12,21 +12,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from labeler import jobfiles
 from labeler.cascade.options import add_cascade_arguments, cascade_rule_from_args, cheap_engine
 from labeler.cascade.policy import EscalationRule
 from labeler.cli_options import (
+    EngineSpec,
     UsageError,
     add_engine_arguments,
     add_judge_arguments,
+    add_ray_arguments,
     batch_judge_processes,
-    engine_from_args,
+    ray_options_from_args,
+    spec_from_args,
 )
 from labeler.engine import Engine
 from labeler.runners.local import BatchResult, run_batch
-from labeler.runners.ray.options import RayOptions, add_ray_arguments, ray_options_from_args
+from labeler.runners.ray.options import RayOptions
 from labeler.schemas import JudgeError
 
 #: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
@@ -258,6 +262,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _run(
     args: argparse.Namespace,
     engine: Engine,
+    spec: EngineSpec,
     manifest: Path,
     out: Path,
     ray_options: RayOptions | None,
@@ -274,8 +279,9 @@ def _run(
                 from labeler.cascade.ray import run_cascade_on_ray
                 from labeler.cascade.runner import format_cascade
 
+                actors = replace(spec, judge=ray_options.judge_for_actors(spec.judge))
                 outcome = run_cascade_on_ray(
-                    manifest, out, args, engine, ray_options, cascade, quiet=args.quiet
+                    manifest, out, actors, engine, ray_options, cascade, args.cascade_from, quiet=args.quiet
                 )
                 print(format_cascade(outcome))
                 return outcome.final
@@ -284,7 +290,8 @@ def _run(
             if ray_options is not None:
                 from labeler.runners.ray.ray_runner import describe_workers, label_on_ray
 
-                run = label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
+                actors = replace(spec, judge=ray_options.judge_for_actors(spec.judge))
+                run = label_on_ray(manifest, out, actors, engine, ray_options, args.quiet)
                 if run.workers:
                     print(describe_workers(run), file=sys.stderr)
                 return run.result
@@ -310,19 +317,25 @@ def _run(
         return EXIT_USAGE
 
 
+def _spec(args: argparse.Namespace) -> EngineSpec:
+    """The engine spec of the flags, with the batch CLI's own default for --judge-processes."""
+    spec = spec_from_args(args)
+    if spec.judge.judge == "metrics" and spec.judge.judge_processes is None:
+        # Worker processes pay for themselves on runs of many pairs; a demo or a handful of pairs
+        # is done before they would have started. On Ray, each actor is a process already.
+        processes = batch_judge_processes(args.manifest, demo=args.demo is not None, ray=args.ray is not None)
+        spec = replace(spec, judge=replace(spec.judge, judge_processes=processes))
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.judge_processes is None and args.judge == "metrics":
-        # Worker processes pay for themselves on runs of many pairs; a demo or a handful of pairs
-        # is done before they would have started. On Ray, each actor is a process already.
-        args.judge_processes = batch_judge_processes(
-            args.manifest, demo=args.demo is not None, ray=args.ray is not None
-        )
     try:
         _check_args(args)
         cascade = cascade_rule_from_args(args)
-        engine = engine_from_args(args)
+        spec = _spec(args)
+        engine = spec.build()
     except (UsageError, ValueError, JudgeError) as exc:  # bad options or files, unknown prompt, no model...
         parser.error(str(exc))
     workers = args.workers or max(4, engine.config.concurrency // 2)
@@ -345,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.batch_export is not None:
         return _export(manifest, out, engine, args.batch_export)
-    result = _run(args, engine, manifest, out, ray_options, cascade)
+    result = _run(args, engine, spec, manifest, out, ray_options, cascade)
     if isinstance(result, int):
         return result
     print(format_summary(result, engine, out))

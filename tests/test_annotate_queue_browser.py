@@ -30,7 +30,7 @@ from tests.test_annotate_browser import (
 # The browser test's fixtures (one Chromium per module, a fresh context per test).
 browser, container, page = base.browser, base.container, base.page
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 MANIFEST = "queue.jsonl"
 
 

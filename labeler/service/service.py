@@ -85,8 +85,11 @@ class LabelService:
         """Pixels a by-path job holds decoded at most: every segment's frames of every video,
         resized to the engine's --max-side (400 when one job alone could never fit the budget)."""
         config = self.engine.config
-        scale = min(1.0, config.max_side / max(info.width, info.height))
-        frame = max(1, round(info.width * scale)) * max(1, round(info.height * scale))
+        width, height = video.fit_max_side(info.width, info.height, config.max_side) or (
+            info.width,
+            info.height,
+        )
+        frame = width * height
         pixels = n_segments * config.frames_per_segment * n_videos * frame
         if pixels > self.settings.max_inflight_pixels:
             raise ServiceError(
