@@ -149,6 +149,7 @@ def _cascade(generated: demo.DemoSet, server: StandinServer, out, cache, *extra:
     )
 
 
+@pytest.mark.slow
 def test_cascade_on_a_generation_like_set_escalates_only_the_least_confident(generated, tmp_path):
     out, cache = tmp_path / "labels.jsonl", tmp_path / "cache"
     with StandinServer(policy="hash") as server:
@@ -185,6 +186,7 @@ def test_cascade_on_a_generation_like_set_escalates_only_the_least_confident(gen
     assert f"{len(escalated)} of {total} segments" in share_line
 
 
+@pytest.mark.slow
 def test_escalate_below_and_usage_errors(generated, tmp_path):
     out, cache = tmp_path / "labels.jsonl", tmp_path / "cache"
     with StandinServer(policy="hash") as server:
