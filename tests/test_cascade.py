@@ -202,6 +202,15 @@ def test_escalate_below_and_usage_errors(generated, tmp_path):
             refused = _cascade(generated, server, tmp_path / "other.jsonl", cache, *bad)
             assert refused.returncode == 2 and message in refused.stderr, refused.stderr
         assert server.stats()["requests_total"] == sent
+        # A cheap file that is not dense preference JSONL is refused, never appended to or ranked.
+        hostile = tmp_path / "hostile.jsonl"
+        cheap_path_for(hostile).write_text('{"pair_id": "x"}\nnot json\n')
+        refused = _cascade(
+            generated, server, hostile, cache, "--cascade-from", "metrics", "--escalate-share", "0.2"
+        )
+        assert refused.returncode == 2 and "hostile.cheap.jsonl" in refused.stderr, refused.stderr
+        assert not hostile.exists() or not hostile.read_text()
+        assert server.stats()["requests_total"] == sent
     cheap = read_records(cheap_path_for(out))
     below = {(r.pair_id, s.index) for r in cheap for s in r.segments if segment_confidence(s) < 0.5}
     escalated = {
