@@ -216,6 +216,44 @@ def _undefined_notes(result: dict[str, Any], notes: list[str]) -> None:
                 )
 
 
+def _check_inputs(
+    pred: list[DensePreferenceRecord],
+    humans: Sequence[Sequence[DensePreferenceRecord]],
+    names: list[str],
+    pred_name: str,
+    bootstrap: int,
+) -> None:
+    if not humans:
+        raise AgreementInputError("no human label set given: pass at least one --human file")
+    if len(names) != len(humans):
+        raise AgreementInputError(f"{len(names)} human names for {len(humans)} human label sets")
+    if bootstrap < 0:
+        raise AgreementInputError(f"bootstrap must be >= 0, got {bootstrap}")
+    for records, name in [(pred, pred_name), *zip(humans, names, strict=True)]:
+        if not records:
+            raise AgreementInputError(f"{name} holds no records")
+        _by_pair_id(records, name)  # several annotators mixed in one file: fail before any work
+
+
+def _per_human(
+    pred: list[DensePreferenceRecord],
+    humans: Sequence[Sequence[DensePreferenceRecord]],
+    names: list[str],
+    pred_name: str,
+    bootstrap: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The prediction against each human file; a file that cannot be compared says why."""
+    out: list[dict[str, Any]] = []
+    for h, name in zip(humans, names, strict=True):
+        try:
+            res, _ = _compare(h, pred, name, pred_name, bootstrap=bootstrap, seed=seed)
+            out.append({"human": name, **_summary(res)})
+        except AgreementInputError as exc:
+            out.append({"human": name, "error": str(exc)})
+    return out
+
+
 def compute_agreement(
     pred: Sequence[DensePreferenceRecord],
     humans: Sequence[Sequence[DensePreferenceRecord]],
@@ -230,31 +268,14 @@ def compute_agreement(
     and between annotators (``human_ceiling``). JSON-ready: no NaN, no numpy types."""
     pred, humans = list(pred), [list(h) for h in humans]
     names = list(human_names) if human_names is not None else [f"human{i + 1}" for i in range(len(humans))]
-    if not humans:
-        raise AgreementInputError("no human label set given: pass at least one --human file")
-    if len(names) != len(humans):
-        raise AgreementInputError(f"{len(names)} human names for {len(humans)} human label sets")
-    if bootstrap < 0:
-        raise AgreementInputError(f"bootstrap must be >= 0, got {bootstrap}")
-    for records, name in [(pred, pred_name), *zip(humans, names, strict=True)]:
-        if not records:
-            raise AgreementInputError(f"{name} holds no records")
-        _by_pair_id(records, name)  # several annotators mixed in one file: fail before any work
+    _check_inputs(pred, humans, names, pred_name, bootstrap)
     main_res, joined = _compare(humans[0], pred, names[0], pred_name, bootstrap=bootstrap, seed=seed)
     notes: list[str] = []
     _undefined_notes(main_res, notes)
     rate, n_flip = flip_rate(pred)
     if rate is None:
         notes.append("flip_rate is null: the prediction carries no pair of ab/ba votes")
-    per_human = None
-    if len(humans) > 1:
-        per_human = []
-        for h, name in zip(humans, names, strict=True):
-            try:
-                res, _ = _compare(h, pred, name, pred_name, bootstrap=bootstrap, seed=seed)
-                per_human.append({"human": name, **_summary(res)})
-            except AgreementInputError as exc:
-                per_human.append({"human": name, "error": str(exc)})
+    per_human = _per_human(pred, humans, names, pred_name, bootstrap, seed) if len(humans) > 1 else None
     tie_fit = None
     if fit_tie_threshold:
         tie_fit = tie_threshold_fit(joined, seed)
