@@ -125,7 +125,7 @@ class JudgeConfig:
     input: str | None = option(
         "what the VLM sees of each segment: frames = the sampled frames as still images; video = "
         "each video's frames as one video_url clip with their real timing (vLLM/SGLang serving "
-        "Qwen2.5-VL or Qwen3-VL; not OpenAI; --judge hf: Qwen2-VL checkpoints, each video as the "
+        "Qwen2.5-VL or Qwen3-VL; not OpenAI; --judge hf: Qwen2-VL/Qwen2.5-VL checkpoints, each video as the "
         "model's video input). --frames-per-segment sets the frame count either way (default: frames)",
         judges=("openai", "hf"),
         choices=("frames", "video"),

@@ -69,15 +69,44 @@ def build_tiny_qwen_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_qwen2_vl(path: Path, seed: int = 0) -> Path:
-    """Save a tiny random Qwen2-VL checkpoint (model, tokenizer + template, image processor)."""
+def build_tiny_qwen2_vl(path: Path, seed: int = 0, *, family: str = "qwen2_vl") -> Path:
+    """Save a tiny random Qwen2-VL (``family="qwen2_5_vl"``: Qwen2.5-VL) checkpoint: model,
+    tokenizer + template, image processor (Qwen2.5-VL uses Qwen2-VL's)."""
     import torch
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
 
     path = Path(path)
     tok = build_tiny_qwen_tokenizer()
     ids = {name: tok.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
-    config = Qwen2VLConfig(
+    vision: dict[str, object] = {
+        "depth": 2,
+        "hidden_size": 32,
+        "num_heads": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    if family == "qwen2_5_vl":  # windowed attention in all blocks but the last; 2 positions a second
+        vision |= {
+            "intermediate_size": 64,
+            "out_hidden_size": 32,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+        }
+    else:
+        vision |= {"embed_dim": 32, "mlp_ratio": 2}
+    config_class, model_class = {
+        "qwen2_vl": (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
+        "qwen2_5_vl": (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
+    }[family]
+    config = config_class(
         text_config={
             "vocab_size": len(tok),
             "hidden_size": 32,
@@ -92,23 +121,14 @@ def build_tiny_qwen2_vl(path: Path, seed: int = 0) -> Path:
             "eos_token_id": ids[EOS],
             "pad_token_id": ids[PAD],
         },
-        vision_config={
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": 32,
-            "num_heads": 2,
-            "mlp_ratio": 2,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-        },
+        vision_config=vision,
         image_token_id=ids[IMAGE],
         video_token_id=ids[VIDEO],
         vision_start_token_id=ids[VISION_START],
         vision_end_token_id=ids[VISION_END],
     )
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = model_class(config).eval()
     model.generation_config.eos_token_id = ids[EOS]
     model.generation_config.pad_token_id = ids[PAD]
     path.mkdir(parents=True, exist_ok=True)

@@ -216,3 +216,33 @@ def test_engine_labels_a_pair_in_video_mode(qwen_dir: Path, make_video, tmp_path
     for seg in record.segments:
         assert [v.order for v in seg.votes] == ["ab", "ba"]
         assert seg.p_a + seg.p_b + seg.p_tie == pytest.approx(1.0, abs=1e-6)
+
+
+def test_qwen2_5_vl_gets_the_frames_real_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Qwen2.5-VL spaces temporal positions by seconds per temporal patch: 2 frames / sampled fps.
+    The same frames sampled over twice the time are another video to it (not to Qwen2-VL)."""
+    judge = HFJudge(str(build_tiny_qwen2_vl(tmp_path / "qwen25", family="qwen2_5_vl")), input_mode="video")
+    seen = spy_inputs(judge, monkeypatch)
+    fast = asyncio.run(judge.judge(make_request()))  # 4 frames over 1 s: 4 fps
+    slow_request = dataclasses.replace(
+        make_request(), end_s=2.0, frame_times=tuple(0.25 + 0.5 * i for i in range(K))
+    )
+    slow = asyncio.run(judge.judge(slow_request))  # 4 frames over 2 s: 2 fps
+    assert seen[0]["second_per_grid_ts"].tolist() == pytest.approx([0.5, 0.5])
+    assert seen[1]["second_per_grid_ts"].tolist() == pytest.approx([1.0, 1.0])
+    assert "pixel_values" not in seen[0] and seen[0]["video_grid_thw"].shape[0] == 2
+    assert (fast.p_a, fast.p_b) != pytest.approx((slow.p_a, slow.p_b), abs=1e-6)
+
+
+def test_qwen2_vl_takes_no_time_input(video_judge: HFJudge, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = spy_inputs(video_judge, monkeypatch)
+    asyncio.run(video_judge.judge(make_request()))
+    assert "second_per_grid_ts" not in seen[0]
+
+
+def test_sampled_fps_is_the_sources_rate_over_the_sampling_step() -> None:
+    from labeler.judges.hf_qwen import sampled_fps
+    from labeler.judges.video_parts import VideoTiming
+
+    assert sampled_fps(VideoTiming(fps=24.0, frames_indices=(0, 4, 8, 12), total_num_frames=13)) == 6.0
+    assert sampled_fps(VideoTiming(fps=24.0, frames_indices=(5,), total_num_frames=6)) == 24.0

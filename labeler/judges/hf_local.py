@@ -41,9 +41,9 @@ from labeler.judges.hf_helpers import (
     json_unescape,
     resolve_label_tokens,
 )
-from labeler.judges.hf_qwen import VIDEO_FAMILIES, QwenVLInputs
+from labeler.judges.hf_qwen import VIDEO_FAMILIES, Clip, QwenVLInputs, sampled_fps
 from labeler.judges.prompts import Layout, load_prompt
-from labeler.judges.video_parts import INPUT_MODES, InputMode, presentation_id
+from labeler.judges.video_parts import INPUT_MODES, InputMode, presentation_id, timing_of
 from labeler.schemas import FatalJudgeError, InputError, JudgeError, Judgment, Label, SegmentRequest
 
 __all__ = ["HFJudge"]
@@ -285,9 +285,9 @@ class HFJudge(Judge):
             except Exception as exc:  # e.g. out of memory on a big segment: this request fails, not the run
                 raise JudgeError(f"hf judge {self.model!r} failed: {type(exc).__name__}: {exc}") from exc
 
-    def _chat(self, request: SegmentRequest) -> tuple[list[dict[str, Any]], list[Any], list[list[Any]]]:
+    def _chat(self, request: SegmentRequest) -> tuple[list[dict[str, Any]], list[Any], list[Clip]]:
         """The prompt's neutral messages in chat-template form, their images (PIL) in order, and
-        their videos (lists of PIL frames; only with ``input_mode="video"``) in order."""
+        their videos (PIL frames + sampled rate; only with ``input_mode="video"``) in order."""
         from PIL import Image
 
         if self.show_reference and request.reference is None:
@@ -301,7 +301,8 @@ class HFJudge(Judge):
 
         messages: list[dict[str, Any]] = []
         images: list[Any] = []
-        videos: list[list[Any]] = []
+        videos: list[Clip] = []
+        fps = sampled_fps(timing_of(request)) if self.input_mode == "video" else 0.0
         rendered = self._prompt.render(
             request, layout=self.layout, input_mode=self.input_mode, show_reference=self.show_reference
         )
@@ -316,7 +317,7 @@ class HFJudge(Judge):
                     images.append(picture(part["image"]))
                     parts.append({"type": "image"})
                 elif part["type"] == "video":
-                    videos.append([picture(frame) for frame in part["frames"]])
+                    videos.append(Clip([picture(frame) for frame in part["frames"]], fps))
                     parts.append({"type": "video"})
                 else:
                     parts.append({"type": "text", "text": part["text"]})
@@ -355,7 +356,7 @@ class HFJudge(Judge):
         except Exception as exc:
             raise FatalJudgeError(f"the chat template of {self.model!r} failed: {exc}") from exc
 
-    def _inputs(self, text: str, images: list[Any], videos: list[list[Any]]) -> Any:
+    def _inputs(self, text: str, images: list[Any], videos: list[Clip]) -> Any:
         """Token ids + pixels for ``text`` on the model's device (image and video placeholders
         expanded). Videos only reach a Qwen2-VL-family processor (the load refuses others)."""
         tokenizer = self._processor.tokenizer
@@ -374,7 +375,7 @@ class HFJudge(Judge):
         }
 
     def _generate_rationale(
-        self, prompt_text: str, images: list[Any], videos: list[list[Any]]
+        self, prompt_text: str, images: list[Any], videos: list[Clip]
     ) -> tuple[str, int, int]:
         """Greedy rationale after ``{"rationale": "``: (JSON string body, prompt tokens, new tokens)."""
         import torch

@@ -15,6 +15,11 @@ in block) — exactly the video processor's order within one temporal step. So
 slots of temporal step ``t`` (an odd last frame is repeated, as the video processor pads), giving
 ``pixel_values_videos`` and ``video_grid_thw = (K/2, grid_h, grid_w)``. Resizing is the image
 processor's (its ``min/max_pixels``, PIL bicubic), not the video processor's.
+
+Qwen2.5-VL spaces a video's temporal positions by real time: ``second_per_grid_ts`` (seconds per
+temporal patch, ``temporal_patch_size / sampled fps``, what its processor computes from the video's
+metadata) goes with each clip, from the frames' timing (:func:`sampled_fps`). Qwen2-VL has no
+such input: its temporal positions count patches.
 """
 
 from __future__ import annotations
@@ -25,13 +30,35 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VIDEO_FAMILIES", "QwenVLInputs", "video_patches"]
+from labeler.judges.video_parts import VideoTiming
+
+__all__ = ["VIDEO_FAMILIES", "Clip", "QwenVLInputs", "sampled_fps", "video_patches"]
 
 #: Model types whose checkpoints load through :class:`QwenVLInputs` and may take ``--input video``.
-VIDEO_FAMILIES = ("qwen2_vl",)
+VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+#: Of those, the ones whose model takes ``second_per_grid_ts`` (real time between temporal patches).
+_TIMED_FAMILIES = ("qwen2_5_vl",)
 
 # Token types of the model's multimodal RoPE (``mm_token_type_ids``): text 0, image 1, video 2.
 _TEXT, _IMAGE, _VIDEO = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One video for the model: its frames (PIL or [H, W, 3] uint8) and the rate they were sampled at."""
+
+    frames: list[Any]
+    fps: float
+
+
+def sampled_fps(timing: VideoTiming) -> float:
+    """Frames per second of the sampled frames themselves (the source's fps over the mean step
+    between sampled frame numbers); a single frame counts as sampled at the source's rate."""
+    indices = timing.frames_indices
+    if len(indices) < 2:
+        return timing.fps
+    step = (indices[-1] - indices[0]) / (len(indices) - 1)
+    return timing.fps / step
 
 
 def video_patches(image_processor: Any, frames: list[Any]) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -67,6 +94,7 @@ class QwenVLInputs:
     chat_template: str
     image_token_id: int
     video_token_id: int
+    timed: bool  # the model takes second_per_grid_ts (Qwen2.5-VL)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, config: Any) -> QwenVLInputs:
@@ -79,6 +107,7 @@ class QwenVLInputs:
             chat_template=tokenizer.chat_template or "",
             image_token_id=int(config.image_token_id),
             video_token_id=int(config.video_token_id),
+            timed=str(config.model_type) in _TIMED_FAMILIES,
         )
 
     def apply_chat_template(
@@ -98,7 +127,7 @@ class QwenVLInputs:
         *,
         text: list[str],
         images: list[Any] | None = None,
-        videos: list[list[Any]] | None = None,
+        videos: list[Clip] | None = None,
         return_tensors: str = "pt",
         add_special_tokens: bool = False,
     ) -> dict[str, Any]:
@@ -114,10 +143,13 @@ class QwenVLInputs:
             out["image_grid_thw"] = torch.from_numpy(np.asarray(batch["image_grid_thw"], dtype=np.int64))
             counts[self.image_token_id] = [int(g.prod()) // merge for g in batch["image_grid_thw"]]
         if videos:
-            clips = [video_patches(self.image_processor, frames) for frames in videos]
+            clips = [video_patches(self.image_processor, clip.frames) for clip in videos]
             out["pixel_values_videos"] = torch.from_numpy(np.concatenate([rows for rows, _ in clips]))
             out["video_grid_thw"] = torch.tensor([grid for _, grid in clips], dtype=torch.long)
             counts[self.video_token_id] = [int(np.prod(grid)) // merge for _, grid in clips]
+            if self.timed:
+                tps = int(self.image_processor.temporal_patch_size)
+                out["second_per_grid_ts"] = torch.tensor([tps / clip.fps for clip in videos])
         for token_id, per_item in counts.items():
             prompt = _expand(prompt, self.tokenizer.convert_ids_to_tokens(token_id), per_item)
         encoded = self.tokenizer(prompt, add_special_tokens=add_special_tokens)
