@@ -14,7 +14,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from labeler import jobfiles
+from labeler import fingerprint, jobfiles
 from labeler.cli_options import (
     UsageError,
     add_engine_arguments,
@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="--judge openai: cache the answers of Batch output files (`vllm run-batch -o`), then label",
     )
+    p.add_argument(
+        "--relabel",
+        action="store_true",
+        help="when --out holds labels made with other settings (judge, model, --tie-margin, frames per "
+        "segment...; recorded in OUT.settings.json), move it aside as OUT.before-<time>.jsonl and label "
+        "again; without it such a rerun is refused. With the same settings a rerun resumes either way",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_judge_arguments(p)
     add_engine_arguments(p)
@@ -127,7 +134,8 @@ def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
     flip = "n/a" if s["flip_rate"] is None else f"{100 * s['flip_rate']:.1f}%"
     lines = [
         f"pairs      {result.ok} labeled, {result.failed} failed, {result.skipped} already done "
-        f"(manifest: {result.manifest_pairs})",
+        f"(manifest: {result.manifest_pairs})"
+        + (f"; {result.relabelled} labelled again: prompt or videos changed" if result.relabelled else ""),
         f"segments   {result.segments}  A {_share(result.labels['A'], total)}  B {_share(result.labels['B'], total)}"
         f"  tie {_share(result.labels['tie'], total)}",
         f"time       {result.seconds:.1f} s ({rate:.1f} segment pairs/s)",
@@ -238,6 +246,8 @@ def _run(
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
         with jobfiles.lock_output(out):
+            for aside in fingerprint.settle(out, fingerprint.job_settings(engine), relabel=args.relabel):
+                print(f"relabel    kept aside -> {aside}", file=sys.stderr)
             if ray_options is not None:
                 from labeler.runners.ray.ray_runner import label_on_ray
 

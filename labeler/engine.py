@@ -144,6 +144,14 @@ class Engine:
             self.cache.set_meta(f"video-info:{digest}", asdict(info))
         return info, digest
 
+    def content_hashes(self, entry: ManifestEntry, reference: bool) -> dict[str, str]:
+        """The content hashes a record of ``entry`` keeps (``video_sha256``), from the memo when
+        the files are unchanged (a stat each); ``reference``: with the reference's."""
+        hashes = {"a": self.video_meta(entry.video_a)[1], "b": self.video_meta(entry.video_b)[1]}
+        if reference and entry.reference is not None:
+            hashes["ref"] = self.video_meta(entry.reference)[1]
+        return hashes
+
     def _cached_info(self, key: str, path: str) -> video.VideoInfo | None:
         meta = self.cache.get_meta(key)
         try:
@@ -333,7 +341,9 @@ class Engine:
             frames = await self.decode_segments(plan, missing) if missing else {}
             votes += await self._judge_segments(ctx, window, frames)
         seconds = entry.segment_seconds or self.config.segment_seconds
-        return self._record(plan.segments, votes, ctx, entry, plan.fps, plan.num_frames, seconds=seconds)
+        return self._record(
+            plan.segments, votes, ctx, entry, plan.fps, plan.num_frames, seconds=seconds, content=plan.content
+        )
 
     async def label_frames(
         self, prompt: str, segments: Sequence[FrameSegment], *, pair_id: str = "inline"
@@ -382,6 +392,7 @@ class Engine:
         num_frames: int,
         *,
         seconds: float | None,
+        content: dict[str, str] | None = None,
     ) -> DensePreferenceRecord:
         """Fold each segment's votes into the dense preference record."""
         segments = []
@@ -424,7 +435,13 @@ class Engine:
             **extra,
         )
         return DensePreferenceRecord.for_entry(
-            entry, segments, fps=fps, num_frames=num_frames, labeler=labeler, usage=Usage(**ctx.tally)
+            entry,
+            segments,
+            fps=fps,
+            num_frames=num_frames,
+            labeler=labeler,
+            usage=Usage(**ctx.tally),
+            video_sha256=content,
         )
 
     async def aclose(self) -> None:

@@ -14,7 +14,8 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -99,7 +100,15 @@ def lock_output(out: str | Path) -> Iterator[Path]:
 _RECORD_FIELDS = frozenset(DensePreferenceRecord.model_fields)
 
 
-def _pair_id_of(path: Path, lineno: int, text: str, *, full: bool) -> str:
+@dataclass(frozen=True)
+class DonePair:
+    """What a rerun compares of a pair already in OUT: the prompt and the files' content hashes."""
+
+    prompt: str | None = None
+    video_sha256: dict[str, str] | None = None
+
+
+def _done_of(path: Path, lineno: int, text: str, *, full: bool) -> tuple[str, DonePair]:
     """The pair_id of an output line, refusing a line that is not a dense preference record.
 
     The first line is validated in full; the others by shape (an object with the record's keys,
@@ -108,7 +117,8 @@ def _pair_id_of(path: Path, lineno: int, text: str, *, full: bool) -> str:
     problem: str | None
     try:
         if full:
-            return DensePreferenceRecord.model_validate_json(text).pair_id
+            rec = DensePreferenceRecord.model_validate_json(text)
+            return rec.pair_id, DonePair(rec.prompt, rec.video_sha256)
         obj = json.loads(text)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -118,7 +128,11 @@ def _pair_id_of(path: Path, lineno: int, text: str, *, full: bool) -> str:
     else:
         problem = _shape_problem(obj)
         if problem is None:
-            return str(obj["pair_id"])
+            prompt, hashes = obj.get("prompt"), obj.get("video_sha256")
+            return str(obj["pair_id"]), DonePair(
+                prompt if isinstance(prompt, str) else None,
+                {str(k): str(v) for k, v in hashes.items()} if isinstance(hashes, dict) else None,
+            )
     raise ValueError(
         f"{path}:{lineno} is not a dense preference record ({problem}); --out must be an output file of "
         "labeler.batch: move the file away or choose another --out"
@@ -137,20 +151,43 @@ def _shape_problem(obj: object) -> str | None:
     return None
 
 
-def prepare_output(path: str | Path) -> set[str]:
-    """Create the output's folder, repair a cut-off last line, and return the pair ids done.
+def prepare_output(path: str | Path) -> dict[str, DonePair]:
+    """Create the output's folder, repair a cut-off last line, and return the pairs done.
 
+    A pair_id written twice (a relabelled pair, when the run that relabelled it was killed before
+    it could drop the older line) keeps its last record: the older lines are removed here.
     Raises ValueError naming the first line that is not a dense preference record.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        return set()
+        return {}
     repair_jsonl_tail(path)
+    done: dict[str, DonePair] = {}
+    repeated = False
     try:
-        return {_pair_id_of(path, n, text, full=k == 0) for k, (n, text) in enumerate(iter_jsonl(path))}
+        for k, (n, text) in enumerate(iter_jsonl(path)):
+            pair_id, info = _done_of(path, n, text, full=k == 0)
+            repeated |= pair_id in done
+            done[pair_id] = info
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text ({exc.reason}): not an output of labeler.batch") from None
+    if repeated:
+        drop_records(path, set())
+    return done
+
+
+def drop_records(path: str | Path, pair_ids: set[str]) -> None:
+    """Rewrite OUT without the records of ``pair_ids`` and without all but the last record of any
+    other pair_id (atomically: a kill leaves the old file or the new one). Call it before the run's
+    writer has opened OUT (it opens on its first line)."""
+    path = Path(path)
+    last: dict[str, str] = {}
+    for _, text in iter_jsonl(path):
+        pair_id = str(json.loads(text)["pair_id"])
+        last.pop(pair_id, None)  # re-inserted at its last position
+        last[pair_id] = text
+    atomic_write_lines(path, [text for pair_id, text in last.items() if pair_id not in pair_ids])
 
 
 ErrorKey = tuple[str, int | None]
@@ -174,7 +211,9 @@ def read_errors(path: str | Path) -> dict[str, ErrorRecord]:
     return {pair_id: rec for (pair_id, _), rec in read_error_log(Path(path)).items()}
 
 
-def compact_errors(path: str | Path, done: set[str], manifest_errors: set[ErrorKey] | None = None) -> int:
+def compact_errors(
+    path: str | Path, done: Container[str], manifest_errors: set[ErrorKey] | None = None
+) -> int:
     """Rewrite the errors file with one line per failure that remains; returns how many.
 
     A failed pair leaves once it is done. A bad manifest line (it carries its line number) stays

@@ -268,6 +268,11 @@ class DensePreferenceRecord(BaseModel):
     labeler: LabelerInfo
     usage: Usage = Field(default_factory=Usage)
     meta: dict[str, Any] = Field(default_factory=dict)
+    video_sha256: dict[str, str] | None = Field(
+        None,
+        description="sha256 of the files labelled ('a', 'b', and 'ref' when the judge read the "
+        "reference): a rerun relabels the pair when they changed. None for inline frames and human labels.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -318,6 +323,7 @@ class DensePreferenceRecord(BaseModel):
         num_frames: int,
         labeler: LabelerInfo,
         usage: Usage | None = None,
+        video_sha256: dict[str, str] | None = None,
     ) -> DensePreferenceRecord:
         """The record of a manifest entry's labeled segments; video label and score follow §2.3."""
         video_label, video_score = video_level(segments)
@@ -335,6 +341,7 @@ class DensePreferenceRecord(BaseModel):
             labeler=labeler,
             usage=usage or Usage(),
             meta=entry.meta,
+            video_sha256=video_sha256,
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,6 +28,9 @@ from labeler.schemas import (
     ManifestLineError,
     iter_manifest,
 )
+
+#: The content hashes of an entry's files as its record keeps them ("a", "b", and "ref" when asked).
+ContentOf = Callable[[ManifestEntry, bool], dict[str, str]]
 
 #: After this many pairs in a row fail with a FatalJudgeError (bad key, unknown model...), stop.
 #: Only judge faults count: bad input (a broken video, frames too small) fails its pair alone and
@@ -54,6 +58,7 @@ class BatchResult:
     labels: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     stopped: str | None = None  # why the run stopped early, if it did
+    relabelled: int = 0  # pairs in OUT labelled again: their prompt or files changed
     errors_file: Path | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)  # (pair_id, "Type: message")
 
@@ -84,19 +89,42 @@ class JobFiles:
         self.bar = None
         self.fatal_streak = 0
 
-    def todo(self, manifest: str | Path) -> list[ManifestEntry]:
-        """The manifest's pairs not yet in OUT (bad lines are recorded as failures); starts the bar."""
+    def todo(self, manifest: str | Path, content: ContentOf | None = None) -> list[ManifestEntry]:
+        """The manifest's pairs not yet in OUT (bad lines are recorded as failures); starts the bar.
+
+        With ``content`` (the engine's content hashes of an entry's files), a pair in OUT whose
+        prompt or files changed since it was labelled is labelled again: its old record leaves OUT
+        now, so a failure of the new attempt never leaves stale labels behind."""
         todo: list[ManifestEntry] = []
+        stale: set[str] = set()
         for item in iter_manifest(manifest):
             self.result.manifest_pairs += 1
             if isinstance(item, ManifestLineError):
                 self.fail(item.pair_id, (item.type, item.message), item.line)
-            elif item.pair_id in self.done:
+            elif item.pair_id in self.done and not self._changed(item, content):
                 self.result.skipped += 1
             else:
+                if item.pair_id in self.done:
+                    stale.add(item.pair_id)
+                    del self.done[item.pair_id]
                 todo.append(item)
+        if stale:
+            jobfiles.drop_records(self.out, stale)
+            self.result.relabelled = len(stale)
         self.bar = _progress(self.result.manifest_pairs, self.result.skipped, self.progress)
         return todo
+
+    def _changed(self, entry: ManifestEntry, content: ContentOf | None) -> bool:
+        before = self.done[entry.pair_id]
+        if before.prompt is not None and before.prompt != entry.prompt:
+            return True
+        if content is None or before.video_sha256 is None:
+            return False
+        try:
+            now = content(entry, "ref" in before.video_sha256)
+        except Exception:  # a file gone or unreadable: keep its labels, the run goes on
+            return False
+        return now != before.video_sha256
 
     def fail(self, pair_id: str, exc: BaseException | tuple[str, str], line: int | None = None) -> None:
         prior = self.previous.get((pair_id, line))
@@ -123,7 +151,7 @@ class JobFiles:
     def pair_done(self, record: DensePreferenceRecord) -> None:
         self.fatal_streak = 0
         self.records.write(record)
-        self.done.add(record.pair_id)
+        self.done[record.pair_id] = jobfiles.DonePair(record.prompt, record.video_sha256)
         self.result.ok += 1
         self.result.segments += len(record.segments)
         self.result.labels.update(record.labels)
@@ -148,7 +176,7 @@ async def run_batch(
 ) -> BatchResult:
     """Label every pair of ``manifest`` not yet in ``out``; returns what happened."""
     job = JobFiles(out, progress=progress)
-    queue = iter(job.todo(manifest))
+    queue = iter(job.todo(manifest, engine.content_hashes))
     stop = asyncio.Event()
 
     async def worker() -> None:

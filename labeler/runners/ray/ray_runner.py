@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from labeler.engine import Engine, EngineConfig, EngineStats
-from labeler.runners.local import BatchResult, FailureKind, JobFiles
+from labeler.runners.local import BatchResult, ContentOf, FailureKind, JobFiles
 from labeler.runners.ray.options import RayOptions
 from labeler.runners.ray.worker import PairLabeler, add_stats
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
@@ -136,8 +136,10 @@ def run_batch_on_ray(
     options: RayOptions,
     *,
     progress: bool = True,
+    content: ContentOf | None = None,
 ) -> RayRun:
     """Label every pair of ``manifest`` not yet in ``out`` on Ray; returns what happened.
+    ``content``: the driver engine's content hashes, to relabel pairs whose files changed.
 
     ``judge_args`` are the CLI's parsed judge/engine options: every actor builds its own engine
     from them (``labeler.cli_options.engine_from_args``), on its own node.
@@ -149,7 +151,7 @@ def run_batch_on_ray(
     run = RayRun(job.result)
     started = False
     try:
-        todo = job.todo(manifest)
+        todo = job.todo(manifest, content)
         if todo:
             started = connect(options)
             batches = build_dataset(todo, judge_args, options).iter_batches(batch_size=None)
@@ -171,7 +173,9 @@ def label_on_ray(
     """The batch CLI's --ray path: ``engine`` is the driver's (never asked); the summary reads the
     actors' summed counters from its stats."""
     try:
-        run = run_batch_on_ray(manifest, out, args, engine.config, options, progress=not quiet)
+        run = run_batch_on_ray(
+            manifest, out, args, engine.config, options, progress=not quiet, content=engine.content_hashes
+        )
     finally:
         asyncio.run(engine.aclose())
     engine.stats = run.stats
