@@ -280,7 +280,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="judge each segment once, in (A, B) order only (default: both orders, to cancel position bias)",
     )
     g.add_argument(
-        "--cache-dir", type=Path, default=None, help=f"judgment cache folder (default: {default_cache_dir()})"
+        "--cache-dir",
+        type=_folder_name,
+        default=None,
+        help=f"judgment cache folder (default: {default_cache_dir()})",
     )
     g.add_argument("--no-cache", action="store_true", help="do not read or write the judgment cache")
     g.add_argument(
@@ -309,6 +312,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest Retry-After (seconds) a 429/503 is honoured for; a longer one counts as a failed "
         "attempt instead of pausing every request (default: %(default)s)",
     )
+
+
+def _folder_name(text: str) -> Path:
+    """A folder option's value; an empty one (an unset shell variable) would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty name would mean the current folder; give a folder (or '.')"
+        )
+    return Path(text)
 
 
 #: Longest sensible value of a seconds option (a day): 1e308 would overflow timers and frame counts.

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,19 @@ def check_output_path(out: Path, manifest: Path | None) -> None:
     flag = f"--out {out}"
     if out.is_dir():
         raise ValueError(f"{flag} is a directory; give a .jsonl file path")
+    try:
+        st = out.stat()
+    except OSError:
+        st = None  # not there yet (or a dangling link: the write check below says so)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # /dev/null would take OUT.lock beside it, /dev/zero reads forever, a FIFO blocks the open
+        raise ValueError(f"{flag} is not a regular file (a device, FIFO or socket); give a .jsonl file path")
+    if st is not None and st.st_nlink > 1:
+        # The lock is OUT.lock, by name: a second name of the same file would take another lock
+        raise ValueError(
+            f"{flag} has {st.st_nlink} names (hard links): a run on another name would write it at the "
+            "same time; copy it (cp) to give it a name of its own"
+        )
     folder = out.parent
     for ancestor in (folder, *folder.parents):
         if ancestor.exists():

@@ -88,17 +88,27 @@ class ManifestEntry(_Strict):
     )
     meta: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("video_a", "video_b", "reference")
+    @classmethod
+    def _no_nul(cls, path: str | None) -> str | None:
+        if path is not None and "\x00" in path:
+            raise ValueError("a path cannot hold a NUL character")
+        return path
+
     def resolved(self, base_dir: str | Path) -> ManifestEntry:
         """A copy whose relative video paths are made absolute against ``base_dir``."""
         base = Path(base_dir)
 
-        def fix(p: str | None) -> str | None:
+        def fix(role: str, p: str | None) -> str | None:
             if p is None:
                 return None
             path = Path(p).expanduser()
-            return str(path if path.is_absolute() else (base / path).resolve())
+            try:
+                return str(path if path.is_absolute() else (base / path).resolve())
+            except (OSError, RuntimeError) as exc:  # a symlink loop is a RuntimeError before 3.13
+                raise ValueError(f"{role} {p!r} cannot be resolved: {exc}") from None
 
-        paths = {"video_a": fix(self.video_a), "video_b": fix(self.video_b), "reference": fix(self.reference)}
+        paths = {role: fix(role, getattr(self, role)) for role in ("video_a", "video_b", "reference")}
         return self.model_copy(update=paths)
 
 
@@ -117,16 +127,44 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "; ".join(f"{loc}: {err['msg']}" for loc, err in zip(where, exc.errors(), strict=True))
 
 
+def _lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where ``value`` (parsed JSON) holds a lone surrogate (``"\\ud800"`` is valid JSON but no
+    Unicode text: it cannot be written as UTF-8, so no record or error line could hold it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{where or '<value>'}: lone surrogate {value[exc.start]!a} at character {exc.start + 1}"
+        return None
+    if isinstance(value, dict):
+        items: Iterable[tuple[str, Any]] = value.items()
+    elif isinstance(value, list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        name = f"{where}.{ascii(key)[1:-1]}" if where else ascii(key)[1:-1]
+        found = _lone_surrogate(key, name + " (key)") or _lone_surrogate(item, name)
+        if found:
+            return found
+    return None
+
+
 def _manifest_item(lineno: int, text: str, seen: set[str], base: Path) -> ManifestEntry | ManifestLineError:
     placeholder = f"<line {lineno}>"
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, an integer over 4300 digits, deep nesting
         return ManifestLineError(
-            lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {exc}"
+            lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {str(exc)[:300]}"
         )
     pair_id = obj.get("pair_id") if isinstance(obj, dict) else None
-    pair_id = pair_id if isinstance(pair_id, str) and pair_id else placeholder
+    pair_id = (
+        pair_id if isinstance(pair_id, str) and pair_id and not _lone_surrogate(pair_id) else placeholder
+    )
+    surrogate = _lone_surrogate(obj)
+    if surrogate is not None:
+        return ManifestLineError(lineno, pair_id, "ManifestEncodingError", f"line {lineno}: {surrogate}")
     try:
         entry = ManifestEntry.model_validate(obj)
     except ValidationError as exc:
@@ -136,7 +174,10 @@ def _manifest_item(lineno: int, text: str, seen: set[str], base: Path) -> Manife
         message = f"line {lineno}: pair_id {entry.pair_id!r} repeats"
         return ManifestLineError(lineno, entry.pair_id, "DuplicatePairId", message)
     seen.add(entry.pair_id)
-    return entry.resolved(base)
+    try:
+        return entry.resolved(base)
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop (RuntimeError before 3.13)
+        return ManifestLineError(lineno, entry.pair_id, "ManifestPathError", f"line {lineno}: {exc}")
 
 
 def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineError]:

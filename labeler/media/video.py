@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -333,6 +334,8 @@ def file_identity(path: str | os.PathLike) -> str:
         st = os.stat(path)
     except OSError as exc:
         raise VideoReadError(path, f"cannot stat: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: reading it would never end
+        raise VideoReadError(path, "not a regular file (a device, FIFO or socket); give a video file")
     return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
 
 
@@ -348,9 +351,20 @@ def file_hash(path: str | os.PathLike) -> str:
         if key in _hash_memo:
             return _hash_memo[key]
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+    # O_NONBLOCK: a FIFO swapped in since the stat must not block the open; then only a regular
+    # file is read, and no further than its size at the open (a file still growing is read once).
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise VideoReadError(path, f"cannot open: {exc.strerror}") from exc
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise VideoReadError(path, "not a regular file (a device, FIFO or socket); give a video file")
+        left = st.st_size
+        while left > 0 and (chunk := fh.read(min(1 << 20, left))):
             digest.update(chunk)
+            left -= len(chunk)
     value = digest.hexdigest()
     with _hash_lock:
         _hash_memo[key] = value

@@ -176,7 +176,8 @@ async def run_batch(
 ) -> BatchResult:
     """Label every pair of ``manifest`` not yet in ``out``; returns what happened."""
     job = JobFiles(out, progress=progress)
-    queue = iter(job.todo(manifest, engine.content_hashes))
+    todo = job.todo(manifest, engine.content_hashes)
+    queue = iter(todo)
     stop = asyncio.Event()
 
     async def worker() -> None:
@@ -199,7 +200,8 @@ async def run_batch(
             job.tick(engine.stats.cache_hits)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, workers))))
+        # More workers than pairs would only idle (and --concurrency 1e8 would make 5e7 of them).
+        await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(todo))))))
     finally:
         job.close()
     return job.result
