@@ -23,13 +23,16 @@ from labeler.cli_options import (
     engine_from_args,
 )
 from labeler.engine import Engine
+from labeler.preflight import PreflightError
 from labeler.runners.local import BatchResult, run_batch
 from labeler.runners.ray.options import RayOptions, add_ray_arguments, ray_options_from_args
 from labeler.schemas import JudgeError
 
 #: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
-#: cannot be used, found before any work (or another run holds --out); 3 stopped early (budget spent,
-#: or the judge rejected FATAL_STREAK_LIMIT pairs in a row); 130 interrupted.
+#: cannot be used, found before any work (or another run holds --out, or the endpoint is down or
+#: refuses the key: labeler.preflight); 3 stopped early (budget spent, the judge rejected
+#: FATAL_STREAK_LIMIT pairs in a row, or UNREACHABLE_STREAK_LIMIT pairs in a row could not connect);
+#: 130 interrupted.
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
@@ -308,6 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.batch_export is not None:
         return _export(manifest, out, engine, args.batch_export)
+    if engine.config.max_requests != 0:  # a zero budget sends nothing: the cache alone is used
+        try:
+            engine.judge.preflight()
+        except PreflightError as exc:
+            asyncio.run(engine.aclose())
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     result = _run(args, engine, manifest, out, ray_options)
     if isinstance(result, int):
         return result

@@ -23,6 +23,7 @@ __all__ = [
     "LABELS",
     "LABEL_VALUE",
     "DensePreferenceRecord",
+    "EndpointUnreachable",
     "ErrorInfo",
     "ErrorRecord",
     "FatalJudgeError",
@@ -518,6 +519,11 @@ class TransientJudgeError(JudgeError):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status
+
+
+class EndpointUnreachable(TransientJudgeError):
+    """No connection to the judge's endpoint (refused, no route, DNS): retried like any transient
+    failure, and pairs failing with it several in a row stop a batch run (the endpoint is down)."""
 
 
 class JudgeParseError(JudgeError):

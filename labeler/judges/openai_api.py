@@ -33,6 +33,7 @@ from labeler.judges.pricing import chat_input_tokens, estimate_cost
 from labeler.judges.prompts import LAYOUTS, load_prompt
 from labeler.media.images import JpegUriCache
 from labeler.schemas import (
+    EndpointUnreachable,
     FatalJudgeError,
     JudgeEstimate,
     JudgeParseError,
@@ -259,7 +260,7 @@ class OpenAIJudge(Judge):
         if not api_key:
             if self.is_openai:
                 raise FatalJudgeError(
-                    "no OpenAI API key: set OPENAI_API_KEY or pass api_key (or --base-url for a vLLM server)"
+                    "no OpenAI API key: set OPENAI_API_KEY (or give --base-url for a self-hosted server)"
                 )
             api_key = "EMPTY"  # vLLM and most self-hosted servers accept any key
         # A client made on a loop that has since finished cannot be reused; replace it. The plain
@@ -339,7 +340,7 @@ class OpenAIJudge(Judge):
             except openai.APITimeoutError as exc:
                 raise TransientJudgeError(f"no answer from {self.base_url} within {self.timeout} s") from exc
             except openai.APIConnectionError as exc:
-                raise TransientJudgeError(f"cannot reach {self.base_url}: {exc}") from exc
+                raise EndpointUnreachable(f"cannot reach {self.base_url}: {exc}") from exc
 
     async def judge(self, request: SegmentRequest) -> Judgment:
         """Ask once; re-ask with the parse error (at most ``max_parse_retries`` times) if the answer
@@ -376,6 +377,11 @@ class OpenAIJudge(Judge):
         of its request slots, so a slot is held only while the request is on the wire)."""
         if request not in self._prepared:
             self._prepared[request] = await asyncio.to_thread(self._messages, request)
+
+    def preflight(self) -> None:
+        from labeler.preflight import check_openai_endpoint
+
+        check_openai_endpoint(self.base_url, self._api_key, official=self.is_openai)
 
     async def ready(self) -> bool:
         """Whether GET /models answers (the server is up and the key is accepted)."""

@@ -22,6 +22,7 @@ from labeler.engine import BudgetExceeded, Engine
 from labeler.fileio import repair_jsonl_tail
 from labeler.schemas import (
     DensePreferenceRecord,
+    EndpointUnreachable,
     FatalJudgeError,
     JudgeError,
     ManifestEntry,
@@ -37,14 +38,21 @@ ContentOf = Callable[[ManifestEntry, bool], dict[str, str]]
 #: neither counts nor resets the streak, so a run never stops on a stretch of bad pairs.
 FATAL_STREAK_LIMIT = 5
 
+#: After this many pairs in a row fail because the endpoint could not be reached (after their
+#: retries), stop: the endpoint is down, and every further pair would only spend its retries.
+UNREACHABLE_STREAK_LIMIT = 3
+
 #: What a failure says about the judge: "fatal" (it rejected us: counts toward the streak),
-#: "judge" (it answered, badly: it is reachable, the streak resets), "input" (not the judge's doing).
-FailureKind = Literal["fatal", "judge", "input"]
+#: "unreachable" (no connection, past the retries), "judge" (it answered, badly: it is reachable,
+#: both streaks reset), "input" (not the judge's doing: neither counts nor resets).
+FailureKind = Literal["fatal", "unreachable", "judge", "input"]
 
 
 def failure_kind(exc: BaseException) -> FailureKind:
     if isinstance(exc, FatalJudgeError):
         return "fatal"
+    if isinstance(exc, EndpointUnreachable):
+        return "unreachable"
     return "judge" if isinstance(exc, JudgeError) else "input"
 
 
@@ -88,6 +96,7 @@ class JobFiles:
         self.progress = progress
         self.bar = None
         self.fatal_streak = 0
+        self.unreachable_streak = 0
 
     def todo(self, manifest: str | Path, content: ContentOf | None = None) -> list[ManifestEntry]:
         """The manifest's pairs not yet in OUT (bad lines are recorded as failures); starts the bar.
@@ -140,16 +149,24 @@ class JobFiles:
         self.fail(pair_id, exc)
         if kind == "fatal":
             self.fatal_streak += 1
+        elif kind == "unreachable":
+            self.unreachable_streak += 1
         elif kind == "judge":  # the judge answered (badly): it is reachable
-            self.fatal_streak = 0
+            self.fatal_streak = self.unreachable_streak = 0
+        message = exc[1] if isinstance(exc, tuple) else exc
         if self.fatal_streak >= FATAL_STREAK_LIMIT:
-            message = exc[1] if isinstance(exc, tuple) else exc
             self.result.stopped = f"the judge rejected {self.fatal_streak} pairs in a row, last: {message}"
+            return True
+        if self.unreachable_streak >= UNREACHABLE_STREAK_LIMIT:
+            self.result.stopped = (
+                f"endpoint unreachable: {self.unreachable_streak} pairs in a row failed to connect after "
+                f"their retries, last: {message}"
+            )
             return True
         return False
 
     def pair_done(self, record: DensePreferenceRecord) -> None:
-        self.fatal_streak = 0
+        self.fatal_streak = self.unreachable_streak = 0
         self.records.write(record)
         self.done[record.pair_id] = jobfiles.DonePair(record.prompt, record.video_sha256)
         self.result.ok += 1
