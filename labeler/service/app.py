@@ -28,7 +28,7 @@ from labeler.cli_options import UsageError, add_engine_arguments, add_judge_argu
 from labeler.engine import Engine
 from labeler.schemas import DensePreferenceRecord
 from labeler.service.annotate.routes import router as annotate_router
-from labeler.service.auth import require_token
+from labeler.service.auth import require_json, require_token
 from labeler.service.body import body_schema
 from labeler.service.errors import ERROR_RESPONSES, install_error_handlers
 from labeler.service.lifecycle import Lifecycle, RedactTokens, label_until_disconnect, ndjson_lines
@@ -100,7 +100,9 @@ def _ops_routes(service: LabelService, metrics: ServiceMetrics) -> APIRouter:
 
 
 def _label_routes(service: LabelService, components: dict[str, Any]) -> APIRouter:
-    routes = APIRouter(dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+    routes = APIRouter(
+        dependencies=[Depends(require_token), Depends(require_json)], responses=ERROR_RESPONSES
+    )
 
     @routes.post(
         "/label",

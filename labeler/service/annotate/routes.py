@@ -45,7 +45,14 @@ from labeler.service.annotate.store import (
     manifest_key,
     plan_manifest,
 )
-from labeler.service.auth import SESSION_COOKIE, check_bearer, check_session, require_token, session_value
+from labeler.service.auth import (
+    SESSION_COOKIE,
+    check_bearer,
+    check_session,
+    require_json,
+    require_token_or_session,
+    session_value,
+)
 from labeler.service.errors import ServiceError
 from labeler.service.media_stream import media_url
 from labeler.service.paths import private_paths, require_media_root, resolve_media_path
@@ -53,7 +60,8 @@ from labeler.service.paths import private_paths, require_media_root, resolve_med
 __all__ = ["AnnotationIn", "ExportIn", "blind_swapped", "router"]
 
 router = APIRouter(tags=["annotation"])
-_AUTH = [Depends(require_token)]
+_AUTH = [Depends(require_token_or_session)]
+_AUTH_JSON = [Depends(require_token_or_session), Depends(require_json)]
 
 STATIC_DIR = Path(__file__).with_name("static")
 _STATIC_FILES = {
@@ -283,7 +291,7 @@ def annotate_pairs(
     }
 
 
-@router.post("/annotations", dependencies=_AUTH)
+@router.post("/annotations", dependencies=_AUTH_JSON)
 def post_annotation(request: Request, body: AnnotationIn) -> dict[str, Any]:
     """Save one answer (the last answer per annotator, pair and segment wins)."""
     annotator = _annotator(body.annotator)
@@ -318,7 +326,7 @@ def post_annotation(request: Request, body: AnnotationIn) -> dict[str, Any]:
     }
 
 
-@router.post("/annotations/export", dependencies=_AUTH)
+@router.post("/annotations/export", dependencies=_AUTH_JSON)
 def export(request: Request, body: ExportIn) -> dict[str, Any]:
     """Write the annotator's fully answered pairs as dense preference JSONL
     (``<annotations dir>/<manifest>.<annotator>.human.jsonl``); incomplete pairs are listed."""
