@@ -194,7 +194,12 @@ async def _label(
             from labeler.runners.batch_api import prefill_with_batch_api
 
             await prefill_with_batch_api(
-                manifest, out, engine, poll_seconds=openai_batch_poll, max_tokens=batch_max_tokens
+                manifest,
+                out,
+                engine,
+                poll_seconds=openai_batch_poll,
+                max_tokens=batch_max_tokens,
+                progress=print,
             )
         return await run_batch(manifest, out, engine, workers=workers, progress=not quiet)
     finally:
@@ -252,9 +257,12 @@ def _run(
             for aside in fingerprint.settle(out, fingerprint.job_settings(engine), relabel=args.relabel):
                 print(f"relabel    kept aside -> {aside}", file=sys.stderr)
             if ray_options is not None:
-                from labeler.runners.ray.ray_runner import label_on_ray
+                from labeler.runners.ray.ray_runner import describe_workers, label_on_ray
 
-                return label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
+                run = label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
+                if run.workers:
+                    print(describe_workers(run), file=sys.stderr)
+                return run.result
             return asyncio.run(
                 _label(
                     manifest,

@@ -13,14 +13,11 @@ from typing import Any
 
 from labeler.cache import JudgmentCache, default_cache_dir
 from labeler.engine import Engine, EngineConfig
+from labeler.errors import UsageError
 from labeler.fileio import iter_jsonl
 from labeler.judges import JUDGE_NAMES, build_judge
 from labeler.judges.base import Judge
 from labeler.judges.openai_request import ANSWER_ORDERS, EFFORTS, parse_price
-
-
-class UsageError(ValueError):
-    """Options that do not fit together; entry points report it as a usage error (exit 2)."""
 
 
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,9 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from labeler.schemas import ManifestEntry, Order
+from labeler.errors import BudgetExceeded
+from labeler.schemas import ManifestEntry, Order, SegmentRequest
 
-__all__ = ["BudgetExceeded", "EngineConfig", "EngineStats", "FrameSegment", "PairPlan", "SegmentPlan"]
+__all__ = [
+    "BudgetExceeded",
+    "EngineConfig",
+    "EngineStats",
+    "FrameSegment",
+    "PairPlan",
+    "PendingRequest",
+    "SegmentPlan",
+]
 
 
 @dataclass
@@ -36,10 +45,6 @@ class EngineConfig:
     #: videos more than one pair reads: MiB, least recently used dropped first; 0 keeps none
     #: (labeler.frame_source).
     frame_memo_mib: float = 64.0
-
-
-class BudgetExceeded(RuntimeError):
-    """The --max-requests / --max-cost budget is spent; nothing more is sent."""
 
 
 @dataclass
@@ -96,3 +101,13 @@ class PairPlan:
     #: Content hash of each video the pair decodes ("a", "b" and "ref" when used): pairs that share a
     #: video (a reference, a candidate compared with several others) share its decoded frames.
     content: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """One (segment, order) judgment the cache cannot answer: ``key`` is its cache key (what
+    ``Engine.record`` stores the answer under), ``request`` what the judge would be shown."""
+
+    pair_id: str
+    key: str
+    request: SegmentRequest

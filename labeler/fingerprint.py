@@ -21,16 +21,13 @@ from typing import Any
 
 from labeler import __version__
 from labeler.engine import Engine
+from labeler.errors import SettingsChanged
 from labeler.fileio import atomic_write_json, iter_jsonl
 
 SETTINGS_FORMAT = 1
 
 #: The fields of a record's ``labeler`` block that the sidecar also holds (an OUT without sidecar).
 _LEGACY_FIELDS = ("judge", "model", "prompt_id", "frames_per_segment", "swap", "max_side", "answer_order")
-
-
-class SettingsChanged(ValueError):
-    """OUT holds labels made with other settings than this run's (a usage error: exit 2)."""
 
 
 def settings_path_for(out: str | Path) -> Path:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import httpx
 
+from labeler.errors import PreflightError
+
+__all__ = ["PREFLIGHT_TIMEOUT", "PreflightError", "check_openai_endpoint"]
+
 #: Seconds the endpoint has to answer ``GET /models``: a server that is up answers at once.
 PREFLIGHT_TIMEOUT = 15.0
-
-
-class PreflightError(ValueError):
-    """The judge cannot work as configured; the message names the flag or variable to fix."""
 
 
 def check_openai_endpoint(

@@ -17,6 +17,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from labeler.errors import (
+    EndpointUnreachable,
+    FatalJudgeError,
+    FramesTooSmallError,
+    InputError,
+    JudgeError,
+    JudgeParseError,
+    TransientJudgeError,
+)
 from labeler.fileio import split_lines
 
 __all__ = [
@@ -467,6 +476,11 @@ class SegmentRequest:
     frame_times: tuple[float, ...] = ()  # seconds of each sampled frame, for the prompt
     reference: np.ndarray | None = None  # ground-truth frames at the same indices, if any
     fps: float | None = None
+    #: Names the segment whatever the order it is shown in: two requests with the same key show the
+    #: same two frame arrays (and reference), in the same order when ``order`` is equal and swapped
+    #: otherwise. The engine sets it (the segment's "ab" cache key); None promises nothing.
+    segment_key: str | None = None
+    order: Order = "ab"  # "ba": frames_first are the pair's B (only meaningful with segment_key)
 
     def __post_init__(self) -> None:
         a, b = self.frames_first, self.frames_second
@@ -505,42 +519,6 @@ class Judgment(BaseModel):
         """The same answer with first and second exchanged (maps a "ba" vote back to A/B)."""
         label = {"A": "B", "B": "A", "tie": "tie"}[self.label]
         return self.model_copy(update={"label": label, "p_a": self.p_b, "p_b": self.p_a})
-
-
-class JudgeError(Exception):
-    """Base of every error a judge raises; ``type`` names it in error records."""
-
-
-class TransientJudgeError(JudgeError):
-    """Worth retrying: 429, 5xx, timeouts, dropped connections. ``retry_after`` in seconds if the
-    server said so."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.status = status
-
-
-class EndpointUnreachable(TransientJudgeError):
-    """No connection to the judge's endpoint (refused, no route, DNS): retried like any transient
-    failure, and pairs failing with it several in a row stop a batch run (the endpoint is down)."""
-
-
-class JudgeParseError(JudgeError):
-    """The judge's answer stayed unparseable after its bounded re-asks."""
-
-
-class FatalJudgeError(JudgeError):
-    """Retrying cannot help: bad credentials, unknown model, a request the server rejects."""
-
-
-class InputError(ValueError):
-    """The input of one pair or request cannot be judged (not the judge's fault): the pair fails
-    alone, never counts toward stopping a run, and the service answers 400."""
-
-
-class FramesTooSmallError(InputError):
-    """Frames smaller than the judge can measure (an 8x8 clip, or ``--max-side 8``)."""
 
 
 @dataclass

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from labeler.errors import DenseprefError
 from labeler.fileio import atomic_path
 
 __all__ = ["MediaError", "Video", "file_sha256", "fit_frames", "read_video", "resample_fps", "write_video"]
 
 
-class MediaError(Exception):
+class MediaError(DenseprefError):
     """A video that cannot be read, is too short for the requested clip, or cannot be written."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -33,13 +33,10 @@ from labeler.agreement.metrics import (
     tie_threshold_fit,
 )
 from labeler.agreement.report import headline, write_report
+from labeler.errors import AgreementInputError
 from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, read_records
 
 __all__ = ["AgreementInputError", "compute_agreement", "headline", "main", "write_report"]
-
-
-class AgreementInputError(ValueError):
-    """Inputs that cannot be compared: missing/empty files, duplicate pair ids, no pairs in common."""
 
 
 # --------------------------------------------------------------------------- joining

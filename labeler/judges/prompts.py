@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from labeler.errors import PromptTemplateError
 from labeler.judges.composite import compose_pair, plan_composite
 from labeler.schemas import SegmentRequest
 
@@ -41,10 +42,6 @@ __all__ = ["LAYOUTS", "JudgePrompt", "PromptTemplateError", "available_prompts",
 Layout = Literal["separate", "side-by-side"]
 LAYOUTS: tuple[Layout, ...] = ("separate", "side-by-side")
 REQUIRED_BLOCKS = ("system", "user", "caption", "reask")
-
-
-class PromptTemplateError(ValueError):
-    """A template that is missing, does not compile, lacks a block, or breaks the sandbox."""
 
 
 def _environment() -> Any:

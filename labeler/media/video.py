@@ -19,28 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from labeler.errors import VideoError, VideoMismatchError, VideoReadError  # noqa: F401 - re-exported
 from labeler.fileio import atomic_path
 from labeler.media.video_index import decode_wanted
 
 FPS_TOLERANCE = 1e-3
 ASPECT_TOLERANCE = 0.01  # relative; 1920x1080 vs 1280x720 pass, 1080x1920 (rotated) does not
-
-
-class VideoError(Exception):
-    """A video that cannot be used; ``path`` and ``reason`` say which and why."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-class VideoReadError(VideoError):
-    """Missing, unreadable, corrupt, no video stream, or zero frames."""
-
-
-class VideoMismatchError(VideoError):
-    """The videos of a pair (or the reference) differ in fps or frame count."""
 
 
 @dataclass(frozen=True)

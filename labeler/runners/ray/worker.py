@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from labeler.cli_options import engine_from_args
-from labeler.engine import BudgetExceeded, Engine, EngineStats
+from labeler.engine import BudgetExceeded, Engine
+from labeler.ledger import Ledger
 from labeler.runners.local import failure_kind
 from labeler.runners.ray.cache_policy import refuse_network_cache
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
@@ -37,18 +38,6 @@ OUTCOME_COLUMNS = (
     "stats",
     "worker",
 )
-COUNTED_STATS = tuple(f.name for f in dataclasses.fields(EngineStats))
-
-
-def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-    """What one chunk added to an engine's counters (all of EngineStats' fields are sums)."""
-    return {name: after[name] - before[name] for name in COUNTED_STATS}
-
-
-def add_stats(total: EngineStats, delta: dict[str, float]) -> None:
-    """Fold an actor's chunk counters into the driver's totals."""
-    for name in COUNTED_STATS:
-        setattr(total, name, getattr(total, name) + delta[name])
 
 
 class PairLabeler:
@@ -83,7 +72,7 @@ class PairLabeler:
         assert self.loop is not None  # made by __init__
         rows = self.loop.run_until_complete(self._label_all(entries))
         columns: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in OUTCOME_COLUMNS}
-        columns["stats"][0] = json.dumps(stats_delta(before, dataclasses.asdict(self.engine.stats)))
+        columns["stats"][0] = json.dumps(Ledger.delta(before, dataclasses.asdict(self.engine.stats)))
         columns["worker"][0] = self.identity
         return columns
 

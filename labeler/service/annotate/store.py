@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from labeler import __version__
 from labeler.engine import EngineConfig
+from labeler.errors import AnnotationError
 from labeler.fileio import atomic_write_lines
 from labeler.media.video import VideoError, VideoInfo, check_aligned, file_identity, probe, segment_spans
 from labeler.schemas import (
@@ -71,16 +72,6 @@ log = logging.getLogger(__name__)
 ANNOTATOR_PATTERN = r"^\w[\w.@-]{0,63}$"
 _ANNOTATOR_RE = re.compile(ANNOTATOR_PATTERN)
 DEFAULT_SEGMENT_SECONDS = EngineConfig.segment_seconds
-
-
-class AnnotationError(Exception):
-    """A bad annotation request; ``field`` names the offending field, ``status`` the HTTP status."""
-
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
 
 
 def check_annotator(name: str) -> str:
