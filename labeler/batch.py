@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from labeler import fingerprint, jobfiles
@@ -285,7 +288,16 @@ def _run(
         return EXIT_USAGE
 
 
+def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
+    # SIGTERM's default ends the process without any clean-up: the judge's worker processes, its
+    # shared memory and the output's last line were left to chance. As SIGINT, it stops the run the
+    # way Ctrl-C does (asyncio cancels the work, every finally runs, exit 130).
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.judge_processes is None and args.judge == "metrics":
