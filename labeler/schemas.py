@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from labeler.errors import (
     EndpointUnreachable,
@@ -97,6 +105,7 @@ class ManifestEntry(_Strict):
         None, gt=0, allow_inf_nan=False, description="Overrides the job's segment length."
     )
     meta: dict[str, Any] = Field(default_factory=dict)
+    _given: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @field_validator("video_a", "video_b", "reference")
     @classmethod
@@ -118,8 +127,17 @@ class ManifestEntry(_Strict):
             except (OSError, RuntimeError) as exc:  # a symlink loop is a RuntimeError before 3.13
                 raise ValueError(f"{role} {p!r} cannot be resolved: {exc}") from None
 
-        paths = {role: fix(role, getattr(self, role)) for role in ("video_a", "video_b", "reference")}
-        return self.model_copy(update=paths)
+        roles = ("video_a", "video_b", "reference")
+        paths = {role: fix(role, getattr(self, role)) for role in roles}
+        copy = self.model_copy(update=paths)
+        copy._given = {role: value for role in roles if (value := getattr(self, role)) is not None}
+        return copy
+
+    @property
+    def given_paths(self) -> dict[str, str]:
+        """The video paths as the manifest wrote them (role -> path), once :meth:`resolved`; records
+        name them relative to their own file when these are relative (labeler.record_paths)."""
+        return dict(self._given)
 
 
 @dataclass(frozen=True)

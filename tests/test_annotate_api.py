@@ -292,7 +292,10 @@ def test_export_writes_valid_human_records_of_finished_pairs(client: TestClient,
 
     [rec] = read_records(path, tolerate_truncated_tail=False)
     assert rec.pair_id == "p1" and rec.prompt == "prompt of p1"
-    assert (rec.video_a, rec.video_b) == ("clips/p1_a.mp4", "clips/p1_b.mp4")  # as written in the manifest
+    # relative, as the manifest wrote them, but to the export's own folder: the trainer reads it as is
+    for side, name in ((rec.video_a, "clips/p1_a.mp4"), (rec.video_b, "clips/p1_b.mp4")):
+        assert not Path(side).is_absolute() and side.endswith(name)
+        assert (path.parent / side).resolve() == (media_root / name).resolve()
     assert rec.meta == {"k": 0} and rec.fps == FPS and rec.num_frames == 60
     assert rec.labeler.judge == "human" and rec.labeler.annotator == "ann1"
     assert rec.labels == ["A", "tie", "A"]

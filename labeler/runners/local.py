@@ -20,6 +20,7 @@ from typing import Literal
 from labeler import jobfiles
 from labeler.engine import BudgetExceeded, Engine
 from labeler.fileio import repair_jsonl_tail
+from labeler.record_paths import portable
 from labeler.schemas import (
     DensePreferenceRecord,
     EndpointUnreachable,
@@ -97,6 +98,7 @@ class JobFiles:
         self.bar = None
         self.fatal_streak = 0
         self.unreachable_streak = 0
+        self.given: dict[str, dict[str, str]] = {}  # pair_id -> video paths as the manifest wrote them
 
     def todo(self, manifest: str | Path, content: ContentOf | None = None) -> list[ManifestEntry]:
         """The manifest's pairs not yet in OUT (bad lines are recorded as failures); starts the bar.
@@ -116,6 +118,7 @@ class JobFiles:
                 if item.pair_id in self.done:
                     stale.add(item.pair_id)
                     del self.done[item.pair_id]
+                self.given[item.pair_id] = item.given_paths
                 todo.append(item)
         if stale:
             jobfiles.drop_records(self.out, stale)
@@ -167,6 +170,8 @@ class JobFiles:
 
     def pair_done(self, record: DensePreferenceRecord) -> None:
         self.fatal_streak = self.unreachable_streak = 0
+        # Relative manifest paths stay relative, to OUT's folder (labeler.record_paths).
+        record = portable(record, self.given.pop(record.pair_id, {}), self.out.parent)
         self.records.write(record)
         self.done[record.pair_id] = jobfiles.DonePair(record.prompt, record.video_sha256)
         self.result.ok += 1

@@ -185,7 +185,19 @@ def test_resume_refuses_changed_settings_naming_each_unless_told_and_then_logs_t
             "--eval-pairs", "0", "--save-every", "2"]  # fmt: skip
     assert main([*base, "--steps", "2"]) == 0
     capsys.readouterr()
-    changed = ["--steps", "3", "--resume", "--beta", "5", "--seed", "7", "--lora-alpha", "8", "--mode", "vanilla"]
+    changed = [
+        "--steps",
+        "3",
+        "--resume",
+        "--beta",
+        "5",
+        "--seed",
+        "7",
+        "--lora-alpha",
+        "8",
+        "--mode",
+        "vanilla",
+    ]
     assert main([*base, *changed]) == 2
     err = capsys.readouterr().err
     for expected in ("beta: 500.0 in the checkpoint, 5.0 now", "seed: 0 in the checkpoint, 7 now",

@@ -32,6 +32,7 @@ from labeler.engine import EngineConfig
 from labeler.errors import AnnotationError
 from labeler.fileio import atomic_write_lines
 from labeler.media.video import VideoError, VideoInfo, check_aligned, file_identity, probe, segment_spans
+from labeler.record_paths import ROLES, portable
 from labeler.schemas import (
     LABELS,
     DensePreferenceRecord,
@@ -420,6 +421,7 @@ def export_annotations(plan: ManifestPlan, store: AnnotationStore, annotator: st
     for (pair_id, index), answer in latest.items():
         by_pair.setdefault(pair_id, {})[index] = answer
     lines, written, incomplete = [], [], []
+    out = store.export_path(key, annotator)
     for pair in plan.pairs:
         answered = {i: a for i, a in by_pair.get(pair.pair_id, {}).items() if i < len(pair.segments)}
         if len(answered) < len(pair.segments):
@@ -428,8 +430,16 @@ def export_annotations(plan: ManifestPlan, store: AnnotationStore, annotator: st
             )
             continue
         record = human_record(pair, answered, annotator)
+        # Relative manifest paths become relative to the export's own folder, so the trainer and
+        # the agreement tools read the export as it is (labeler.record_paths).
+        given = {role: value for role in ROLES if (value := getattr(pair.entry, role)) is not None}
+        resolved = {"video_a": str(pair.video_a), "video_b": str(pair.video_b)}
+        if pair.entry.reference is not None:
+            resolved["reference"] = str(
+                (plan.path.parent / Path(pair.entry.reference).expanduser()).resolve()
+            )
+        record = portable(record.model_copy(update=resolved), given, out.parent)
         lines.append(record.model_dump_json(exclude_none=True))
         written.append(pair.pair_id)
-    out = store.export_path(key, annotator)
     atomic_write_lines(out, lines)  # a unique temporary per writer: concurrent exports never collide
     return ExportResult(out, written, incomplete)
