@@ -15,20 +15,26 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from labeler import fingerprint, jobfiles
+from labeler.cascade.options import add_cascade_arguments, cascade_rule_from_args, cheap_engine
+from labeler.cascade.policy import EscalationRule
 from labeler.cli_options import (
+    EngineSpec,
     UsageError,
     add_engine_arguments,
     add_judge_arguments,
+    add_ray_arguments,
     batch_judge_processes,
-    engine_from_args,
+    ray_options_from_args,
+    spec_from_args,
 )
 from labeler.engine import Engine
 from labeler.preflight import PreflightError
 from labeler.runners.local import BatchResult, run_batch
-from labeler.runners.ray.options import RayOptions, add_ray_arguments, ray_options_from_args
+from labeler.runners.ray.options import RayOptions
 from labeler.schemas import JudgeError
 
 #: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
@@ -126,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_judge_arguments(p)
     add_engine_arguments(p)
     add_ray_arguments(p)
+    add_cascade_arguments(p)
     return p
 
 
@@ -209,6 +216,25 @@ async def _label(
         await engine.aclose()
 
 
+async def _label_cascade(
+    manifest: Path, out: Path, args: argparse.Namespace, engine: Engine, rule: EscalationRule, workers: int
+) -> BatchResult:
+    """The cascade's two passes (labeler.cascade.runner); prints its summary lines."""
+    from labeler.cascade.runner import format_cascade, run_cascade
+
+    processes = batch_judge_processes(manifest, demo=args.demo is not None, ray=False)
+    cheap = cheap_engine(engine, args.cascade_from, processes=processes)
+    try:
+        result = await run_cascade(
+            manifest, out, cheap, engine, rule, workers=workers, progress=not args.quiet
+        )
+    finally:
+        await cheap.aclose()
+        await engine.aclose()
+    print(format_cascade(result))
+    return result.final
+
+
 def _export(manifest: Path, out: Path, engine: Engine, directory: Path) -> int:
     from labeler.runners.batch_api import export_batch_files
 
@@ -248,7 +274,13 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _run(
-    args: argparse.Namespace, engine: Engine, manifest: Path, out: Path, ray_options: RayOptions | None
+    args: argparse.Namespace,
+    engine: Engine,
+    spec: EngineSpec,
+    manifest: Path,
+    out: Path,
+    ray_options: RayOptions | None,
+    cascade: EscalationRule | None = None,
 ) -> BatchResult | int:
     """The labeling itself, holding the output's lock; an int is an exit code."""
     from labeler.runners.batch_api import BatchApiUnavailable
@@ -259,10 +291,13 @@ def _run(
         with jobfiles.lock_output(out):
             for aside in fingerprint.settle(out, fingerprint.job_settings(engine), relabel=args.relabel):
                 print(f"relabel    kept aside -> {aside}", file=sys.stderr)
+            if cascade is not None:
+                return asyncio.run(_label_cascade(manifest, out, args, engine, cascade, workers))
             if ray_options is not None:
                 from labeler.runners.ray.ray_runner import describe_workers, label_on_ray
 
-                run = label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
+                actors = replace(spec, judge=ray_options.judge_for_actors(spec.judge))
+                run = label_on_ray(manifest, out, actors, engine, ray_options, args.quiet)
                 if run.workers:
                     print(describe_workers(run), file=sys.stderr)
                 return run.result
@@ -295,20 +330,29 @@ def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+def _spec(args: argparse.Namespace) -> EngineSpec:
+    """The engine spec of the flags, with the batch CLI's own default for --judge-processes."""
+    spec = spec_from_args(args)
+    if spec.judge.judge == "metrics" and spec.judge.judge_processes is None:
+        # Worker processes pay for themselves on runs of many pairs; a demo or a handful of pairs
+        # is done before they would have started. On Ray, each actor is a process already.
+        processes = batch_judge_processes(args.manifest, demo=args.demo is not None, ray=args.ray is not None)
+        spec = replace(spec, judge=replace(spec.judge, judge_processes=processes))
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.judge_processes is None and args.judge == "metrics":
-        # Worker processes pay for themselves on runs of many pairs; a demo or a handful of pairs
-        # is done before they would have started. On Ray, each actor is a process already.
-        args.judge_processes = batch_judge_processes(
-            args.manifest, demo=args.demo is not None, ray=args.ray is not None
-        )
     try:
         _check_args(args)
-        engine = engine_from_args(args)
+        cascade = cascade_rule_from_args(args)
+        if cascade is not None and args.ray is not None:
+            raise UsageError("--cascade-from cannot run on --ray yet; run it on one machine")
+        spec = _spec(args)
+        engine = spec.build()
     except (UsageError, ValueError, JudgeError) as exc:  # bad options or files, unknown prompt, no model...
         parser.error(str(exc))
     workers = args.workers or max(4, engine.config.concurrency // 2)
@@ -338,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(engine.aclose())
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    result = _run(args, engine, manifest, out, ray_options)
+    result = _run(args, engine, spec, manifest, out, ray_options, cascade)
     if isinstance(result, int):
         return result
     print(format_summary(result, engine, out))

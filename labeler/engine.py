@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -265,6 +265,7 @@ class Engine:
             index=seg.index,
             num_segments=n_segments,
             frame_times=times,
+            frame_indices=tuple(int(i) for i in seg.frame_indices),
             reference=ref,
             fps=fps,
             segment_key=seg.keys["ab"],
@@ -310,15 +311,16 @@ class Engine:
         return await self.frames.segments(plan, missing)
 
     async def _windows(
-        self, plan: PairPlan, hits: dict[str, Judgment]
+        self, plan: PairPlan, hits: dict[str, Judgment], segments: list[SegmentPlan] | None = None
     ) -> AsyncIterator[tuple[list[SegmentPlan], dict[int, tuple]]]:
-        """The pair's segments ``decode_window`` at a time, with the frames of those that miss a
-        cached judgment: a window's frames are dropped before the next window is decoded, so the
-        frames held for a pair are bounded by the settings (window x frames per segment x
-        max_side), not by the video's length."""
+        """The pair's segments (or only ``segments`` of it) ``decode_window`` at a time, with the
+        frames of those that miss a cached judgment: a window's frames are dropped before the next
+        window is decoded, so the frames held for a pair are bounded by the settings (window x
+        frames per segment x max_side), not by the video's length."""
+        chosen = plan.segments if segments is None else segments
         step = max(1, self.config.decode_window)
-        for k in range(0, len(plan.segments), step):
-            window = plan.segments[k : k + step]
+        for k in range(0, len(chosen), step):
+            window = chosen[k : k + step]
             missing = [s for s in window if any(key not in hits for key in s.keys.values())]
             yield window, (await self.decode_segments(plan, missing) if missing else {})
 
@@ -374,14 +376,38 @@ class Engine:
         frames are decoded, judged and dropped before the next window is decoded.
         """
         plan = await asyncio.to_thread(self.plan_pair, entry)
-        ctx = _PairContext(entry.prompt, len(plan.segments), plan.fps, self.cached_judgments(plan.segments))
-        votes: list[list[tuple[Order, Judgment]]] = []
-        async for window, frames in self._windows(plan, ctx.hits):
-            votes += await self._judge_segments(ctx, window, frames)
+        ctx, votes = await self._judge_plan(plan, plan.segments)
         seconds = entry.segment_seconds or self.config.segment_seconds
         return self._record(
             plan.segments, votes, ctx, entry, plan.fps, plan.num_frames, seconds=seconds, content=plan.content
         )
+
+    async def label_some_segments(
+        self, entry: ManifestEntry, indices: Collection[int]
+    ) -> tuple[PairPlan, list[Segment], Usage]:
+        """Judge only the segments of ``entry`` whose index is in ``indices`` (a cascade's escalated
+        ones, labeler.cascade): the others are neither decoded nor asked about. Returns the pair's
+        plan (every segment's frame range, to check against another judge's), the judged segments
+        in index order, and what they cost."""
+        plan = await asyncio.to_thread(self.plan_pair, entry)
+        wanted = set(indices)
+        unknown = wanted - {s.index for s in plan.segments}
+        if unknown:
+            raise InputError(f"pair {entry.pair_id} has no segment {sorted(unknown)[0]}")
+        chosen = [s for s in plan.segments if s.index in wanted]
+        ctx, votes = await self._judge_plan(plan, chosen)
+        self.stats.segments += len(chosen)
+        return plan, self._fold(chosen, votes), Usage(**ctx.tally)
+
+    async def _judge_plan(
+        self, plan: PairPlan, plans: list[SegmentPlan]
+    ) -> tuple[_PairContext, list[list[tuple[Order, Judgment]]]]:
+        """Judge ``plans`` (segments of ``plan``) in windows of ``decode_window``."""
+        ctx = _PairContext(plan.entry.prompt, len(plan.segments), plan.fps, self.cached_judgments(plans))
+        votes: list[list[tuple[Order, Judgment]]] = []
+        async for window, frames in self._windows(plan, ctx.hits, plans):
+            votes += await self._judge_segments(ctx, window, frames)
+        return ctx, votes
 
     async def label_frames(
         self, prompt: str, segments: Sequence[FrameSegment], *, pair_id: str = "inline"
@@ -433,6 +459,21 @@ class Engine:
         content: dict[str, str] | None = None,
     ) -> DensePreferenceRecord:
         """Fold each segment's votes into the dense preference record."""
+        segments = self._fold(plans, votes)
+        self.stats.pairs += 1
+        self.stats.segments += len(segments)
+        return DensePreferenceRecord.for_entry(
+            entry,
+            segments,
+            fps=fps,
+            num_frames=num_frames,
+            labeler=self.labeler_info(seconds),
+            usage=Usage(**ctx.tally),
+            video_sha256=content,
+        )
+
+    def _fold(self, plans: list[SegmentPlan], votes: list[list[tuple[Order, Judgment]]]) -> list[Segment]:
+        """Each segment's votes combined into its label and probabilities."""
         segments = []
         for seg, seg_votes in zip(plans, votes, strict=True):
             outcome = combine_votes(seg_votes, decisive_margin=self.config.decisive_margin)
@@ -456,14 +497,16 @@ class Engine:
                     note=None,
                 )
             )
-        self.stats.pairs += 1
-        self.stats.segments += len(segments)
+        return segments
+
+    def labeler_info(self, segment_seconds: float | None) -> LabelerInfo:
+        """The ``labeler`` block of this engine's records (``segment_seconds``: None for inline frames)."""
         extra: dict[str, Any] = {"max_side": self.config.max_side}
         if self.judge.answer_order is not None:
             extra["answer_order"] = self.judge.answer_order
-        if seconds is not None:
-            extra["segment_seconds"] = seconds
-        labeler = LabelerInfo(
+        if segment_seconds is not None:
+            extra["segment_seconds"] = segment_seconds
+        return LabelerInfo(
             judge=self.judge.name,
             model=self.judge.model,
             prompt_id=self.judge.prompt_id,
@@ -471,15 +514,6 @@ class Engine:
             swap=self.config.swap,
             densepref_version=__version__,
             **extra,
-        )
-        return DensePreferenceRecord.for_entry(
-            entry,
-            segments,
-            fps=fps,
-            num_frames=num_frames,
-            labeler=labeler,
-            usage=Usage(**ctx.tally),
-            video_sha256=content,
         )
 
     async def aclose(self) -> None:

@@ -13,7 +13,9 @@ still work; the modules that raised a class before it moved here re-export it un
     │   ├── SettingsChanged ................ --out holds labels made with other settings
     │   └── PreflightError ................. no key, endpoint down, key refused (before any work)
     ├── InputError (ValueError) ............ one pair or request cannot be judged (service: 400)
-    │   └── FramesTooSmallError ............ frames smaller than the judge can measure
+    │   ├── FramesTooSmallError ............ frames smaller than the judge can measure
+    │   ├── CascadeMismatchError ........... a cascade's cheap and main segments do not line up
+    │   └── CheapLabelMissing .............. a cascade's cheap judge has no label for the pair
     ├── VideoError ......................... a video that cannot be used (path + reason)
     │   ├── VideoReadError ................. missing, unreadable, corrupt, no frames
     │   └── VideoMismatchError ............. a pair's videos differ in fps, frames or shape
@@ -30,6 +32,7 @@ still work; the modules that raised a class before it moved here re-export it un
     ├── OutputInUseError (RuntimeError) .... another job holds the output's lock
     ├── SharedMemoryFull (OSError) ......... /dev/shm has no room for a block
     ├── AgreementInputError (ValueError) ... label files that cannot be compared
+    │   └── CascadeFitError ................ cheap/VLM/human files that cannot be fitted
     ├── AnnotationError .................... a bad annotation request (field + status)
     ├── DemoError (RuntimeError) ........... the demo set cannot be built
     ├── ServiceError ....................... (labeler.service.errors; also Starlette's
@@ -53,6 +56,9 @@ __all__ = [
     "BatchApiUnsupported",
     "BudgetExceeded",
     "CacheUnusableError",
+    "CascadeFitError",
+    "CascadeMismatchError",
+    "CheapLabelMissing",
     "DemoError",
     "DenseprefError",
     "EndpointUnreachable",
@@ -109,6 +115,14 @@ class FramesTooSmallError(InputError):
 
 
 # --------------------------------------------------------------------------- video
+
+
+class CascadeMismatchError(InputError):
+    """The cheap judge's record and the main judge's segments of a pair do not line up."""
+
+
+class CheapLabelMissing(InputError):
+    """A cascade's cheap judge could not label this pair, so the cascade cannot either."""
 
 
 class VideoError(DenseprefError):
@@ -192,6 +206,10 @@ class OutputInUseError(DenseprefError, RuntimeError):
 
 class AgreementInputError(DenseprefError, ValueError):
     """Inputs that cannot be compared: missing/empty files, duplicate pair ids, no pairs in common."""
+
+
+class CascadeFitError(AgreementInputError):
+    """Label files a cascade cannot be fitted on (nothing in common, an unknown target metric)."""
 
 
 class AnnotationError(DenseprefError):

@@ -32,11 +32,10 @@ _SEEN_LIMIT = 100_000
 
 
 def import_readers() -> None:
-    """Import the video readers now, in the thread that builds the engine. Their first import
+    """Import the video reader (PyAV) now, in the thread that builds the engine. Its first import
     inside two decode threads at once can fail one of them with ``_DeadlockError: deadlock detected
     by _ModuleLock('av.video.reformatter')`` (#24: 6 of 10 fresh runs under load)."""
     import av  # noqa: F401
-    import decord  # noqa: F401
 
 
 class FrameSource:

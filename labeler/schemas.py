@@ -39,6 +39,7 @@ from labeler.fileio import split_lines
 __all__ = [
     "LABELS",
     "LABEL_VALUE",
+    "CheapVerdict",
     "DensePreferenceRecord",
     "EndpointUnreachable",
     "ErrorInfo",
@@ -254,6 +255,24 @@ class Vote(BaseModel):
     cached: bool | None = None
 
 
+class CheapVerdict(BaseModel):
+    """What a cascade's cheap judge said about a segment (labeler.cascade), kept beside the final
+    label so the cascade can be audited and refitted (``labeler.agreement --fit-cascade``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge: str
+    label: Label
+    p_a: float
+    p_b: float
+    p_tie: float
+
+    @model_validator(mode="after")
+    def _check(self) -> CheapVerdict:
+        _check_probabilities(self.p_a, self.p_b, self.p_tie, "cheap verdict")
+        return self
+
+
 class Segment(BaseModel):
     """A half-open frame range [start_frame, end_frame) with its label and probabilities."""
 
@@ -272,6 +291,11 @@ class Segment(BaseModel):
     consistent: bool | None = None
     rationale: str = ""
     note: str | None = Field(None, description="Free-text note of a human annotator.")
+    decided_by: str | None = Field(
+        default=None,
+        description="Cascade runs: the judge whose verdict this is (the cheap one or the main one).",
+    )
+    cheap: CheapVerdict | None = Field(default=None, description="Cascade runs: the cheap judge's verdict.")
 
     @model_validator(mode="after")
     def _check(self) -> Segment:
@@ -492,6 +516,7 @@ class SegmentRequest:
     index: int = 0
     num_segments: int = 1
     frame_times: tuple[float, ...] = ()  # seconds of each sampled frame, for the prompt
+    frame_indices: tuple[int, ...] = ()  # each sampled frame's number in its video (video input timing)
     reference: np.ndarray | None = None  # ground-truth frames at the same indices, if any
     fps: float | None = None
     #: Names the segment whatever the order it is shown in: two requests with the same key show the

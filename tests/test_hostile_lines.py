@@ -139,7 +139,7 @@ def test_the_video_readers_are_imported_before_any_decode_thread():
         "from tests.fake_judges import BrightnessJudge\n"
         "assert 'av' not in sys.modules\n"
         "Engine(BrightnessJudge())\n"
-        "assert 'av.video.reformatter' in sys.modules and 'decord' in sys.modules\n"
+        "assert 'av.video.reformatter' in sys.modules\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -435,6 +435,7 @@ def test_bad_process_counts_are_rejected(processes):
 def test_judge_processes_option_reaches_the_judge_and_batch_defaults_to_the_cpus(monkeypatch, tmp_path):
     import labeler.batch
     from labeler.cli_options import PAIRS_FOR_PROCESSES, build_judge_from_args, default_judge_processes
+    from labeler.engine_spec import EngineSpec
 
     args = labeler.batch.build_parser().parse_args(["m.jsonl", "--out", "o", "--judge-processes", "0"])
     assert build_judge_from_args(args).processes == 0  # type: ignore[attr-defined]
@@ -445,11 +446,11 @@ def test_judge_processes_option_reaches_the_judge_and_batch_defaults_to_the_cpus
 
     seen = []
 
-    def capture(parsed):
-        seen.append(parsed.judge_processes)
+    def capture(spec):
+        seen.append(spec.judge.judge_processes)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(labeler.batch, "engine_from_args", capture)
+    monkeypatch.setattr(EngineSpec, "build", capture)
     line = '{"pair_id": "p%d", "prompt": "x", "video_a": "a.mp4", "video_b": "b.mp4"}\n'
     small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
     small.write_text("".join(line % i for i in range(PAIRS_FOR_PROCESSES - 1)))

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from labeler.batch import build_parser, main
+from labeler.cli_options import ray_options_from_args, spec_from_args
 from labeler.engine import EngineStats
 from labeler.ledger import COUNTED_FIELDS as COUNTED_STATS
 from labeler.ledger import Ledger, Limits
 from labeler.runners.local import JobFiles
 from labeler.runners.ray.cache_policy import filesystem_type, refuse_network_cache
-from labeler.runners.ray.options import DEFAULT_WORKERS, ray_options_from_args
+from labeler.runners.ray.options import DEFAULT_WORKERS
 from labeler.runners.ray.ray_runner import RayRun, _write_chunk
 from labeler.runners.ray.worker import OUTCOME_COLUMNS
 
@@ -44,31 +45,15 @@ def test_ray_address_workers_and_gpus_reach_the_options() -> None:
 
 
 def test_gpu_workers_put_the_hf_judge_on_their_gpu_unless_told_otherwise() -> None:
-    args = build_parser().parse_args(["m", "--out", "o", "--judge", "hf", "--model", "m", "--ray"])
-    ray_options_from_args(args, 4)
-    assert args.device is None  # no GPU reserved: the judge's own default
-    args = build_parser().parse_args(["m", "--out", "o", "--judge", "hf", "--model", "m", "--ray"])
-    args.ray_gpus_per_worker = 1.0
-    ray_options_from_args(args, 4)
-    assert args.device == "cuda"
-    args = build_parser().parse_args(
-        [
-            "m",
-            "--out",
-            "o",
-            "--judge",
-            "hf",
-            "--model",
-            "m",
-            "--device",
-            "cpu",
-            "--ray",
-            "--ray-gpus-per-worker",
-            "1",
-        ]
-    )
-    ray_options_from_args(args, 4)
-    assert args.device == "cpu"
+    def actors_device(*argv: str) -> str | None:
+        args = build_parser().parse_args(["m", "--out", "o", "--judge", "hf", "--model", "m", "--ray", *argv])
+        options = ray_options_from_args(args, 4)
+        assert options is not None
+        return options.judge_for_actors(spec_from_args(args).judge).device
+
+    assert actors_device() is None  # no GPU reserved: the judge's own default
+    assert actors_device("--ray-gpus-per-worker", "1") == "cuda"
+    assert actors_device("--device", "cpu", "--ray-gpus-per-worker", "1") == "cpu"
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,9 @@ def save_checkpoint(
         torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config, "run": run}, indent=2, default=str))
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "config": config, "run": run}, indent=2, default=str)
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in _checkpoints(output_dir)[:-keep]:

@@ -425,7 +425,13 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
 
 def _resume(s: Session, out_dir: Path) -> tuple[int, dict[str, tuple[Any, Any]]]:
     """(step to continue from, the settings changed since the checkpoint when allowed)."""
-    from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, read_state, run_changes
+    from trainer.checkpoint import (
+        CheckpointError,
+        latest_checkpoint,
+        load_checkpoint,
+        read_state,
+        run_changes,
+    )
     from trainer.config import ConfigError
 
     if not s.cfg.resume or not (ckpt := latest_checkpoint(out_dir)):
@@ -434,7 +440,9 @@ def _resume(s: Session, out_dir: Path) -> tuple[int, dict[str, tuple[Any, Any]]]
         raise CheckpointError(f"{ckpt}: resuming a sharded (FSDP / DeepSpeed) run is not supported")
     changes = run_changes(read_state(ckpt).get("run"), s.run)
     if changes and not s.cfg.resume_changed_config:
-        listed = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in changes.items())
+        listed = "; ".join(
+            f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in changes.items()
+        )
         raise ConfigError(
             f"{ckpt}: --resume with changed settings ({listed}); resuming would mix two runs in one LoRA "
             "and one log. Use the checkpoint's settings, another --output-dir, or --resume-changed-config "

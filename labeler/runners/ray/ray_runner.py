@@ -11,7 +11,6 @@ the driver only once, when its task succeeds, so every pair lands in OUT exactly
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -22,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from labeler.engine import Engine, EngineConfig, EngineStats
+from labeler.engine import Engine, EngineStats
+from labeler.engine_spec import EngineSpec
 from labeler.ledger import Ledger
 from labeler.runners.local import BatchResult, ContentOf, FailureKind, JobFiles
 from labeler.runners.ray.options import RayOptions
@@ -65,7 +65,7 @@ def connect(options: RayOptions) -> bool:
     return True
 
 
-def build_dataset(todo: list[ManifestEntry], judge_args: argparse.Namespace, options: RayOptions) -> Any:
+def build_dataset(todo: list[ManifestEntry], spec: EngineSpec, options: RayOptions) -> Any:
     """The pairs to label, mapped through the actor pool (lazy: nothing runs until iterated)."""
     import ray.data
     from ray.util.annotations import RayDeprecationWarning
@@ -80,16 +80,16 @@ def build_dataset(todo: list[ManifestEntry], judge_args: argparse.Namespace, opt
         # Ray 2.60 deprecates passing actor options as ray_remote_args (removed in 2.64, hence the
         # pin in pyproject.toml) but names no replacement for max_task_retries.
         warnings.simplefilter("ignore", RayDeprecationWarning)
-        return _map_through_actors(dataset, judge_args, options)
+        return _map_through_actors(dataset, spec, options)
 
 
-def _map_through_actors(dataset: Any, judge_args: argparse.Namespace, options: RayOptions) -> Any:
+def _map_through_actors(dataset: Any, spec: EngineSpec, options: RayOptions) -> Any:
     import ray.data
 
     chunk = options.pairs_per_worker
     return dataset.map_batches(
         PairLabeler,
-        fn_constructor_args=(judge_args,),
+        fn_constructor_args=(spec,),
         batch_size=chunk,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=2),
@@ -129,8 +129,7 @@ def _write_chunk(job: JobFiles, run: RayRun, rows: dict[str, Any]) -> bool:
 def run_batch_on_ray(
     manifest: str | Path,
     out: str | Path,
-    judge_args: argparse.Namespace,
-    config: EngineConfig,
+    spec: EngineSpec,
     options: RayOptions,
     *,
     progress: bool = True,
@@ -140,24 +139,23 @@ def run_batch_on_ray(
     """Label every pair of ``manifest`` not yet in ``out`` on Ray; returns what happened.
     ``content``: the driver engine's content hashes, to relabel pairs whose files changed.
 
-    ``judge_args`` are the CLI's parsed judge/engine options: every actor builds its own engine
-    from them (``labeler.cli_options.engine_from_args``), on its own node. The actors' counters
-    are summed into ``ledger`` (the driver engine's; by default a new one with ``config``'s
-    budgets), which stops the run once the actors together spent a budget.
+    Every actor builds its own engine from ``spec`` (``EngineSpec.build``), on its own node. The
+    actors' counters are summed into ``ledger`` (the driver engine's; by default a new one with
+    ``spec.engine``'s budgets), which stops the run once the actors together spent a budget.
     """
     import ray
     from ray.exceptions import RayError
 
     job = JobFiles(out, progress=progress)
     if ledger is None:
-        ledger = Ledger(budget=config)
+        ledger = Ledger(budget=spec.engine)
     run = RayRun(job.result, ledger)
     started = False
     try:
         todo = job.todo(manifest, content)
         if todo:
             started = connect(options)
-            batches = build_dataset(todo, judge_args, options).iter_batches(batch_size=None)
+            batches = build_dataset(todo, spec, options).iter_batches(batch_size=None)
             for rows in batches:
                 if _write_chunk(job, run, rows):
                     break
@@ -171,7 +169,7 @@ def run_batch_on_ray(
 
 
 def label_on_ray(
-    manifest: Path, out: Path, args: argparse.Namespace, engine: Engine, options: RayOptions, quiet: bool
+    manifest: Path, out: Path, spec: EngineSpec, engine: Engine, options: RayOptions, quiet: bool
 ) -> RayRun:
     """The batch CLI's --ray path: ``engine`` is the driver's (it never asks the judge); the
     actors' counters are summed into its ledger, so the summary reads them from ``engine.stats``."""
@@ -179,12 +177,11 @@ def label_on_ray(
         return run_batch_on_ray(
             manifest,
             out,
-            args,
-            engine.config,
+            spec,
             options,
             progress=not quiet,
-            content=engine.content_hashes,
             ledger=engine.ledger,
+            content=engine.content_hashes,
         )
     finally:
         asyncio.run(engine.aclose())

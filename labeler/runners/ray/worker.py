@@ -11,7 +11,6 @@ client belong to it, exactly as in a one-process run's single ``asyncio.run``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import json
@@ -20,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from labeler.cli_options import engine_from_args
 from labeler.engine import BudgetExceeded, Engine
+from labeler.engine_spec import EngineSpec
 from labeler.ledger import Ledger
 from labeler.runners.local import failure_kind
 from labeler.runners.ray.cache_policy import refuse_network_cache
@@ -45,10 +44,10 @@ class PairLabeler:
 
     loop: asyncio.AbstractEventLoop | None = None  # set last in __init__: __del__ closes what was made
 
-    def __init__(self, judge_args: argparse.Namespace):
+    def __init__(self, spec: EngineSpec):
         import ray
 
-        engine = engine_from_args(judge_args)
+        engine = spec.build()
         try:
             refuse_network_cache(engine.cache.directory)
         except ValueError:

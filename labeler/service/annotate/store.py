@@ -13,7 +13,6 @@ writer spoils at most its own last line (skipped on reading, and terminated befo
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -31,7 +30,8 @@ from labeler import __version__
 from labeler.engine import EngineConfig
 from labeler.errors import AnnotationError
 from labeler.fileio import atomic_write_lines
-from labeler.media.video import VideoError, VideoInfo, check_aligned, file_identity, probe, segment_spans
+from labeler.media.identity import IdentityMemo
+from labeler.media.video import VideoError, VideoInfo, check_aligned, probe, segment_spans
 from labeler.record_paths import ROLES, portable
 from labeler.schemas import (
     LABELS,
@@ -169,19 +169,9 @@ class ManifestPlan:
         return self._index.get(pair_id)
 
 
-@functools.lru_cache(maxsize=4096)
-def _probe_version(path: str, identity: str) -> VideoInfo:
-    return probe(path)
-
-
-def _probe(path: str) -> VideoInfo:
-    """``probe`` memoised by the file's identity (``video.file_identity``: a rewrite with its size
-    and mtime restored is probed again); the page asks for the same manifest often."""
-    try:
-        identity = file_identity(path)
-    except VideoError:
-        return probe(path)  # raises the VideoReadError that says why (missing, unreadable...)
-    return _probe_version(path, identity)
+#: ``probe`` remembered by the file's identity (a rewrite with its size and mtime restored is
+#: probed again); the page asks for the same manifest often.
+_probe: IdentityMemo[VideoInfo] = IdentityMemo(probe)
 
 
 def _raw_entries(path: Path) -> dict[str, ManifestEntry]:
