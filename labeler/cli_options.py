@@ -213,7 +213,7 @@ def spec_from_argv(argv: list[str]) -> EngineSpec:
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("scale out on Ray (pip install 'densepref[ray]'; see docs/scale.md)")
+    g = parser.add_argument_group("scale out on Ray (pip install -e '.[ray]'; see docs/scale.md)")
     g.add_argument(
         "--ray",
         nargs="?",
@@ -243,7 +243,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_ray_flags(args: argparse.Namespace) -> None:
     if importlib.util.find_spec("ray") is None:
-        raise ValueError("--ray needs Ray: pip install 'densepref[ray]'")
+        raise ValueError("--ray needs Ray: pip install -e '.[ray]' (in the densepref checkout)")
     if args.openai_batch:
         raise ValueError("--openai-batch and --ray do not go together (the Batch API needs no workers)")
     if not args.ray.strip():

@@ -310,7 +310,7 @@ class OpenAIJudge(Judge):
             from openai import AsyncOpenAI, DefaultAsyncHttpxClient
         except ImportError as exc:  # pragma: no cover - openai is a declared extra
             raise FatalJudgeError(
-                "the openai judge needs the 'openai' package: pip install 'densepref[openai]'"
+                "the openai judge needs the 'openai' package: pip install -e '.[openai]' (in the densepref checkout)"
             ) from exc
         loop = asyncio.get_running_loop()
         if self._client_loop is loop and self._async_client is not None:
