@@ -79,3 +79,19 @@ def test_annotation_posts_need_a_json_body(with_session: TestClient) -> None:
         c.post("/annotations/export", content=export, headers={"content-type": "text/plain"}).status_code
         == 415
     )
+
+
+def test_the_pairs_api_is_never_cached_and_documents_its_errors(root: Path, tmp_path: Path) -> None:
+    with make_client(root, token=TOKEN, annotations_dir=tmp_path / "ann") as c:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        r = c.get("/annotate/api/pairs", params={"manifest": "manifest.jsonl"}, headers=bearer)
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        spec = c.get("/openapi.json", headers=bearer).json()
+    for path, method in (
+        ("/annotate/api/pairs", "get"),
+        ("/annotations", "post"),
+        ("/annotations/export", "post"),
+    ):
+        documented = set(spec["paths"][path][method]["responses"])
+        assert {"400", "404"} <= documented, (path, documented)
+    assert "415" in spec["paths"]["/label"]["post"]["responses"]

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 
 from labeler.orphan_guard import exit_with_parent
 from labeler.service.errors import ServiceError, format_validation_errors
@@ -147,7 +148,12 @@ class BodyParser:
         return self._pool
 
     async def parse(self, request: Request, kind: BodyKind) -> BaseModel:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # it left mid-body: its own failure (499), not the service's (500)
+            raise ServiceError(
+                499, "ClientClosedRequest", "the client disconnected before its body arrived"
+            ) from None
         if len(raw) < PROCESS_BODY_BYTES:
             outcome = await asyncio.to_thread(parse_body, raw, kind, self.counts)
         else:
