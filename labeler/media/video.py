@@ -9,6 +9,7 @@ swallowed by a fall-back. The trainer writes and hashes its videos with these fu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import stat
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,8 +78,13 @@ def _probe_av(path: str) -> VideoInfo:
             if not rate:
                 raise VideoReadError(path, "the video stream has no frame rate")
             # Count by demuxing packets: exact, and no decoding.
-            n = sum(1 for pkt in container.demux(stream) if pkt.size)
+            stamps = [pkt.pts for pkt in container.demux(stream) if pkt.size]
+            n = len(stamps)
             width, height = stream.codec_context.width, stream.codec_context.height
+            _refuse_variable_rate(path, stamps)
+            if n:
+                container.seek(0)
+                _refuse_rotation(path, next(container.decode(stream), None))
     except VideoReadError:
         raise
     except Exception as exc:  # av raises many FFmpeg error subclasses
@@ -85,6 +92,40 @@ def _probe_av(path: str) -> VideoInfo:
     if n == 0:
         raise VideoReadError(path, "the video has zero frames")
     return VideoInfo(path, float(rate), n, int(width), int(height), "av")
+
+
+#: Largest departure of one frame's duration from the median one, as a share of it, that still
+#: counts as a constant frame rate (timestamps rounded to a coarse time base jitter a little).
+VFR_TOLERANCE = 0.5
+
+
+def _refuse_variable_rate(path: str, stamps: list[int | None]) -> None:
+    """VideoReadError for a variable-frame-rate stream: segments are cut by frame count at the
+    average rate, so its frames would be given times they do not have (#24)."""
+    known = sorted(t for t in stamps if t is not None)
+    gaps = [b - a for a, b in itertools.pairwise(known)]
+    if len(gaps) < 2:
+        return
+    median = sorted(gaps)[len(gaps) // 2]
+    if median > 0 and any(abs(g - median) > VFR_TOLERANCE * median for g in gaps):
+        raise VideoReadError(
+            path,
+            f"variable frame rate (frame durations from {min(gaps)} to {max(gaps)} time-base ticks): "
+            "segments would get the wrong times; re-encode it at a constant rate "
+            "(ffmpeg -i IN -fps_mode cfr -r FPS OUT)",
+        )
+
+
+def _refuse_rotation(path: str, first: Any) -> None:
+    """VideoReadError for a video rotated by its metadata (a phone video): the frames decode
+    sideways, so the judge would see what a player does not show (#24)."""
+    rotation = int(first.rotation) if first is not None else 0
+    if rotation % 360:
+        raise VideoReadError(
+            path,
+            f"rotated {rotation} degrees by its metadata: the frames decode sideways; re-encode it "
+            "upright (ffmpeg -i IN -c:v libx264 OUT applies the rotation) and label that",
+        )
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
