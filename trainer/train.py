@@ -576,6 +576,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     before/after, paths)."""
     from tqdm.auto import tqdm
 
+    from trainer.validation import read_validation_prompts
+
+    if cfg.validation_prompts:  # a bad prompt file is refused before any encoding
+        read_validation_prompts(cfg.validation_prompts)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     s, skipped = _start(cfg, out_dir, progress)
