@@ -351,10 +351,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--human",
-        required=True,
         action="append",
         help="human labels, same schema, one annotator per file; repeat for several annotators "
-        "(the first is the reference; two or more also give the human-human ceiling)",
+        "(the first is the reference; two or more also give the human-human ceiling). Required "
+        "unless --compare is given",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="OTHER.jsonl",
+        help="a second label file of the same pairs (e.g. --input video vs --pred's frames, or with "
+        "vs without --show-reference): compare the two segment by segment, and against the first "
+        "--human file when given; writes modes.json to --out",
     )
     parser.add_argument("--out", required=True, type=Path, help="report directory (created if missing)")
     parser.add_argument(
@@ -382,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pred is None and args.fit_cascade is None:
         parser.error("give --pred PRED.jsonl, or --fit-cascade CHEAP.jsonl VLM.jsonl, or both")
+    if args.compare:
+        if args.pred is None:
+            parser.error("--compare OTHER.jsonl compares against --pred PRED.jsonl: give both")
+        return _main_compare(args)
+    if not args.human:
+        parser.error("--human is required (or give --compare to compare two label files)")
     if args.fit_cascade is not None:
         code = run_cascade_fit(args, _read)
         if code or args.pred is None:
@@ -408,4 +421,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(headline(result))
     print(f"\nreport: {paths['report']}  (json: {paths['json']})")
+    return 0
+
+
+def _main_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from labeler.agreement.modes import compare_modes, modes_headline
+
+    try:
+        first, second = _read(args.pred, "--pred"), _read(args.compare, "--compare")
+        humans = [_read(path, "--human") for path in args.human or []]
+        result = compare_modes(
+            first,
+            second,
+            humans,
+            first_name=args.pred,
+            second_name=args.compare,
+            human_names=args.human,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+    except AgreementInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "modes.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        print(f"error: cannot write the report to {args.out}: {exc}", file=sys.stderr)
+        return 1
+    print(modes_headline(result))
+    print(f"\nreport: {path}")
     return 0
