@@ -117,7 +117,7 @@ def _add_openai_arguments(g: argparse._ArgumentGroup) -> None:
         default=None,
         metavar="JSON",
         help="server-specific fields merged into every request body, e.g. vLLM's "
-        '\'{"structured_outputs": {"disable_any_whitespace": true}}\'',
+        '\'{"top_k": 20, "repetition_penalty": 1.05}\' (they enter the cache key)',
     )
     g.add_argument(
         "--price",

@@ -1,7 +1,7 @@
 """The openai judge against stand-ins that behave like the real servers (issue 14):
 
-- like ``vllm serve``: no Files or Batch API (its router answers 404), grammar-masked logprobs, and
-  the whitespace loop of xgrammar's default JSON grammar unless ``disable_any_whitespace``;
+- like ``vllm serve``: no Files or Batch API (its router answers 404), grammar-masked logprobs
+  (the whitespace loop and vLLM's own checks: tests/test_vllm_real.py);
 - like OpenAI's Batch API: an enqueued-token limit, and half price.
 """
 
@@ -150,22 +150,6 @@ def test_grammar_masked_logprobs_give_the_label_distribution(order):
         assert j.prob_source == "logprobs" and j.p_a == pytest.approx(0.9) and j.p_tie == pytest.approx(0.08)
         raw = json.loads(j.raw)
         assert next(iter(raw)) == order.split("-")[0]  # the stand-in answered in schema order
-
-
-def test_whitespace_loop_is_avoided_with_extra_body():
-    with StandinServer(flavour="vllm", whitespace_loop=True) as server:
-        looping = OpenAIJudge(
-            "Qwen/Qwen2.5-VL-7B", base_url=server.base_url, max_parse_retries=0, max_tokens=40
-        )
-        with pytest.raises(JudgeParseError, match="cut off at the token limit"):
-            asyncio.run(_ask(looping, _request()))
-        fixed = OpenAIJudge(
-            "Qwen/Qwen2.5-VL-7B",
-            base_url=server.base_url,
-            extra_body={"structured_outputs": {"disable_any_whitespace": True}},
-        )
-        assert asyncio.run(_ask(fixed, _request())).label in ("A", "B", "tie")
-        assert server.state.log[-1]["body"]["structured_outputs"] == {"disable_any_whitespace": True}
 
 
 # --------------------------------------------------------------------------- cost accounting

@@ -8,7 +8,18 @@ from typing import Any, Literal
 from labeler.judges.parsing import label_probabilities_from_logprobs, parse_answer
 from labeler.schemas import JudgeParseError, Judgment
 
-__all__ = ["read_completion"]
+__all__ = ["VLLM_WHITESPACE_FIX", "is_whitespace_loop", "read_completion"]
+
+#: The ``vllm serve`` flag that stops a JSON grammar from letting the model emit whitespace until
+#: the token limit (xgrammar issue 212; vLLM reads it from the server's StructuredOutputsConfig
+#: only, and refuses it without an explicit xgrammar or guidance backend).
+VLLM_WHITESPACE_FIX = '{"backend": "xgrammar", "disable_any_whitespace": true}'
+
+
+def is_whitespace_loop(raw: str, finish_reason: Any) -> bool:
+    """An answer cut at the token limit that is whitespace, give or take the JSON's opening brace:
+    the grammar allowed whitespace and the model never left it."""
+    return finish_reason == "length" and len(raw) > 0 and len(raw.strip().strip('{["')) == 0
 
 
 def read_completion(
@@ -27,8 +38,14 @@ def read_completion(
         return None, raw, JudgeParseError(f"The model refused: {message['refusal']}")
     try:
         answer = parse_answer(raw)
-    except JudgeParseError as exc:
-        if choice.get("finish_reason") == "length":
+    except JudgeParseError:
+        if is_whitespace_loop(raw, choice.get("finish_reason")):
+            exc = JudgeParseError(
+                f"the answer was {len(raw)} characters of whitespace up to the token limit: the "
+                "server's JSON grammar lets the model loop on whitespace (vLLM with Qwen models). "
+                f"Start vllm serve with --structured-outputs-config '{VLLM_WHITESPACE_FIX}'"
+            )
+        elif choice.get("finish_reason") == "length":
             details = usage.get("completion_tokens_details") or {}
             hint = "keep the rationale short"
             if details.get("reasoning_tokens"):
