@@ -146,13 +146,30 @@ def peak_rss(
     }
 
 
+def _decord_frames(path: str, wanted: list[int], max_side: int) -> Any:
+    """The same frames read by decord's ``get_batch`` in chunks of ``DECODE_CHUNK``, resized as
+    the labeler's readers do: the reader the indexed one replaced (decord is a ``dev`` extra, no
+    longer a reader of the package)."""
+    import decord
+    import numpy as np
+
+    from labeler.media.video import DECODE_CHUNK, resize_max_side
+
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    chunks = [
+        resize_max_side(reader.get_batch(wanted[k : k + DECODE_CHUNK]).asnumpy(), max_side)
+        for k in range(0, len(wanted), DECODE_CHUNK)
+    ]
+    return np.concatenate(chunks)
+
+
 def run(
     *, quick: bool = False, repeats: int | None = None, manifest: Path | None = None, work: Path | None = None,
     frames_per_segment: int = 8, segment_seconds: float = 1.0, max_side: int = 448,
 ) -> dict[str, Any]:  # fmt: skip
     import numpy as np
 
-    from labeler.media.video import _read_decord, probe, read_frames
+    from labeler.media.video import probe, read_frames
 
     repeats = repeats or (1 if quick else 3)
     started = time.perf_counter()
@@ -171,13 +188,13 @@ def run(
     for path in videos:  # warm-up (file cache, decoder libraries; not measured) and the pixel check
         wanted = sorted(set(indices[path]))
         same_pixels &= bool(
-            np.array_equal(read_frames(path, wanted, max_side), _read_decord(path, wanted, max_side))
+            np.array_equal(read_frames(path, wanted, max_side), _decord_frames(path, wanted, max_side))
         )
     for repeat in range(repeats):
         for path in videos:
             ways = [
                 ("sampler", lambda p=path: read_frames(p, indices[p], max_side)),
-                ("sampler_decord", lambda p=path: _read_decord(p, sorted(set(indices[p])), max_side)),
+                ("sampler_decord", lambda p=path: _decord_frames(p, sorted(set(indices[p])), max_side)),
                 ("all", lambda p=path: read_frames(p, list(range(infos[p].num_frames)), max_side)),
                 ("stream", lambda p=path: decode_stream(p, skip_nonref=False)),
                 ("stream_nonref_skipped", lambda p=path: decode_stream(p, skip_nonref=True)),

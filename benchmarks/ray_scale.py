@@ -89,9 +89,8 @@ def _argv(base_url: str, ray_workers: int | None) -> list[str]:
 def label(manifest: Path, out: Path, base_url: str, ray_workers: int | None) -> tuple[Any, int]:
     """One labeling run, one process (``ray_workers`` None) or on Ray; (BatchResult, segments)."""
     from labeler.batch import build_parser
-    from labeler.cli_options import engine_from_args
+    from labeler.cli_options import engine_from_args, ray_options_from_args, spec_from_args
     from labeler.runners.local import run_batch
-    from labeler.runners.ray.options import ray_options_from_args
     from labeler.runners.ray.ray_runner import run_batch_on_ray
 
     args = build_parser().parse_args(_argv(base_url, ray_workers))
@@ -99,7 +98,7 @@ def label(manifest: Path, out: Path, base_url: str, ray_workers: int | None) -> 
     options = ray_options_from_args(args, PAIRS_PER_WORKER)
     if options is not None:
         asyncio.run(engine.aclose())
-        result = run_batch_on_ray(manifest, out, args, engine.config, options, progress=False).result
+        result = run_batch_on_ray(manifest, out, spec_from_args(args), options, progress=False).result
     else:
 
         async def go() -> Any:

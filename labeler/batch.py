@@ -12,19 +12,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from labeler import jobfiles
+from labeler.cascade.options import add_cascade_arguments, cascade_rule_from_args, cheap_engine
+from labeler.cascade.policy import EscalationRule
 from labeler.cli_options import (
+    EngineSpec,
     UsageError,
     add_engine_arguments,
     add_judge_arguments,
+    add_ray_arguments,
     batch_judge_processes,
-    engine_from_args,
+    ray_options_from_args,
+    spec_from_args,
 )
 from labeler.engine import Engine
 from labeler.runners.local import BatchResult, run_batch
-from labeler.runners.ray.options import RayOptions, add_ray_arguments, ray_options_from_args
+from labeler.runners.ray.options import RayOptions
 from labeler.schemas import JudgeError
 
 #: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
@@ -113,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_judge_arguments(p)
     add_engine_arguments(p)
     add_ray_arguments(p)
+    add_cascade_arguments(p)
     return p
 
 
@@ -183,11 +190,35 @@ async def _label(
             from labeler.runners.batch_api import prefill_with_batch_api
 
             await prefill_with_batch_api(
-                manifest, out, engine, poll_seconds=openai_batch_poll, max_tokens=batch_max_tokens
+                manifest,
+                out,
+                engine,
+                poll_seconds=openai_batch_poll,
+                max_tokens=batch_max_tokens,
+                progress=print,
             )
         return await run_batch(manifest, out, engine, workers=workers, progress=not quiet)
     finally:
         await engine.aclose()
+
+
+async def _label_cascade(
+    manifest: Path, out: Path, args: argparse.Namespace, engine: Engine, rule: EscalationRule, workers: int
+) -> BatchResult:
+    """The cascade's two passes (labeler.cascade.runner); prints its summary lines."""
+    from labeler.cascade.runner import format_cascade, run_cascade
+
+    processes = batch_judge_processes(manifest, demo=args.demo is not None, ray=False)
+    cheap = cheap_engine(engine, args.cascade_from, processes=processes)
+    try:
+        result = await run_cascade(
+            manifest, out, cheap, engine, rule, workers=workers, progress=not args.quiet
+        )
+    finally:
+        await cheap.aclose()
+        await engine.aclose()
+    print(format_cascade(result))
+    return result.final
 
 
 def _export(manifest: Path, out: Path, engine: Engine, directory: Path) -> int:
@@ -229,7 +260,13 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _run(
-    args: argparse.Namespace, engine: Engine, manifest: Path, out: Path, ray_options: RayOptions | None
+    args: argparse.Namespace,
+    engine: Engine,
+    spec: EngineSpec,
+    manifest: Path,
+    out: Path,
+    ray_options: RayOptions | None,
+    cascade: EscalationRule | None = None,
 ) -> BatchResult | int:
     """The labeling itself, holding the output's lock; an int is an exit code."""
     from labeler.runners.batch_api import BatchApiUnavailable
@@ -238,10 +275,16 @@ def _run(
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
         with jobfiles.lock_output(out):
+            if cascade is not None:
+                return asyncio.run(_label_cascade(manifest, out, args, engine, cascade, workers))
             if ray_options is not None:
-                from labeler.runners.ray.ray_runner import label_on_ray
+                from labeler.runners.ray.ray_runner import describe_workers, label_on_ray
 
-                return label_on_ray(manifest, out, args, engine, ray_options, args.quiet)
+                actors = replace(spec, judge=ray_options.judge_for_actors(spec.judge))
+                run = label_on_ray(manifest, out, actors, engine, ray_options, args.quiet)
+                if run.workers:
+                    print(describe_workers(run), file=sys.stderr)
+                return run.result
             return asyncio.run(
                 _label(
                     manifest,
@@ -264,18 +307,27 @@ def _run(
         return EXIT_USAGE
 
 
+def _spec(args: argparse.Namespace) -> EngineSpec:
+    """The engine spec of the flags, with the batch CLI's own default for --judge-processes."""
+    spec = spec_from_args(args)
+    if spec.judge.judge == "metrics" and spec.judge.judge_processes is None:
+        # Worker processes pay for themselves on runs of many pairs; a demo or a handful of pairs
+        # is done before they would have started. On Ray, each actor is a process already.
+        processes = batch_judge_processes(args.manifest, demo=args.demo is not None, ray=args.ray is not None)
+        spec = replace(spec, judge=replace(spec.judge, judge_processes=processes))
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.judge_processes is None and args.judge == "metrics":
-        # Worker processes pay for themselves on runs of many pairs; a demo or a handful of pairs
-        # is done before they would have started. On Ray, each actor is a process already.
-        args.judge_processes = batch_judge_processes(
-            args.manifest, demo=args.demo is not None, ray=args.ray is not None
-        )
     try:
         _check_args(args)
-        engine = engine_from_args(args)
+        cascade = cascade_rule_from_args(args)
+        if cascade is not None and args.ray is not None:
+            raise UsageError("--cascade-from cannot run on --ray yet; run it on one machine")
+        spec = _spec(args)
+        engine = spec.build()
     except (UsageError, ValueError, JudgeError) as exc:  # bad options or files, unknown prompt, no model...
         parser.error(str(exc))
     workers = args.workers or max(4, engine.config.concurrency // 2)
@@ -298,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.batch_export is not None:
         return _export(manifest, out, engine, args.batch_export)
-    result = _run(args, engine, manifest, out, ray_options)
+    result = _run(args, engine, spec, manifest, out, ray_options, cascade)
     if isinstance(result, int):
         return result
     print(format_summary(result, engine, out))

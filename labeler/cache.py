@@ -12,15 +12,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from labeler.errors import CacheUnusableError
 from labeler.schemas import Judgment
 
 #: Bump when the meaning of a key part changes, so old entries are never misread.
 KEY_VERSION = 1
-
-
-class CacheUnusableError(ValueError):
-    """The cache folder cannot be used (a file, not writable, a cache.db that is not diskcache's);
-    entry points report it in one line before any work starts."""
 
 
 def default_cache_dir() -> Path:

@@ -1,159 +1,53 @@
 """Command-line options shared by the entry points (``labeler.batch``, ``labeler.app``), so the
-batch CLI and the HTTP service build judges and engines the same way."""
+batch CLI and the HTTP service build judges and engines the same way.
+
+This is the one module where parsed flags (``argparse.Namespace``) live: they become typed objects
+here (:class:`~labeler.judge_config.JudgeConfig`, :class:`~labeler.engine.EngineConfig`, together
+an :class:`~labeler.engine_spec.EngineSpec`) and only those travel on, to the engine, the service
+and the Ray actors."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
-import json
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 from labeler.cache import JudgmentCache, default_cache_dir
 from labeler.engine import Engine, EngineConfig
+from labeler.engine_spec import EngineSpec
+from labeler.errors import UsageError
 from labeler.fileio import iter_jsonl
-from labeler.judges import JUDGE_NAMES, build_judge
+from labeler.judge_config import JUDGE_READS, JudgeConfig, add_judge_config_arguments
 from labeler.judges.base import Judge
-from labeler.judges.openai_request import ANSWER_ORDERS, EFFORTS, parse_price
+from labeler.runners.ray.options import DEFAULT_WORKERS, LOCAL, RayOptions
 
-
-class UsageError(ValueError):
-    """Options that do not fit together; entry points report it as a usage error (exit 2)."""
+__all__ = [
+    "JUDGE_READS",
+    "PAIRS_FOR_PROCESSES",
+    "EngineSpec",
+    "UsageError",
+    "add_engine_arguments",
+    "add_judge_arguments",
+    "add_ray_arguments",
+    "batch_judge_processes",
+    "build_engine_parser",
+    "build_judge_from_args",
+    "cache_from_args",
+    "default_judge_processes",
+    "engine_config_from_args",
+    "engine_from_args",
+    "ray_options_from_args",
+    "spec_from_args",
+    "spec_from_argv",
+]
 
 
 def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("judge")
-    g.add_argument(
-        "--judge",
-        choices=JUDGE_NAMES,
-        default="metrics",
-        help="metrics: embedded model-free default (no key, no GPU); openai: any OpenAI-compatible "
-        "chat endpoint (OpenAI GPT, vllm serve); hf: a local transformers VLM (default: %(default)s)",
-    )
-    g.add_argument(
-        "--model",
-        help="model name for --judge openai (e.g. gpt-4o-mini, Qwen/Qwen2.5-VL-7B-Instruct) "
-        "or a model path / hub id for --judge hf",
-    )
-    g.add_argument(
-        "--base-url",
-        help="OpenAI-compatible endpoint, e.g. http://gpu-box:8000/v1 for vllm serve "
-        "(default: OpenAI; the key comes from OPENAI_API_KEY)",
-    )
-    g.add_argument(
-        "--prompt",
-        default=None,
-        help="judge prompt template name in prompts/ or a .j2 path (default: conservative)",
-    )
-    g.add_argument(
-        "--layout",
-        choices=("separate", "side-by-side"),
-        default=None,
-        help="frames of A then of B as separate images, or one A|B composite per time step "
-        "(half the images) (default: separate)",
-    )
-    g.add_argument(
-        "--detail", choices=("low", "high", "auto"), default=None, help="OpenAI image detail (default: low)"
-    )
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 0)")
-    g.add_argument("--max-tokens", type=int, default=None, help="answer token limit (default: 300)")
-    g.add_argument(
-        "--no-logprobs",
-        action="store_true",
-        help="do not ask the endpoint for logprobs (probabilities then come from votes)",
-    )
-    _add_openai_arguments(g)
-    g.add_argument("--device", default=None, help="torch device for --judge hf (default: cpu)")
-    g.add_argument("--dtype", default=None, help="torch dtype for --judge hf, e.g. bfloat16 (default: auto)")
-    g.add_argument(
-        "--rationale-tokens",
-        type=int,
-        default=None,
-        help="--judge hf: let the model write a rationale of up to N tokens before the label is "
-        "scored (default: 0, score the label directly)",
-    )
-    g.add_argument(
-        "--tie-margin",
-        type=float,
-        default=None,
-        help="metrics judge: score difference below which a segment is a tie",
-    )
-    g.add_argument(
-        "--no-reference",
-        action="store_true",
-        help="metrics judge: ignore the manifest's reference videos (no-reference signals only)",
-    )
-    g.add_argument(
-        "--judge-processes",
-        type=int,
-        default=None,
-        metavar="N",
-        help="metrics judge: measure segments in N worker processes, 0 in threads of this process "
-        "(same answers; processes use every core, threads about 1.5 of 2). Default: one per CPU "
-        "for a labeler.batch manifest of 16 pairs or more, else 0 (a demo, a few pairs, --ray, "
-        "the service)",
-    )
-
-
-def _add_openai_arguments(g: argparse._ArgumentGroup) -> None:
-    """--judge openai options for real endpoints (docs/endpoints.md)."""
-    g.add_argument(
-        "--no-strict",
-        action="store_true",
-        help="send the answer schema with strict: false (default: strict: true; vLLM ignores it)",
-    )
-    g.add_argument(
-        "--reasoning-effort",
-        choices=EFFORTS,
-        default=None,
-        help="reasoning models: the effort to ask for (default: the model's own, from the model table); "
-        "on a model outside the table it marks it as a reasoning model and reserves thinking tokens",
-    )
-    g.add_argument(
-        "--extra-body",
-        type=_json_object,
-        default=None,
-        metavar="JSON",
-        help="server-specific fields merged into every request body, e.g. vLLM's "
-        '\'{"top_k": 20, "repetition_penalty": 1.05}\' (they enter the cache key)',
-    )
-    g.add_argument(
-        "--price",
-        type=_price,
-        default=None,
-        metavar="IN,OUT",
-        help="USD per 1M input and output tokens, for a model the price table does not list "
-        "(needed for --max-cost on it)",
-    )
-    g.add_argument(
-        "--answer-order",
-        choices=ANSWER_ORDERS,
-        default=None,
-        help="label-first: p_* are the model's belief before any rationale (comparable with --judge hf); "
-        "rationale-first: the model reasons first (default: label-first)",
-    )
-
-
-def _price(text: str) -> tuple[float, float]:
-    try:
-        return parse_price(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    for key in ("model", "messages"):
-        if key in value:
-            raise argparse.ArgumentTypeError(f"must not set {key!r} (the judge sends it)")
-    return value
+    """The judge's flags, generated from :class:`~labeler.judge_config.JudgeConfig`'s fields."""
+    add_judge_config_arguments(parser.add_argument_group("judge"))
 
 
 #: A batch run measures in worker processes from this many pairs on: below it, their start-up
@@ -180,71 +74,9 @@ def batch_judge_processes(manifest: Path | None, *, demo: bool, ray: bool) -> in
     return default_judge_processes() if pairs >= PAIRS_FOR_PROCESSES else 0
 
 
-#: The options each judge reads (argparse ``dest`` names). One given to a judge that does not read
-#: it is refused: accepted and ignored, the user would believe it took effect.
-JUDGE_READS: dict[str, frozenset[str]] = {
-    "metrics": frozenset({"tie_margin", "no_reference", "judge_processes"}),
-    "openai": frozenset(
-        {
-            *("model", "base_url", "prompt", "layout", "detail", "temperature", "max_tokens"),
-            *("no_logprobs", "no_strict", "reasoning_effort", "extra_body", "price", "answer_order"),
-        }
-    ),
-    "hf": frozenset({"model", "prompt", "layout", "device", "dtype", "rationale_tokens"}),
-}
-
-
-def _refuse_unread_options(args: argparse.Namespace) -> None:
-    """A judge option given (not left at its default) that ``args.judge`` does not read is a usage
-    error naming the flags and the judges that do read them."""
-    unread = sorted(set().union(*JUDGE_READS.values()) - JUDGE_READS[args.judge])
-    given = [name for name in unread if vars(args)[name] not in (None, False)]
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        readers = sorted({judge for judge, reads in JUDGE_READS.items() for name in given if name in reads})
-        raise UsageError(
-            f"{flags}: --judge {args.judge} does not read {'it' if len(given) == 1 else 'them'} "
-            f"(options of --judge {' / '.join(readers)})"
-        )
-
-
 def build_judge_from_args(args: argparse.Namespace) -> Judge:
-    _refuse_unread_options(args)
-    if args.judge == "metrics":
-        return build_judge(
-            "metrics",
-            tie_margin=args.tie_margin,
-            use_reference=False if args.no_reference else None,
-            processes=args.judge_processes,
-        )
-    if not args.model:
-        raise UsageError(f"--judge {args.judge} needs --model")
-    common = {"prompt": args.prompt, "layout": args.layout}
-    if args.judge == "openai":
-        return build_judge(
-            "openai",
-            model=args.model,
-            base_url=args.base_url,
-            detail=args.detail,
-            temperature=args.temperature,
-            max_tokens=args.max_tokens,
-            logprobs=False if args.no_logprobs else None,
-            timeout=args.timeout,
-            strict_schema=False if args.no_strict else None,
-            reasoning_effort=args.reasoning_effort,
-            extra_body=args.extra_body,
-            price=args.price,
-            answer_order=args.answer_order,
-            **common,
-        )
-    return build_judge(
-        "hf",
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        rationale_tokens=args.rationale_tokens,
-        **common,
-    )
+    """The judge of parsed flags (UsageError for options that do not fit the judge)."""
+    return JudgeConfig.from_namespace(args).build(timeout=args.timeout)
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -311,37 +143,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-#: Longest sensible value of a seconds option (a day): 1e308 would overflow timers and frame counts.
-MAX_SECONDS = 86400.0
-
-
-def _check_seconds(args: argparse.Namespace) -> None:
-    for name in ("segment_seconds", "timeout", "max_retry_after"):
-        value, flag = getattr(args, name), f"--{name.replace('_', '-')}"
-        if not math.isfinite(value) or value < 0 or (value == 0 and name != "max_retry_after"):
-            raise UsageError(f"{flag} must be a positive number of seconds, got {value}")
-        if value > MAX_SECONDS:
-            raise UsageError(f"{flag} must be at most {MAX_SECONDS:g} s, got {value:g}")
-
-
-def _check_budgets(args: argparse.Namespace) -> None:
-    # 0 is a budget too: label only what the cache already holds, send nothing.
-    if args.max_requests is not None and args.max_requests < 0:
-        raise UsageError(f"--max-requests must be 0 or more, got {args.max_requests}")
-    if args.max_cost is not None and not (math.isfinite(args.max_cost) and args.max_cost >= 0):
-        raise UsageError(f"--max-cost must be a finite amount of USD, 0 or more, got {args.max_cost}")
-
-
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
-    """The engine settings of the options; UsageError for values no run could use (NaN, inf,
-    1e308 seconds, negative budgets)."""
-    _check_seconds(args)
-    _check_budgets(args)
-    if args.max_side <= 0:
-        raise UsageError("--max-side must be positive")
-    for name in ("frames_per_segment", "concurrency", "max_attempts"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    """The engine settings of the options; EngineConfig itself refuses values no run could use
+    (NaN, inf, 1e308 seconds, negative budgets) with a UsageError naming the flag."""
     return EngineConfig(
         segment_seconds=args.segment_seconds,
         frames_per_segment=args.frames_per_segment,
@@ -357,18 +161,100 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
 
 
 def cache_from_args(args: argparse.Namespace) -> JudgmentCache:
-    if args.no_cache:
-        return JudgmentCache(None)
-    directory = args.cache_dir or Path(os.environ.get("DENSEPREF_CACHE_DIR") or default_cache_dir())
-    return JudgmentCache(directory)
+    return spec_from_args(args).cache()
+
+
+def spec_from_args(args: argparse.Namespace) -> EngineSpec:
+    """Everything an engine is built from, typed: what the service and Ray actors receive."""
+    return EngineSpec(
+        JudgeConfig.from_namespace(args), engine_config_from_args(args), args.cache_dir, not args.no_cache
+    )
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
-    judge = build_judge_from_args(args)
-    config = engine_config_from_args(args)
-    if config.max_cost is not None and judge.cost_usd(1_000_000, 1_000_000) is None:
-        raise UsageError(
-            f"--max-cost cannot limit {judge.model}: the price table does not list it; "
-            "give its price with --price IN,OUT (USD per 1M tokens)"
-        )
-    return Engine(judge, config, cache_from_args(args))
+    return spec_from_args(args).build()
+
+
+def build_engine_parser(add_help: bool = False) -> argparse.ArgumentParser:
+    """The judge and engine flags alone (the service's ``DENSEPREF_ENGINE_ARGS``)."""
+    parser = argparse.ArgumentParser(add_help=add_help, allow_abbrev=False)
+    add_judge_arguments(parser)
+    add_engine_arguments(parser)
+    return parser
+
+
+def spec_from_argv(argv: list[str]) -> EngineSpec:
+    """The spec of judge and engine flags given as a list of strings; UsageError (never a
+    SystemExit) naming the bad option."""
+    try:
+        args = build_engine_parser().parse_args(argv)
+    except SystemExit:  # argparse exits on bad options; a factory must raise
+        raise UsageError(f"invalid engine options {argv}") from None
+    for name in ("segment_seconds", "timeout", "max_cost"):
+        value = vars(args)[name]
+        if value is not None and not math.isfinite(value):  # nan passes every "<= 0" check
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
+    return spec_from_args(args)
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("scale out on Ray (pip install 'densepref[ray]'; see docs/scale.md)")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL,
+        default=None,
+        metavar="ADDRESS",
+        help="label on a Ray cluster: no ADDRESS starts a local Ray on this machine; 'auto' or "
+        "ray://host:10001 joins an existing cluster. --workers is then the pairs each Ray worker "
+        "labels at once",
+    )
+    g.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"Ray worker actors, each holding one judge and one engine (default: {DEFAULT_WORKERS})",
+    )
+    g.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs each Ray worker reserves, e.g. 1 with --judge hf for one model copy per GPU "
+        "(default: 0; --judge hf then runs on cuda unless --device says otherwise)",
+    )
+
+
+def _check_ray_flags(args: argparse.Namespace) -> None:
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("--ray needs Ray: pip install 'densepref[ray]'")
+    if args.openai_batch:
+        raise ValueError("--openai-batch and --ray do not go together (the Batch API needs no workers)")
+    if not args.ray.strip():
+        raise ValueError("--ray ADDRESS is empty; give no ADDRESS for a local Ray, or 'auto'")
+
+
+def ray_options_from_args(args: argparse.Namespace, pairs_per_worker: int) -> RayOptions | None:
+    """The Ray options, or None without --ray; raises ValueError on options that do not fit.
+    Reads ``args``, never changes them."""
+    if args.ray is None:
+        if args.ray_workers is not None or args.ray_gpus_per_worker is not None:
+            raise ValueError("--ray-workers and --ray-gpus-per-worker need --ray")
+        return None
+    _check_ray_flags(args)
+    workers = DEFAULT_WORKERS if args.ray_workers is None else args.ray_workers
+    if workers < 1:
+        raise ValueError("--ray-workers must be at least 1")
+    gpus = 0.0 if args.ray_gpus_per_worker is None else args.ray_gpus_per_worker
+    if not math.isfinite(gpus) or gpus < 0:
+        raise ValueError("--ray-gpus-per-worker must be a finite number >= 0")
+    if gpus > 1 and not gpus.is_integer():
+        raise ValueError("--ray-gpus-per-worker above 1 must be a whole number of GPUs (Ray's rule)")
+    if pairs_per_worker < 1:
+        raise ValueError("--workers must be at least 1")
+    address = None if args.ray == LOCAL else args.ray.strip()
+    return RayOptions(address, workers, gpus, pairs_per_worker)

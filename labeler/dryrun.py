@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.engine import Engine
-from labeler.schemas import JudgeEstimate, ManifestLineError, SegmentRequest, iter_manifest
+from labeler.engine import Engine, PairPlan, SegmentPlan
+from labeler.schemas import InputError, JudgeEstimate, ManifestLineError, SegmentRequest, iter_manifest
 
 
 def _resized(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -28,7 +28,7 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
         "input_tokens": 0,
         "output_tokens": 0,
     }
-    estimates: dict[tuple[int, int, int], JudgeEstimate] = {}
+    estimates: dict[tuple[int, int, int, bool], JudgeEstimate] = {}
     problems: list[str] = []
     for entry in iter_manifest(manifest):
         if isinstance(entry, ManifestLineError):
@@ -42,22 +42,18 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
             totals["bad_pairs"] += 1
             problems.append(f"{entry.pair_id}: {exc}")
             continue
-        totals["pairs"] += 1
         h, w = _resized(info.width, info.height, cfg.max_side)
-        for seg in plan.segments:
+        try:
+            pair_estimates = [
+                _estimate(engine, estimates, entry.prompt, seg, (h, w), plan) for seg in plan.segments
+            ]
+        except InputError as exc:  # e.g. --show-reference on a pair without a reference
+            totals["bad_pairs"] += 1
+            problems.append(f"{entry.pair_id}: {exc}")
+            continue
+        totals["pairs"] += 1
+        for seg, est in zip(plan.segments, pair_estimates, strict=True):
             totals["segments"] += 1
-            shape = (len(seg.frame_indices), h, w)
-            if shape not in estimates:
-                blank = np.zeros((*shape, 3), np.uint8)
-                request = SegmentRequest(
-                    prompt=entry.prompt,
-                    frames_first=blank,
-                    frames_second=blank,
-                    start_s=seg.start_s,
-                    end_s=seg.end_s,
-                )
-                estimates[shape] = judge.estimate(request)
-            est = estimates[shape]
             for key in seg.keys.values():
                 if key in engine.cache:
                     totals["cached"] += 1
@@ -78,6 +74,32 @@ def dry_run(manifest: str | Path, engine: Engine) -> str:
             lines.append(f"  {'cost_usd':<14}unknown model price (self-hosted? give --price IN,OUT)")
     lines += [f"  problem: {p}" for p in problems[:10]]
     return "\n".join(lines)
+
+
+def _estimate(
+    engine: Engine,
+    estimates: dict[tuple[int, int, int, bool], JudgeEstimate],
+    prompt: str,
+    seg: SegmentPlan,
+    size: tuple[int, int],
+    plan: PairPlan,
+) -> JudgeEstimate:
+    """The judge's estimate of one segment's request, on blank frames, once per geometry (and
+    whether a reference goes with the pair)."""
+    shape = (len(seg.frame_indices), *size)
+    key = (*shape, plan.use_reference)
+    if key not in estimates:
+        blank = np.zeros((*shape, 3), np.uint8)
+        request = SegmentRequest(
+            prompt=prompt,
+            frames_first=blank,
+            frames_second=blank,
+            start_s=seg.start_s,
+            end_s=seg.end_s,
+            reference=blank if plan.use_reference else None,
+        )
+        estimates[key] = engine.judge.estimate(request)
+    return estimates[key]
 
 
 def _details(estimates: Iterable[JudgeEstimate], requests: int) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
@@ -27,13 +27,17 @@ from labeler.engine_types import (
     EngineStats,
     FrameSegment,
     PairPlan,
+    PendingRequest,
     SegmentPlan,
 )
+from labeler.errors import VideoError
 from labeler.frame_source import FrameSource
 from labeler.judges.base import Judge
+from labeler.ledger import Ledger
 from labeler.media import video
 from labeler.schemas import (
     DensePreferenceRecord,
+    InputError,
     Judgment,
     LabelerInfo,
     ManifestEntry,
@@ -54,6 +58,7 @@ __all__ = [
     "EngineStats",
     "FrameSegment",
     "PairPlan",
+    "PendingRequest",
     "SegmentPlan",
 ]
 
@@ -99,11 +104,17 @@ class Engine:
         self.config = config or EngineConfig()
         self.cache = cache if cache is not None else JudgmentCache(None)
         self.stats = EngineStats()
+        #: Requests, tokens, cost and budgets: the one account every runner and the service use.
+        self.ledger = Ledger(
+            self.stats,
+            budget=self.config,
+            price=lambda i, o, batch: judge.cost_usd(i, o, batch=batch),
+        )
         self._requests = asyncio.Semaphore(self.config.concurrency)
         self.frames = FrameSource(self.config, self.stats)
         self._pause_until = 0.0  # a 429's Retry-After pauses every request, not just the one that got it
         self._fingerprint = judge.fingerprint()
-        judge.attach_meter(self)  # judges with meters_usage report each HTTP request and its tokens
+        judge.attach_meter(self.ledger)  # judges with meters_usage report each HTTP request and its tokens
         self._backoff = _exponential_jitter(self.config.backoff_initial, self.config.backoff_max)
 
     # ------------------------------------------------------------------ planning
@@ -178,17 +189,6 @@ class Engine:
         retry_after = exc.retry_after if isinstance(exc, TransientJudgeError) else None
         return max(backoff, retry_after) if retry_after else backoff
 
-    def _check_budget(self) -> None:
-        cfg = self.config
-        if cfg.max_requests is not None and self.stats.requests >= cfg.max_requests:
-            raise BudgetExceeded(
-                f"request budget spent ({self.stats.requests} of --max-requests {cfg.max_requests})"
-            )
-        if cfg.max_cost is not None and self.stats.cost_usd >= cfg.max_cost:
-            raise BudgetExceeded(
-                f"cost budget spent (${self.stats.cost_usd:.4f} of --max-cost ${cfg.max_cost})"
-            )
-
     async def _call_once(self, request: SegmentRequest) -> Judgment:
         loop = asyncio.get_running_loop()
         await self.judge.prepare(
@@ -198,7 +198,7 @@ class Engine:
             await asyncio.sleep(delay)
         async with self._requests:
             if not self.judge.meters_usage:
-                self.before_request()
+                self.ledger.before_request()
             try:
                 return await asyncio.wait_for(self.judge.judge(request), self.config.request_timeout)
             except asyncio.TimeoutError as exc:
@@ -237,22 +237,8 @@ class Engine:
             self.stats.judge_errors += 1
             raise
         if not self.judge.meters_usage:
-            self._account(judgment)
+            self.ledger.bill(judgment)
         return judgment
-
-    def before_request(self) -> None:
-        """UsageMeter: one more request is about to go out (HTTP requests for metering judges)."""
-        self._check_budget()
-        self.stats.requests += 1
-
-    def billed(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> None:
-        """UsageMeter: tokens the endpoint billed, usable answer or not (``batch``: at Batch API price)."""
-        self.stats.input_tokens += input_tokens
-        self.stats.output_tokens += output_tokens
-        self.stats.cost_usd += self.judge.cost_usd(input_tokens, output_tokens, batch=batch) or 0.0
-
-    def _account(self, judgment: Judgment, *, batch: bool = False) -> None:
-        self.billed(judgment.input_tokens, judgment.output_tokens, batch=batch)
 
     @staticmethod
     def segment_request(
@@ -271,8 +257,11 @@ class Engine:
             index=seg.index,
             num_segments=n_segments,
             frame_times=times,
+            frame_indices=tuple(int(i) for i in seg.frame_indices),
             reference=ref,
             fps=fps,
+            segment_key=seg.keys["ab"],
+            order=order,
         )
 
     async def _judge_segment(
@@ -313,34 +302,109 @@ class Engine:
         """Frames (A, B, reference or None) of the given segments: labeler.frame_source."""
         return await self.frames.segments(plan, missing)
 
+    async def _windows(
+        self, plan: PairPlan, hits: dict[str, Judgment], segments: list[SegmentPlan] | None = None
+    ) -> AsyncIterator[tuple[list[SegmentPlan], dict[int, tuple]]]:
+        """The pair's segments (or only ``segments`` of it) ``decode_window`` at a time, with the
+        frames of those that miss a cached judgment: a window's frames are dropped before the next
+        window is decoded, so the frames held for a pair are bounded by the settings (window x
+        frames per segment x max_side), not by the video's length."""
+        chosen = plan.segments if segments is None else segments
+        step = max(1, self.config.decode_window)
+        for k in range(0, len(chosen), step):
+            window = chosen[k : k + step]
+            missing = [s for s in window if any(key not in hits for key in s.keys.values())]
+            yield window, (await self.decode_segments(plan, missing) if missing else {})
+
+    # ------------------------------------------------------------------ for runners
+
+    async def pending_requests(
+        self,
+        entries: Iterable[ManifestEntry],
+        *,
+        skipped: Callable[[ManifestEntry, Exception], None] | None = None,
+    ) -> AsyncIterator[PendingRequest]:
+        """Every (segment, order) request of these pairs that the cache cannot answer, once each
+        (a cache key two pairs share comes once), with the request the judge would be sent.
+
+        Frames are decoded ``decode_window`` segments at a time, as :meth:`label_pair` does, so a
+        consumer that writes each request out (the Batch API runner) holds at most one window of
+        frames. A pair that cannot be planned (a broken video...) goes to ``skipped`` and the
+        others go on.
+        """
+        seen: set[str] = set()
+        for entry in entries:
+            try:
+                plan = await asyncio.to_thread(self.plan_pair, entry)
+            except (VideoError, ValueError) as exc:
+                if skipped is not None:
+                    skipped(entry, exc)
+                continue
+            hits = self.cached_judgments(plan.segments)
+            async for window, frames in self._windows(plan, hits):
+                for seg in window:
+                    for order, key in seg.keys.items():
+                        if key in hits or key in seen:
+                            continue
+                        seen.add(key)
+                        request = self.segment_request(
+                            entry.prompt, seg, frames[seg.index], order, len(plan.segments), plan.fps
+                        )
+                        yield PendingRequest(entry.pair_id, key, request)
+
+    def record(self, key: str, judgment: Judgment, *, batch: bool = False) -> None:
+        """A judgment obtained outside :meth:`ask` (a Batch API answer): cached under ``key`` (a
+        :class:`PendingRequest`'s) and billed to the ledger (``batch``: at Batch API price)."""
+        self.cache.set(key, judgment)
+        self.ledger.bill(judgment, batch=batch)
+
     # ------------------------------------------------------------------ public
 
     async def label_pair(self, entry: ManifestEntry) -> DensePreferenceRecord:
         """Label one manifest pair (paths already resolved). Raises VideoError, InputError or
         JudgeError.
 
-        Segments go through in windows of ``decode_window``: a window's missing frames are decoded,
-        judged and dropped before the next window is decoded, so the frames held for a pair are
-        bounded by the settings (window x frames per segment x max_side), not the video's length.
+        Segments go through in windows of ``decode_window`` (:meth:`_windows`): a window's missing
+        frames are decoded, judged and dropped before the next window is decoded.
         """
         plan = await asyncio.to_thread(self.plan_pair, entry)
-        ctx = _PairContext(entry.prompt, len(plan.segments), plan.fps, self.cached_judgments(plan.segments))
-        votes: list[list[tuple[Order, Judgment]]] = []
-        step = max(1, self.config.decode_window)
-        for k in range(0, len(plan.segments), step):
-            window = plan.segments[k : k + step]
-            missing = [s for s in window if any(key not in ctx.hits for key in s.keys.values())]
-            frames = await self.decode_segments(plan, missing) if missing else {}
-            votes += await self._judge_segments(ctx, window, frames)
+        ctx, votes = await self._judge_plan(plan, plan.segments)
         seconds = entry.segment_seconds or self.config.segment_seconds
         return self._record(plan.segments, votes, ctx, entry, plan.fps, plan.num_frames, seconds=seconds)
+
+    async def label_some_segments(
+        self, entry: ManifestEntry, indices: Collection[int]
+    ) -> tuple[PairPlan, list[Segment], Usage]:
+        """Judge only the segments of ``entry`` whose index is in ``indices`` (a cascade's escalated
+        ones, labeler.cascade): the others are neither decoded nor asked about. Returns the pair's
+        plan (every segment's frame range, to check against another judge's), the judged segments
+        in index order, and what they cost."""
+        plan = await asyncio.to_thread(self.plan_pair, entry)
+        wanted = set(indices)
+        unknown = wanted - {s.index for s in plan.segments}
+        if unknown:
+            raise InputError(f"pair {entry.pair_id} has no segment {sorted(unknown)[0]}")
+        chosen = [s for s in plan.segments if s.index in wanted]
+        ctx, votes = await self._judge_plan(plan, chosen)
+        self.stats.segments += len(chosen)
+        return plan, self._fold(chosen, votes), Usage(**ctx.tally)
+
+    async def _judge_plan(
+        self, plan: PairPlan, plans: list[SegmentPlan]
+    ) -> tuple[_PairContext, list[list[tuple[Order, Judgment]]]]:
+        """Judge ``plans`` (segments of ``plan``) in windows of ``decode_window``."""
+        ctx = _PairContext(plan.entry.prompt, len(plan.segments), plan.fps, self.cached_judgments(plans))
+        votes: list[list[tuple[Order, Judgment]]] = []
+        async for window, frames in self._windows(plan, ctx.hits, plans):
+            votes += await self._judge_segments(ctx, window, frames)
+        return ctx, votes
 
     async def label_frames(
         self, prompt: str, segments: Sequence[FrameSegment], *, pair_id: str = "inline"
     ) -> DensePreferenceRecord:
         """Label segments whose frames the caller holds; the cache keys on the pixels."""
         if not segments:
-            raise ValueError("nothing to label: no segments")
+            raise InputError("nothing to label: no segments")
         plans, frames, start = [], {}, 0
         for i, seg in enumerate(segments):
             fa = video.resize_max_side(
@@ -350,7 +414,7 @@ class Engine:
                 np.ascontiguousarray(seg.frames_b, dtype=np.uint8), self.config.max_side
             )
             if fa.shape != fb.shape:
-                raise ValueError(
+                raise InputError(
                     f"segments[{i}]: frames_a {fa.shape} and frames_b {fb.shape} differ in shape"
                 )
             content = {"a": _array_digest(fa), "b": _array_digest(fb)}
@@ -384,6 +448,20 @@ class Engine:
         seconds: float | None,
     ) -> DensePreferenceRecord:
         """Fold each segment's votes into the dense preference record."""
+        segments = self._fold(plans, votes)
+        self.stats.pairs += 1
+        self.stats.segments += len(segments)
+        return DensePreferenceRecord.for_entry(
+            entry,
+            segments,
+            fps=fps,
+            num_frames=num_frames,
+            labeler=self.labeler_info(seconds),
+            usage=Usage(**ctx.tally),
+        )
+
+    def _fold(self, plans: list[SegmentPlan], votes: list[list[tuple[Order, Judgment]]]) -> list[Segment]:
+        """Each segment's votes combined into its label and probabilities."""
         segments = []
         for seg, seg_votes in zip(plans, votes, strict=True):
             outcome = combine_votes(seg_votes, decisive_margin=self.config.decisive_margin)
@@ -407,14 +485,16 @@ class Engine:
                     note=None,
                 )
             )
-        self.stats.pairs += 1
-        self.stats.segments += len(segments)
+        return segments
+
+    def labeler_info(self, segment_seconds: float | None) -> LabelerInfo:
+        """The ``labeler`` block of this engine's records (``segment_seconds``: None for inline frames)."""
         extra: dict[str, Any] = {"max_side": self.config.max_side}
         if self.judge.answer_order is not None:
             extra["answer_order"] = self.judge.answer_order
-        if seconds is not None:
-            extra["segment_seconds"] = seconds
-        labeler = LabelerInfo(
+        if segment_seconds is not None:
+            extra["segment_seconds"] = segment_seconds
+        return LabelerInfo(
             judge=self.judge.name,
             model=self.judge.model,
             prompt_id=self.judge.prompt_id,
@@ -422,9 +502,6 @@ class Engine:
             swap=self.config.swap,
             densepref_version=__version__,
             **extra,
-        )
-        return DensePreferenceRecord.for_entry(
-            entry, segments, fps=fps, num_frames=num_frames, labeler=labeler, usage=Usage(**ctx.tally)
         )
 
     async def aclose(self) -> None:

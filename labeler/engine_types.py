@@ -3,19 +3,36 @@ makes for a pair before decoding a frame; ``labeler.engine`` re-exports them."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from labeler.schemas import ManifestEntry, Order
+from labeler.errors import BudgetExceeded, UsageError
+from labeler.schemas import ManifestEntry, Order, SegmentRequest
 
-__all__ = ["BudgetExceeded", "EngineConfig", "EngineStats", "FrameSegment", "PairPlan", "SegmentPlan"]
+__all__ = [
+    "BudgetExceeded",
+    "EngineConfig",
+    "EngineStats",
+    "FrameSegment",
+    "PairPlan",
+    "PendingRequest",
+    "SegmentPlan",
+]
+
+
+#: Longest sensible value of a seconds option (a day): 1e308 would overflow timers and frame counts.
+MAX_SECONDS = 86400.0
 
 
 @dataclass
 class EngineConfig:
+    """The engine's settings, checked when built (UsageError naming the CLI flag): an EngineConfig
+    made in code (the service, Ray actors, tests) is held to the same rules as the CLI's."""
+
     segment_seconds: float = 1.0  # default segment length; a manifest entry may override it
     frames_per_segment: int = 8  # frames shown per segment (the paper's 8 fps for 1 s segments)
     max_side: int = 448  # long side of the frames shown to the judge
@@ -37,9 +54,32 @@ class EngineConfig:
     #: (labeler.frame_source).
     frame_memo_mib: float = 64.0
 
-
-class BudgetExceeded(RuntimeError):
-    """The --max-requests / --max-cost budget is spent; nothing more is sent."""
+    def __post_init__(self) -> None:
+        seconds = {
+            "--segment-seconds": self.segment_seconds,
+            "--timeout": self.request_timeout,
+            "--max-retry-after": self.max_retry_after,
+        }
+        for flag, value in seconds.items():
+            if not math.isfinite(value) or value < 0 or (value == 0 and flag != "--max-retry-after"):
+                raise UsageError(f"{flag} must be a positive number of seconds, got {value}")
+            if value > MAX_SECONDS:
+                raise UsageError(f"{flag} must be at most {MAX_SECONDS:g} s, got {value:g}")
+        # 0 is a budget too: label only what the cache already holds, send nothing.
+        if self.max_requests is not None and self.max_requests < 0:
+            raise UsageError(f"--max-requests must be 0 or more, got {self.max_requests}")
+        if self.max_cost is not None and not (math.isfinite(self.max_cost) and self.max_cost >= 0):
+            raise UsageError(f"--max-cost must be a finite amount of USD, 0 or more, got {self.max_cost}")
+        if self.max_side <= 0:
+            raise UsageError("--max-side must be positive")
+        counts = {
+            "--frames-per-segment": self.frames_per_segment,
+            "--concurrency": self.concurrency,
+            "--max-attempts": self.max_attempts,
+        }
+        for flag, count in counts.items():
+            if count < 1:
+                raise UsageError(f"{flag} must be at least 1")
 
 
 @dataclass
@@ -96,3 +136,13 @@ class PairPlan:
     #: Content hash of each video the pair decodes ("a", "b" and "ref" when used): pairs that share a
     #: video (a reference, a candidate compared with several others) share its decoded frames.
     content: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """One (segment, order) judgment the cache cannot answer: ``key`` is its cache key (what
+    ``Engine.record`` stores the answer under), ``request`` what the judge would be shown."""
+
+    pair_id: str
+    key: str
+    request: SegmentRequest

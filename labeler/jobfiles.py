@@ -19,12 +19,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from labeler.errors import OutputInUseError
 from labeler.fileio import JsonlWriter, atomic_write_lines, iter_jsonl, repair_jsonl_tail
 from labeler.schemas import DensePreferenceRecord, ErrorInfo, ErrorRecord
-
-
-class OutputInUseError(RuntimeError):
-    """Another job holds the lock of this output file."""
 
 
 def check_output_path(out: Path, manifest: Path | None) -> None:

@@ -17,11 +17,20 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from labeler.errors import (
+    FatalJudgeError,
+    FramesTooSmallError,
+    InputError,
+    JudgeError,
+    JudgeParseError,
+    TransientJudgeError,
+)
 from labeler.fileio import split_lines
 
 __all__ = [
     "LABELS",
     "LABEL_VALUE",
+    "CheapVerdict",
     "DensePreferenceRecord",
     "ErrorInfo",
     "ErrorRecord",
@@ -185,6 +194,24 @@ class Vote(BaseModel):
     cached: bool | None = None
 
 
+class CheapVerdict(BaseModel):
+    """What a cascade's cheap judge said about a segment (labeler.cascade), kept beside the final
+    label so the cascade can be audited and refitted (``labeler.agreement --fit-cascade``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge: str
+    label: Label
+    p_a: float
+    p_b: float
+    p_tie: float
+
+    @model_validator(mode="after")
+    def _check(self) -> CheapVerdict:
+        _check_probabilities(self.p_a, self.p_b, self.p_tie, "cheap verdict")
+        return self
+
+
 class Segment(BaseModel):
     """A half-open frame range [start_frame, end_frame) with its label and probabilities."""
 
@@ -203,6 +230,11 @@ class Segment(BaseModel):
     consistent: bool | None = None
     rationale: str = ""
     note: str | None = Field(None, description="Free-text note of a human annotator.")
+    decided_by: str | None = Field(
+        default=None,
+        description="Cascade runs: the judge whose verdict this is (the cheap one or the main one).",
+    )
+    cheap: CheapVerdict | None = Field(default=None, description="Cascade runs: the cheap judge's verdict.")
 
     @model_validator(mode="after")
     def _check(self) -> Segment:
@@ -416,8 +448,14 @@ class SegmentRequest:
     index: int = 0
     num_segments: int = 1
     frame_times: tuple[float, ...] = ()  # seconds of each sampled frame, for the prompt
+    frame_indices: tuple[int, ...] = ()  # each sampled frame's number in its video (video input timing)
     reference: np.ndarray | None = None  # ground-truth frames at the same indices, if any
     fps: float | None = None
+    #: Names the segment whatever the order it is shown in: two requests with the same key show the
+    #: same two frame arrays (and reference), in the same order when ``order`` is equal and swapped
+    #: otherwise. The engine sets it (the segment's "ab" cache key); None promises nothing.
+    segment_key: str | None = None
+    order: Order = "ab"  # "ba": frames_first are the pair's B (only meaningful with segment_key)
 
     def __post_init__(self) -> None:
         a, b = self.frames_first, self.frames_second
@@ -456,37 +494,6 @@ class Judgment(BaseModel):
         """The same answer with first and second exchanged (maps a "ba" vote back to A/B)."""
         label = {"A": "B", "B": "A", "tie": "tie"}[self.label]
         return self.model_copy(update={"label": label, "p_a": self.p_b, "p_b": self.p_a})
-
-
-class JudgeError(Exception):
-    """Base of every error a judge raises; ``type`` names it in error records."""
-
-
-class TransientJudgeError(JudgeError):
-    """Worth retrying: 429, 5xx, timeouts, dropped connections. ``retry_after`` in seconds if the
-    server said so."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.status = status
-
-
-class JudgeParseError(JudgeError):
-    """The judge's answer stayed unparseable after its bounded re-asks."""
-
-
-class FatalJudgeError(JudgeError):
-    """Retrying cannot help: bad credentials, unknown model, a request the server rejects."""
-
-
-class InputError(ValueError):
-    """The input of one pair or request cannot be judged (not the judge's fault): the pair fails
-    alone, never counts toward stopping a run, and the service answers 400."""
-
-
-class FramesTooSmallError(InputError):
-    """Frames smaller than the judge can measure (an 8x8 clip, or ``--max-side 8``)."""
 
 
 @dataclass

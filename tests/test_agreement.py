@@ -363,3 +363,53 @@ def test_fit_tie_threshold_recovers_known_threshold():
 
 def test_tie_threshold_absent_unless_asked(result):
     assert result["tie_threshold"] is None
+
+
+def test_decided_coverage_and_accuracy_both_decided_by_hand(result):
+    # Non-tie human segments: p1 s0 A|A, p1 s1 B|A, p1 s3 A|tie, p2 s0 B|B, p2 s1 B|tie, p2 s2 A|A.
+    # The prediction decides 4 of 6 (coverage 0.667); of those 4, three match (0.75), while
+    # accuracy_no_ties gives the two predicted ties 0.5 and 1 from their margins: 4.5 / 6 = 0.75.
+    seg = result["segment"]
+    assert seg["decided_coverage"] == pytest.approx(4 / 6)
+    assert seg["n_both_decided"] == 4
+    assert seg["accuracy_both_decided"] == pytest.approx(3 / 4)
+    # Video: human A, B, tie vs predicted tie, B, A -> one non-tie human video decided (p2), right.
+    assert result["video"]["decided_coverage"] == pytest.approx(1 / 2)
+    assert result["video"]["accuracy_both_decided"] == 1.0
+
+
+def test_a_judge_that_ties_every_hard_segment_is_exposed():
+    # Humans decide every segment; the judge ties all but one, with margins of the right sign.
+    human = [make_record(f"h{k}", [("A",), ("B",), ("A",), ("B",)]) for k in range(3)]
+    pred = [
+        make_record(f"h{k}", [("A", 0.9, 0.05), ("tie", 0.2, 0.3), ("tie", 0.3, 0.2), ("tie", 0.25, 0.3)])
+        for k in range(3)
+    ]
+    seg = compute_agreement(pred, [human], bootstrap=0)["segment"]
+    assert seg["accuracy_no_ties"] == 1.0  # the flattering figure
+    assert seg["decided_coverage"] == pytest.approx(0.25) and seg["accuracy_both_decided"] == 1.0
+
+
+def test_fit_tie_threshold_can_lower_the_margin():
+    # The judge calls every |margin| < 0.4 a tie; humans decide everything from 0.1 up, always
+    # with the margin's sign, and tie only the 0.02 ones. The best margin lies between: 0.1.
+    margins = [0.02, -0.02, 0.1, -0.15, 0.3, -0.5, 0.8]
+    human = [
+        make_record(f"g{k}", [("tie" if abs(m) < 0.05 else "A" if m > 0 else "B",) for m in margins])
+        for k in range(4)
+    ]
+    pred = [
+        make_record(
+            f"g{k}",
+            [
+                ("tie" if abs(m) < 0.4 else "A" if m > 0 else "B", max(m, 0) + 0.05, max(-m, 0) + 0.05)
+                for m in margins
+            ],
+        )
+        for k in range(4)
+    ]
+    fit = compute_agreement(pred, [human], bootstrap=0, fit_tie_threshold=True, seed=1)["tie_threshold"]
+    assert fit["threshold"] == pytest.approx(0.1)  # below the judge's own 0.4: lowered
+    assert fit["heldout_accuracy_with_ties"] == 1.0
+    assert fit["heldout_baseline_accuracy_with_ties"] == pytest.approx(4 / 7)  # 0.1, -0.15, 0.3 were ties
+    assert (fit["heldout_tie_to_decided"], fit["heldout_decided_to_tie"]) == (2 * 3, 0)

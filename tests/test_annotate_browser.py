@@ -15,6 +15,7 @@ with DENSEPREF_UPDATE_SCREENSHOT=1.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from labeler.service.annotate.routes import blind_swapped
 from tests.conftest import textured_frames
 from tests.service_helpers import ServiceProcess, running_service
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # Debian's package puts it at /usr/bin/chromium; DENSEPREF_CHROMIUM points elsewhere.
 CHROMIUM = os.environ.get("DENSEPREF_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -252,6 +253,26 @@ def left_is_b(page: Any) -> bool:
     return "_b." in left
 
 
+def wait_sides(page: Any, left_b: bool) -> None:
+    """Wait until the left video shows B (``left_b``) or A: after a new annotator name or a new
+    pair the page swaps the sources a moment after the counter changes, so reading them at once
+    would race the page under load."""
+    marker = "_b." if left_b else "_a."
+    page.wait_for_function(
+        f"""() => {{ const l = document.querySelector("#video-left").getAttribute("src") || "";
+                    const r = document.querySelector("#video-right").getAttribute("src") || "";
+                    return l.includes({marker!r}) && !r.includes({marker!r}); }}"""
+    )
+
+
+def wait_labels(page: Any, expected: list[str]) -> None:
+    """Wait until the timeline shows ``expected`` (the labels of the keys just pressed)."""
+    page.wait_for_function(
+        f"""() => JSON.stringify([...document.querySelectorAll("#segments .seg")].map(
+                 e => e.dataset.label)) === {json.dumps(json.dumps(expected, separators=(",", ":")))}"""
+    )
+
+
 def press(page: Any, *keys: str) -> None:
     for key in keys:
         page.keyboard.press(key)
@@ -390,23 +411,26 @@ def test_blind_mode_maps_sides_back(page: Any, service: ServiceProcess, media_ro
     keys = {"1": "A", "2": "B", "3": "tie"}
     expected: dict[str, list[str]] = {}
 
-    swapped = left_is_b(page)
-    assert swapped == blind_swapped(MANIFEST, name, "p1")
+    swapped = blind_swapped(MANIFEST, name, "p1")
+    wait_sides(page, swapped)  # the name's side order, not the one shown before it was typed
+    assert left_is_b(page) == swapped
     press(page, "1", "n", "1", "n", "2")
     expected["p1"] = [flip[keys[k]] if swapped else keys[k] for k in "112"]
-    assert timeline_labels(page) == ["A", "A", "B"]  # the timeline speaks in screen sides
+    wait_labels(page, ["A", "A", "B"])  # the timeline speaks in screen sides
     press(page, "n")
     wait_ready(page, "Pair 2 / 2")
-    swapped2 = left_is_b(page)
-    assert swapped2 != swapped
+    swapped2 = blind_swapped(MANIFEST, name, "p2")
+    wait_sides(page, swapped2)
+    assert swapped2 != swapped and left_is_b(page) == swapped2
     press(page, "2")
     wait_saved(page)
 
     # Resume at the first unanswered segment, with the same side order.
     page.reload()
     wait_ready(page, "Pair 2 / 2")
-    assert current_segment(page) == 1 and left_is_b(page) == swapped2
-    assert timeline_labels(page) == ["B", ""]
+    wait_sides(page, swapped2)
+    wait_labels(page, ["B", ""])
+    assert current_segment(page) == 1
     press(page, "3")
     expected["p2"] = [flip[keys[k]] if swapped2 else keys[k] for k in "23"]
     wait_saved(page)

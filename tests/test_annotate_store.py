@@ -96,6 +96,9 @@ def test_manifests_differing_by_slash_or_double_underscore_keep_apart(tmp_path: 
         assert other.status_code == 200 and other.json()["pairs"][0]["answers"] == {}
         mine = client.get("/annotate/api/pairs", params={"manifest": "sub/m.jsonl", "annotator": "ann1"})
         assert mine.json()["pairs"][0]["answers"] == {"0": {"label": "B", "note": "from sub/m"}}
+        for m in ("sub/m.jsonl", "sub__m.jsonl"):  # an export needs a finished pair
+            for seg in range(1 if m == "sub/m.jsonl" else 0, SEGMENTS["p1"]):
+                _post(client, m, segment=seg)
         paths = {
             m: client.post("/annotations/export", json={"manifest": m, "annotator": "ann1"}).json()["path"]
             for m in ("sub/m.jsonl", "sub__m.jsonl")

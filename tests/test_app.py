@@ -28,6 +28,9 @@ from labeler.standin import StandinServer
 from tests.conftest import textured_frames
 from tests.service_helpers import REPO_ROOT, inline_body, metric_value, running_service, service_env
 
+#: Minutes, not seconds (real processes, demo sets or whole benchmarks): left out of `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FPS = 8.0
 
 

@@ -16,6 +16,9 @@ from labeler.service.app import create_app
 from labeler.service.settings import ServiceSettings
 from tests.fake_judges import BrightnessJudge, frames_with_level
 
+#: Minutes, not seconds (real processes, demo sets or whole benchmarks): left out of `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FUZZ_SETTINGS = hypothesis.settings(
     max_examples=40,
     deadline=None,

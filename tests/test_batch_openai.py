@@ -18,6 +18,9 @@ from labeler.schemas import read_records
 from labeler.standin import StandinServer
 from tests.conftest import level_pairs_manifest
 
+#: Minutes, not seconds (real processes, demo sets or whole benchmarks): left out of `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 FPS = 8.0
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,6 +14,9 @@ from benchmarks import run_all, throughput
 from benchmarks.common import BenchmarkError, markdown_table, replicate_manifest
 from labeler.schemas import read_manifest
 
+#: Minutes, not seconds (real processes, demo sets or whole benchmarks): left out of `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def small_manifest(make_video, tmp_path: Path) -> Path:

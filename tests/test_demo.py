@@ -20,6 +20,9 @@ from labeler.judges.metrics import MetricsJudge
 from labeler.media.video import plan_segments, probe, read_frames, sample_indices
 from labeler.schemas import SegmentRequest, read_manifest, read_records, video_level
 
+#: Minutes, not seconds (real processes, demo sets or whole benchmarks): left out of `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 MIN_AGREEMENT = 0.85
 
 

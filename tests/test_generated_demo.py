@@ -18,6 +18,9 @@ from labeler.schemas import read_manifest, read_records
 from tests.conftest import textured_frames
 from tests.test_batch_cli import cli
 
+#: Minutes, not seconds (real processes, demo sets or whole benchmarks): left out of `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> demo.DemoSet:

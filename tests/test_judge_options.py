@@ -26,6 +26,8 @@ SAMPLE = {
     "extra_body": ["--extra-body", '{"top_k": 1}'],
     "price": ["--price", "1,2"],
     "answer_order": ["--answer-order", "rationale-first"],
+    "input": ["--input", "video"],
+    "show_reference": ["--show-reference"],
     "device": ["--device", "cpu"],
     "dtype": ["--dtype", "float32"],
     "rationale_tokens": ["--rationale-tokens", "4"],
@@ -84,3 +86,42 @@ def test_options_a_judge_reads_pass_the_check():
     )
     judge = build_judge_from_args(args)
     assert judge.fingerprint()["tie_margin"] == 0.5
+
+
+def test_the_judge_config_checks_itself_when_built_in_code():
+    """No CLI involved: the service and Ray actors get a JudgeConfig, held to the same rules."""
+    from labeler.judge_config import JudgeConfig
+
+    with pytest.raises(UsageError, match=r"^--device: --judge openai does not read it"):
+        JudgeConfig(judge="openai", model="m", device="cpu")
+    with pytest.raises(UsageError, match="--judge hf needs --model"):
+        JudgeConfig(judge="hf")
+    config = JudgeConfig(tie_margin=0.5, no_reference=True, judge_processes=0)
+    assert config.judge_kwargs() == {"tie_margin": 0.5, "use_reference": False, "processes": 0}
+    assert config.build().fingerprint()["use_reference"] is False
+
+
+def test_every_field_of_the_judge_config_is_a_flag_with_help():
+    """Adding an option is one field: its flag, help and judges follow from it."""
+    from dataclasses import fields
+
+    from labeler.judge_config import JudgeConfig
+
+    parser = labeler.batch.build_parser()
+    by_dest = {a.dest: a for a in parser._actions}
+    for f in fields(JudgeConfig):
+        assert f.name in by_dest and by_dest[f.name].help == f.metadata["help"], f.name
+        assert by_dest[f.name].option_strings == ["--" + f.name.replace("_", "-")]
+
+
+def test_the_engine_config_checks_itself_when_built_in_code():
+    from labeler.engine import EngineConfig
+
+    for bad, message in [
+        ({"request_timeout": float("nan")}, "--timeout must be a positive number of seconds"),
+        ({"max_cost": -1.0}, "--max-cost must be a finite amount"),
+        ({"concurrency": 0}, "--concurrency must be at least 1"),
+        ({"segment_seconds": 1e308}, "--segment-seconds must be at most"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            EngineConfig(**bad)  # type: ignore[arg-type]

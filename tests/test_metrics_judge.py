@@ -52,15 +52,27 @@ def windows() -> dict[str, np.ndarray]:
 IDX = sample_indices(0, WINDOW, 8)
 
 
-def request(first: np.ndarray, second: np.ndarray, reference: np.ndarray | None = None) -> SegmentRequest:
+def request(
+    first: np.ndarray, second: np.ndarray, reference: np.ndarray | None = None, segment_key: str | None = None
+) -> SegmentRequest:
     """A segment request over the 8 frames the engine would sample from a 1 s window."""
     ref = None if reference is None else reference[IDX]
-    return SegmentRequest("a clip", first[IDX], second[IDX], 0.0, 1.0, reference=ref, fps=25.0)
+    return SegmentRequest(
+        "a clip", first[IDX], second[IDX], 0.0, 1.0, reference=ref, fps=25.0, segment_key=segment_key
+    )
 
 
 def swapped(req: SegmentRequest) -> SegmentRequest:
+    """The same segment in the other order (as the engine asks it: same segment_key)."""
     return SegmentRequest(
-        req.prompt, req.frames_second, req.frames_first, req.start_s, req.end_s, reference=req.reference
+        req.prompt,
+        req.frames_second,
+        req.frames_first,
+        req.start_s,
+        req.end_s,
+        reference=req.reference,
+        segment_key=req.segment_key,
+        order="ba" if req.order == "ab" else "ab",
     )
 
 
@@ -265,7 +277,7 @@ def test_async_judge_matches_score(windows):
 def test_both_orders_asked_at_once_are_measured_once(windows, monkeypatch):
     clean = windows["carphone"]
     judge = MetricsJudge()
-    req = request(degrade(clean, "noise", 0.7), clean, clean)
+    req = request(degrade(clean, "noise", 0.7), clean, clean, segment_key="segment-0")
     expected = judge.score(req)
     calls = []
     real_score = judge.score
@@ -277,9 +289,15 @@ def test_both_orders_asked_at_once_are_measured_once(windows, monkeypatch):
     forward, backward, again = asyncio.run(both())
     assert len(calls) == 1 and forward == again == expected and backward == expected.swapped()
     assert judge._in_flight == {}  # nothing kept once answered
-    # Other frames are another key: measured afresh.
-    other = request(clean, degrade(clean, "blur", 0.7), clean)
+    # Another segment is another key, and a request without a key is measured on its own.
+    other = request(clean, degrade(clean, "blur", 0.7), clean, segment_key="segment-1")
     assert asyncio.run(judge.judge(other)) == real_score(other) and len(calls) == 2
+    unkeyed = request(clean, degrade(clean, "blur", 0.7), clean)
+
+    async def twice() -> list[Judgment]:
+        return await asyncio.gather(judge.judge(unkeyed), judge.judge(unkeyed))
+
+    assert asyncio.run(twice()) == [real_score(unkeyed)] * 2 and len(calls) == 4
 
 
 # --------------------------------------------------------------------------- settings
@@ -388,7 +406,8 @@ def test_worker_processes_give_the_same_answers_and_stop_on_aclose(windows):
     import multiprocessing
 
     clean = windows["bikes"]
-    requests = [request(degrade(clean, kind, 0.7), clean, clean) for kind in ("noise", "blur", "freeze")]
+    kinds = ("noise", "blur", "freeze")
+    requests = [request(degrade(clean, kind, 0.7), clean, clean, segment_key=kind) for kind in kinds]
     expected = [MetricsJudge().score(r) for r in requests]
     before = {p.pid for p in multiprocessing.active_children()}
     judge = MetricsJudge(processes=2)  # starts its workers at once, to overlap their start-up
@@ -416,6 +435,7 @@ def test_bad_process_counts_are_rejected(processes):
 def test_judge_processes_option_reaches_the_judge_and_batch_defaults_to_the_cpus(monkeypatch, tmp_path):
     import labeler.batch
     from labeler.cli_options import PAIRS_FOR_PROCESSES, build_judge_from_args, default_judge_processes
+    from labeler.engine_spec import EngineSpec
 
     args = labeler.batch.build_parser().parse_args(["m.jsonl", "--out", "o", "--judge-processes", "0"])
     assert build_judge_from_args(args).processes == 0  # type: ignore[attr-defined]
@@ -426,11 +446,11 @@ def test_judge_processes_option_reaches_the_judge_and_batch_defaults_to_the_cpus
 
     seen = []
 
-    def capture(parsed):
-        seen.append(parsed.judge_processes)
+    def capture(spec):
+        seen.append(spec.judge.judge_processes)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(labeler.batch, "engine_from_args", capture)
+    monkeypatch.setattr(EngineSpec, "build", capture)
     line = '{"pair_id": "p%d", "prompt": "x", "video_a": "a.mp4", "video_b": "b.mp4"}\n'
     small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
     small.write_text("".join(line % i for i in range(PAIRS_FOR_PROCESSES - 1)))

@@ -104,7 +104,7 @@ def test_batch_lines_are_valid_batch_requests(tmp_path, request_pair):
     judge = OpenAIJudge("gpt-4o-mini", api_key="k", layout="side-by-side")
     engine = Engine(judge, EngineConfig(frames_per_segment=3), JudgmentCache(tmp_path / "cache"))
     files = asyncio.run(write_batch_files([entry], engine, tmp_path / "job"))
-    lines = [json.loads(x) for f in files for x in read_lines(f["path"])]
+    lines = [json.loads(x) for f in files for x in read_lines(f.path)]
     assert len(lines) == 4  # 2 segments x 2 orders
     for line in lines:
         assert set(line) == {"custom_id", "method", "url", "body"} and line["method"] == "POST"

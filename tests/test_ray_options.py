@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 
 from labeler.batch import build_parser, main
-from labeler.engine import EngineConfig, EngineStats
+from labeler.cli_options import ray_options_from_args, spec_from_args
+from labeler.engine import EngineStats
+from labeler.ledger import COUNTED_FIELDS as COUNTED_STATS
+from labeler.ledger import Ledger, Limits
 from labeler.runners.local import JobFiles
 from labeler.runners.ray.cache_policy import filesystem_type, refuse_network_cache
-from labeler.runners.ray.options import DEFAULT_WORKERS, ray_options_from_args
+from labeler.runners.ray.options import DEFAULT_WORKERS
 from labeler.runners.ray.ray_runner import RayRun, _write_chunk
-from labeler.runners.ray.worker import COUNTED_STATS, OUTCOME_COLUMNS, add_stats, stats_delta
+from labeler.runners.ray.worker import OUTCOME_COLUMNS
 
 
 def options(*argv: str, pairs: int = 4):
@@ -42,31 +45,15 @@ def test_ray_address_workers_and_gpus_reach_the_options() -> None:
 
 
 def test_gpu_workers_put_the_hf_judge_on_their_gpu_unless_told_otherwise() -> None:
-    args = build_parser().parse_args(["m", "--out", "o", "--judge", "hf", "--model", "m", "--ray"])
-    ray_options_from_args(args, 4)
-    assert args.device is None  # no GPU reserved: the judge's own default
-    args = build_parser().parse_args(["m", "--out", "o", "--judge", "hf", "--model", "m", "--ray"])
-    args.ray_gpus_per_worker = 1.0
-    ray_options_from_args(args, 4)
-    assert args.device == "cuda"
-    args = build_parser().parse_args(
-        [
-            "m",
-            "--out",
-            "o",
-            "--judge",
-            "hf",
-            "--model",
-            "m",
-            "--device",
-            "cpu",
-            "--ray",
-            "--ray-gpus-per-worker",
-            "1",
-        ]
-    )
-    ray_options_from_args(args, 4)
-    assert args.device == "cpu"
+    def actors_device(*argv: str) -> str | None:
+        args = build_parser().parse_args(["m", "--out", "o", "--judge", "hf", "--model", "m", "--ray", *argv])
+        options = ray_options_from_args(args, 4)
+        assert options is not None
+        return options.judge_for_actors(spec_from_args(args).judge).device
+
+    assert actors_device() is None  # no GPU reserved: the judge's own default
+    assert actors_device("--ray-gpus-per-worker", "1") == "cuda"
+    assert actors_device("--device", "cpu", "--ray-gpus-per-worker", "1") == "cpu"
 
 
 @pytest.mark.parametrize(
@@ -135,7 +122,7 @@ def test_actor_counters_add_up_on_the_driver() -> None:
     total = EngineStats(requests=3, cost_usd=0.5)
     before = asdict(EngineStats(requests=10, cache_hits=1))
     after = asdict(EngineStats(requests=14, cache_hits=4, cost_usd=0.25, flips=1))
-    add_stats(total, stats_delta(before, after))
+    Ledger(total).add(Ledger.delta(before, after))
     assert (total.requests, total.cache_hits, total.cost_usd, total.flips) == (7, 3, 0.75, 1)
     assert set(COUNTED_STATS) == set(before)
 
@@ -154,10 +141,9 @@ def _failed_rows(n: int, requests_each: int) -> dict[str, list]:
 
 def test_the_driver_stops_when_the_actors_together_spend_the_budget(tmp_path: Path) -> None:
     job = JobFiles(tmp_path / "o.jsonl", progress=False)
-    run = RayRun(job.result)
-    config = EngineConfig(max_requests=10)
-    assert not _write_chunk(job, run, _failed_rows(2, 4), config)  # 8 requests: under the budget
-    assert _write_chunk(job, run, _failed_rows(2, 4), config)  # 16: spent
+    run = RayRun(job.result, Ledger(budget=Limits(max_requests=10)))
+    assert not _write_chunk(job, run, _failed_rows(2, 4))  # 8 requests: under the budget
+    assert _write_chunk(job, run, _failed_rows(2, 4))  # 16: spent
     assert job.result.stopped is not None and "request budget spent: 16" in job.result.stopped
     assert job.result.failed == 4 and set(run.workers) == {"n1:7"}
     job.close()
@@ -168,6 +154,6 @@ def test_an_actor_that_hit_the_budget_stops_the_run_without_failing_the_pair(tmp
     rows = _failed_rows(1, 0)
     rows["budget"] = [True]
     rows["error_message"] = ["request budget spent"]
-    assert _write_chunk(job, RayRun(job.result), rows, EngineConfig())
+    assert _write_chunk(job, RayRun(job.result), rows)
     assert (job.result.failed, job.result.stopped) == (0, "request budget spent")
     job.close()

@@ -23,10 +23,14 @@ ray = pytest.importorskip("ray")
 
 from labeler import jobfiles  # noqa: E402
 from labeler.batch import build_parser  # noqa: E402
-from labeler.cli_options import cache_from_args, engine_from_args  # noqa: E402
+from labeler.cli_options import (  # noqa: E402
+    cache_from_args,
+    engine_from_args,
+    ray_options_from_args,
+    spec_from_args,
+)
 from labeler.media.video import write_video  # noqa: E402
 from labeler.runners.local import run_batch  # noqa: E402
-from labeler.runners.ray.options import ray_options_from_args  # noqa: E402
 from labeler.runners.ray.ray_runner import RayRun, run_batch_on_ray  # noqa: E402
 from labeler.standin import StandinServer  # noqa: E402
 from tests.conftest import textured_frames  # noqa: E402
@@ -88,11 +92,10 @@ def parse(*argv: str):
 
 def run_on_ray(manifest: Path, out: Path, *argv: str) -> RayRun:
     args = parse("--ray", *argv)
-    engine = engine_from_args(args)  # validates like the CLI; its config carries the budgets
-    engine.cache.close()
+    spec = spec_from_args(args)  # validated like the CLI's; its engine config carries the budgets
     options = ray_options_from_args(args, args.workers or 2)
     assert options is not None
-    return run_batch_on_ray(manifest, out, args, engine.config, options, progress=False)
+    return run_batch_on_ray(manifest, out, spec, options, progress=False)
 
 
 def run_one_process(manifest: Path, out: Path, *argv: str):

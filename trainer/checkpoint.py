@@ -23,10 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from labeler.errors import DenseprefError
+
 __all__ = [
     "CheckpointError",
     "latest_checkpoint",
     "load_checkpoint",
+    "read_state",
+    "run_changes",
     "save_checkpoint",
     "trainable_state_dict",
 ]
@@ -34,7 +38,7 @@ __all__ = [
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DenseprefError, RuntimeError):
     """A checkpoint that does not fit the model being trained (missing or unexpected LoRA weights)."""
 
 
@@ -66,9 +70,11 @@ def save_checkpoint(
     config: dict[str, Any],
     *,
     keep: int = 2,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` (``lora``: the trainable weights by parameter name) and delete all
-    but the newest ``keep`` checkpoints."""
+    but the newest ``keep`` checkpoints. ``run``: the resolved settings a resume must not change
+    (``run_changes``), kept in ``state.json``."""
     from safetensors.torch import save_file
 
     output_dir = Path(output_dir)
@@ -81,7 +87,9 @@ def save_checkpoint(
         torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": config}, indent=2, default=str))
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "config": config, "run": run}, indent=2, default=str)
+    )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in _checkpoints(output_dir)[:-keep]:
@@ -96,6 +104,26 @@ def _checkpoints(output_dir: Path) -> list[Path]:
         if (m := _NAME.match(p.name)) and p.is_dir()
     ]
     return [p for _, p in sorted(found)]
+
+
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's ``state.json`` (step, config, run)."""
+    try:
+        state = json.loads((Path(path) / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read state.json: {exc}") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path}: state.json holds no step")
+    return state
+
+
+def run_changes(saved: dict[str, Any] | None, current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{setting: (checkpoint's value, this run's value)}`` for each resolved setting that differs;
+    a checkpoint written before settings were recorded differs in every one (value ``None``)."""
+    saved = saved or {}
+    # Through JSON: what state.json holds (tuples become lists) compares equal to what it was.
+    now = json.loads(json.dumps(current, default=str))
+    return {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+from labeler.errors import DenseprefError
+
 __all__ = [
     "TINY_PRESET",
     "ConfigError",
@@ -23,7 +25,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(DenseprefError, ValueError):
     """A bad configuration file or value; the message names the key."""
 
 
@@ -102,7 +104,17 @@ class TrainConfig:
     save_every: int = _f(250, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = _f(2, "How many checkpoints to keep (older ones are deleted).")
     log_every: int = _f(1, "Log every N steps.")
-    resume: bool = _f(False, "Continue from the latest checkpoint in OUTPUT_DIR.")
+    resume: bool = _f(
+        False,
+        "Continue from the latest checkpoint in OUTPUT_DIR. Refused (exit 2, naming each difference) when "
+        "a setting that shapes the run differs from the checkpoint's: model, mode, reduction, beta, LoRA "
+        "rank / alpha / targets, frames, height, width, seed, timestep sampling and shift.",
+    )
+    resume_changed_config: bool = _f(
+        False,
+        "With --resume: continue even though those settings changed; the differences are written into "
+        "log.jsonl (a 'config_changed' line at the resumed step).",
+    )
     report_to: str = _f(
         "auto",
         "Extra trackers: 'auto' (TensorBoard if installed), 'none', or a comma list of "

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from labeler.errors import DenseprefError
 from labeler.fileio import atomic_path, iter_jsonl
 from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, video_level
 from trainer.latents import latent_frame_labels, latent_frame_ranges, num_latent_frames
@@ -68,7 +69,7 @@ SKIP_REASONS: dict[str, str] = {
 }
 
 
-class DataError(ValueError):
+class DataError(DenseprefError, ValueError):
     """A preference record that cannot be trained on; the message names the pair."""
 
 

@@ -24,7 +24,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Reduction", "dense_dpo_loss", "implicit_rewards", "preference_metrics", "vanilla_dpo_loss"]
+__all__ = [
+    "Reduction",
+    "dense_dpo_loss",
+    "implicit_rewards",
+    "loss_terms",
+    "preference_metrics",
+    "vanilla_dpo_loss",
+]
 
 Reduction = Literal["frame", "segment"]
 
@@ -44,9 +51,13 @@ def _check_labels(labels: torch.Tensor) -> None:
         raise ValueError(f"labels must be +1, -1 or 0, got {labels[bad].unique().tolist()}")
 
 
-def _masked_mean(terms: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_mean(terms: torch.Tensor, mask: torch.Tensor, denominator: float | None = None) -> torch.Tensor:
+    """Sum of the unmasked terms over their count, or over ``denominator`` when given (the count of
+    terms in the whole optimizer step, over every micro-batch and process: see ``loss_terms``)."""
     # where() and not multiply: a masked term that is inf or NaN must not leak into the sum.
     kept = torch.where(mask, terms, torch.zeros_like(terms))
+    if denominator is not None:
+        return kept.sum() / max(denominator, 1.0)
     return kept.sum() / mask.sum().clamp(min=1)
 
 
@@ -84,16 +95,18 @@ def dense_dpo_loss(
     beta: float,
     segment_ids: torch.Tensor | None = None,
     reduction: Reduction = "frame",
+    denominator: float | None = None,
 ) -> torch.Tensor:
     """DenseDPO loss over ``[batch, latent_frames]`` errors and per-frame labels in {+1, -1, 0}.
 
     ``reduction="segment"`` needs ``segment_ids`` (``[batch, latent_frames]`` ints, the segment each
     latent frame lies in; negative = in no single segment). Within a pair all labeled frames of a
-    segment must carry the same label.
+    segment must carry the same label. ``denominator``: divide the sum of the terms by it instead of
+    by their count in this batch (``loss_terms`` counts them over a whole optimizer step).
     """
     d_a, d_b, labels = _differences(model_err_a, model_err_b, ref_err_a, ref_err_b, labels, ndim=2)
     if reduction == "frame":
-        return _masked_mean(_dpo_terms(d_a, d_b, labels, beta), labels != 0)
+        return _masked_mean(_dpo_terms(d_a, d_b, labels, beta), labels != 0, denominator)
     if reduction != "segment":
         raise ValueError(f"reduction must be 'frame' or 'segment', got {reduction!r}")
     if segment_ids is None:
@@ -101,7 +114,7 @@ def dense_dpo_loss(
     if segment_ids.shape != labels.shape:
         raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}, labels {tuple(labels.shape)}")
     seg_d_a, seg_d_b, seg_labels, seg_mask = _segment_means(d_a, d_b, labels, segment_ids.long())
-    return _masked_mean(_dpo_terms(seg_d_a, seg_d_b, seg_labels, beta), seg_mask)
+    return _masked_mean(_dpo_terms(seg_d_a, seg_d_b, seg_labels, beta), seg_mask, denominator)
 
 
 def _segment_means(
@@ -139,12 +152,33 @@ def vanilla_dpo_loss(
     ref_err_b: torch.Tensor,
     labels: torch.Tensor,
     beta: float,
+    denominator: float | None = None,
 ) -> torch.Tensor:
     """Video-level DPO over ``[batch]`` errors (already averaged over all latent frames) and video
     labels in {+1, -1, 0}; tie pairs contribute nothing."""
     d_a, d_b, labels = _differences(model_err_a, model_err_b, ref_err_a, ref_err_b, labels, ndim=1)
     terms = _dpo_terms(d_a, d_b, labels, beta)
-    return _masked_mean(terms, labels != 0)
+    return _masked_mean(terms, labels != 0, denominator)
+
+
+def loss_terms(
+    labels: list[int], segment_ids: list[int], video_label: int, *, mode: str, reduction: Reduction
+) -> int:
+    """How many terms one pair adds to the loss: labeled latent frames (dense, ``frame``), labeled
+    segments holding a whole latent frame (dense, ``segment``), or 1 for a non-tie pair (vanilla).
+
+    Read from the labels alone, so every process can count the terms of a whole optimizer step (all
+    its micro-batches, all processes) from the step's deterministic data positions, and divide its
+    own terms' sum by that count: the loss and gradient then do not depend on how the step is split
+    over processes and micro-batches (a mean per micro-batch, then averaged, would weight each pair
+    equally instead of each term)."""
+    if mode == "vanilla":
+        return int(video_label != 0)
+    if mode != "dense":
+        raise ValueError(f"mode must be 'dense' or 'vanilla', got {mode!r}")
+    if reduction == "frame":
+        return sum(label != 0 for label in labels)
+    return len({seg for label, seg in zip(labels, segment_ids, strict=True) if label != 0 and seg >= 0})
 
 
 def implicit_rewards(model_err: torch.Tensor, ref_err: torch.Tensor, beta: float) -> torch.Tensor:

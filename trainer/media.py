@@ -1,26 +1,24 @@
-"""Video files for the trainer: read, fit to a model's geometry, write, hash (PyAV + Pillow).
-
-The trainer imports of the labeler only ``labeler.schemas`` and the shared file plumbing
-``labeler.fileio`` (docs/contracts.md, "Layout and dependency direction"), so it keeps these few
-video helpers of its own. Every failure is a ``MediaError`` naming the file and the reason.
+"""Video files for the trainer: read whole clips and fit them to a model's geometry (PyAV + Pillow);
+writing and hashing are the labeler's own (``labeler.media.video``, the one media module both
+sides import), with the trainer's stricter rules on what it writes. Every failure is a
+``MediaError`` naming the file and the reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from labeler.fileio import atomic_path
+from labeler.errors import DenseprefError, VideoError
+from labeler.media import video as labeler_video
 
 __all__ = ["MediaError", "Video", "file_sha256", "fit_frames", "read_video", "resample_fps", "write_video"]
 
 
-class MediaError(Exception):
+class MediaError(DenseprefError):
     """A video that cannot be read, is too short for the requested clip, or cannot be written."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -109,37 +107,22 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 12) -> Path:
-    """Write [F, H, W, 3] uint8 RGB as H.264 MP4 (yuv420p, so H and W must be even). The file is
-    written under a temporary name that keeps the suffix (the muxer picks the format by it) and
-    renamed (``labeler.fileio.atomic_path``), so a killed run leaves no half-written video."""
-    import av
-
+    """Write [F, H, W, 3] uint8 RGB as H.264 MP4 with ``labeler.media.video.write_video`` (atomic:
+    a killed run leaves no half-written video). Stricter than the labeler's: a training clip must
+    keep its exact geometry, so odd sizes (which yuv420p cannot hold) are refused, not cropped."""
     path = Path(path)
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise MediaError(path, f"frames must be [F, H, W, 3] uint8, got {frames.shape} {frames.dtype}")
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise MediaError(path, f"H.264 needs even frame sizes, got {frames.shape[2]}x{frames.shape[1]}")
-    with atomic_path(path) as tmp, av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium"}
-        for frame in frames:
-            container.mux(
-                stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
-            )
-        container.mux(stream.encode())
-    return path
+    return labeler_video.write_video(path, frames, fps, crf=crf)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes: the content identity used in cache keys."""
-    digest = hashlib.sha256()
+    """sha256 of a file's bytes, the content identity used in cache keys: the labeler's
+    ``file_hash`` (remembered by the file's identity, so a rerun does not read the clip again)."""
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise MediaError(path, f"cannot read: {exc.strerror}") from exc
-    return digest.hexdigest()
+        return labeler_video.file_hash(path)
+    except VideoError as exc:
+        raise MediaError(path, exc.reason) from exc

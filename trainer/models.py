@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Literal, Protocol, cast
 import numpy as np
 import torch
 
+from labeler.errors import DenseprefError
+
 __all__ = [
     "ADAPTERS",
     "TINY_MODEL",
@@ -47,7 +49,7 @@ TINY_MODEL = "tiny"
 TINY_VERSION = 1  # bump when the tiny configs change, so cached tiny latents are not reused
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(DenseprefError, ValueError):
     """The model id/path names no family this trainer has an adapter for."""
 
 

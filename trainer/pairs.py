@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from labeler.errors import DenseprefError
 from labeler.fileio import JsonlWriter, iter_jsonl, read_lines, repair_jsonl_tail
 from labeler.schemas import ManifestEntry
 from trainer.media import MediaError, fit_frames, read_video, resample_fps, write_video
@@ -49,7 +50,7 @@ __all__ = ["PairGenerationError", "collect_videos", "generate_pairs", "guided_si
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
 
-class PairGenerationError(ValueError):
+class PairGenerationError(DenseprefError, ValueError):
     """Bad inputs for pair generation (missing prompt, unreadable list, bad eta range...)."""
 
 

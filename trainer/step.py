@@ -189,17 +189,22 @@ def dpo_loss(
     mode: str,
     beta: float,
     reduction: Reduction = "frame",
+    denominator: float | None = None,
 ) -> StepOutput:
     """The dense (per latent frame) or vanilla (per pair, frames averaged first) DPO loss and its
-    TRL-style metrics, from ``flow_errors`` and a batch's ``labels`` / ``segment_ids`` / ``video_label``."""
+    TRL-style metrics, from ``flow_errors`` and a batch's ``labels`` / ``segment_ids`` / ``video_label``.
+    ``denominator``: the number of loss terms of the whole step (``losses.loss_terms``), which the sum
+    of this batch's terms is divided by; default: their count in this batch (a mean)."""
     if mode == "dense":
         labels = batch["labels"].to(errors[0].device)
         segment_ids = batch["segment_ids"].to(errors[0].device)
-        loss = dense_dpo_loss(*errors, labels, beta, segment_ids=segment_ids, reduction=reduction)
+        loss = dense_dpo_loss(
+            *errors, labels, beta, segment_ids=segment_ids, reduction=reduction, denominator=denominator
+        )
         return StepOutput(loss, preference_metrics(*errors, labels, beta))
     if mode == "vanilla":
         err_a, err_b, ref_a, ref_b = (e.mean(dim=1) for e in errors)  # frames averaged first
         labels = batch["video_label"].to(errors[0].device)
-        loss = vanilla_dpo_loss(err_a, err_b, ref_a, ref_b, labels, beta)
+        loss = vanilla_dpo_loss(err_a, err_b, ref_a, ref_b, labels, beta, denominator)
         return StepOutput(loss, preference_metrics(err_a, err_b, ref_a, ref_b, labels, beta))
     raise ValueError(f"mode must be 'dense' or 'vanilla', got {mode!r}")

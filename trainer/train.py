@@ -54,6 +54,8 @@ __all__ = [
     "evaluate",
     "main",
     "micro_batch_positions",
+    "run_settings",
+    "step_loss_terms",
     "stream_index",
     "train",
     "train_step",
@@ -170,6 +172,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sampler: TimestepSampler
+    run: dict[str, Any]  # the resolved settings a resume must not change (``run_settings``)
 
     @property
     def sharded(self) -> bool:
@@ -226,9 +229,36 @@ def evaluate(s: Session) -> dict[str, Any]:
     return {"loss": out.loss.item(), **out.metrics, "pairs": count}
 
 
+def step_loss_terms(s: Session, step: int) -> int:
+    """The loss terms (``losses.loss_terms``) of every pair optimizer step ``step`` reads, over all its
+    micro-batches and processes: the same number on every process, computed from the labels alone."""
+    from trainer.losses import loss_terms
+
+    cfg, acc = s.cfg, s.accelerator
+    per_step = acc.num_processes * cfg.grad_accum * cfg.batch_size
+    n = len(s.dataset)
+    items = [
+        s.dataset.items[stream_index(n, cfg.seed, q)] for q in range(step * per_step, (step + 1) * per_step)
+    ]
+    return sum(
+        loss_terms(it.labels, it.segment_ids, it.video_label, mode=cfg.mode, reduction=cfg.reduction)
+        for it in items
+    )
+
+
+#: Metrics of ``preference_metrics`` that are means over its labeled entries: a step's value is their
+#: mean over the step's labeled entries, so they are summed weighted by ``labeled`` and divided after.
+_WEIGHTED = ("implicit_acc", "reward_margin", "rewards_chosen", "rewards_rejected")
+
+
 def train_step(s: Session, step: int) -> dict[str, float]:
-    """One optimizer step (``grad_accum`` micro-batches on every process); returns its metrics
-    averaged over micro-batches and processes."""
+    """One optimizer step (``grad_accum`` micro-batches on every process); returns its metrics over
+    the whole step (all micro-batches and processes).
+
+    Every micro-batch's loss is the sum of its terms divided by the number of terms of the whole step
+    (``step_loss_terms``), times ``processes * grad_accum`` to undo the means that ``accelerate``'s
+    accumulation and DDP / FSDP gradient averaging take: the step's gradient is that of the mean over
+    every term of the step, however the step's pairs are split over processes and micro-batches."""
     import torch
 
     from trainer.data import collate
@@ -237,7 +267,9 @@ def train_step(s: Session, step: int) -> dict[str, float]:
 
     cfg, acc = s.cfg, s.accelerator
     rank, world, dev = acc.process_index, acc.num_processes, acc.device
-    sums: dict[str, float] = {}
+    terms = step_loss_terms(s, step)
+    sums: dict[str, float] = {"loss": 0.0, "labeled": 0.0, **dict.fromkeys(_WEIGHTED, 0.0)}
+    fixed: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
         positions = micro_batch_positions(
             step, micro=micro, rank=rank, world=world, grad_accum=cfg.grad_accum, batch_size=cfg.batch_size
@@ -249,23 +281,29 @@ def train_step(s: Session, step: int) -> dict[str, float]:
                 s.adapter, s.model, batch["latents_a"].to(dev), batch["latents_b"].to(dev), batch["text"].to(dev),
                 noise, t, lora_owner=peft_host(s.unwrapped), autocast=acc.autocast,
             )  # fmt: skip
-            out = dpo_loss(errors, batch, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction)
-            acc.backward(out.loss)
+            out = dpo_loss(
+                errors, batch, mode=cfg.mode, beta=cfg.beta, reduction=cfg.reduction, denominator=float(terms)
+            )
+            acc.backward(out.loss * (world * cfg.grad_accum))
             if acc.sync_gradients:
-                sums["grad_norm"] = float(acc.clip_grad_norm_(s.params, cfg.max_grad_norm))
-                sums["lr"] = float(s.scheduler.get_last_lr()[0])
+                fixed["grad_norm"] = float(acc.clip_grad_norm_(s.params, cfg.max_grad_norm))
+                fixed["lr"] = float(s.scheduler.get_last_lr()[0])
             s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
-        for key, value in {"loss": out.loss.item(), **out.metrics}.items():
-            sums[key] = sums.get(key, 0.0) + value / cfg.grad_accum
+        sums["loss"] += out.loss.item()
+        sums["labeled"] += out.metrics["labeled"]
+        for key in _WEIGHTED:
+            sums[key] += out.metrics[key] * out.metrics["labeled"]
     s.scheduler.step()
-    if world > 1:  # the logged numbers are means over the processes
+    if world > 1:  # sums over the processes (grad_norm and lr are already the same on all)
         keys = sorted(sums)
-        mean = acc.reduce(torch.tensor([sums[k] for k in keys], device=dev), "mean")
-        sums = dict(zip(keys, mean.tolist(), strict=True))
-    if not math.isfinite(sums["loss"]):
-        raise FloatingPointError(f"step {step + 1}: loss is {sums['loss']}; lower --lr or use fp32")
-    return sums
+        total = acc.reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=dev), "sum")
+        sums = dict(zip(keys, total.tolist(), strict=True))
+    metrics = {"loss": sums["loss"], **{k: sums[k] / max(sums["labeled"], 1.0) for k in _WEIGHTED}}
+    metrics |= {"labeled": sums["labeled"], "loss_terms": float(terms), **fixed}
+    if not math.isfinite(metrics["loss"]):
+        raise FloatingPointError(f"step {step + 1}: loss is {metrics['loss']}; lower --lr or use fp32")
+    return metrics
 
 
 def _trackers(report_to: str) -> list[str]:
@@ -313,6 +351,28 @@ def _load_data(
     return dataset, dict(skipped)
 
 
+def run_settings(
+    cfg: TrainConfig, adapter: VideoModelAdapter, sampler: TimestepSampler, targets: list[str]
+) -> dict[str, Any]:
+    """The settings that shape what a run trains, resolved (defaults filled in from the model), as
+    checkpoints record them: a resume that changes one would mix two runs in one LoRA and one log."""
+    return {
+        "model": cfg.model,
+        "mode": cfg.mode,
+        "reduction": cfg.reduction,
+        "beta": cfg.beta,
+        "lora_rank": cfg.lora_rank,
+        "lora_alpha": cfg.lora_alpha or cfg.lora_rank,
+        "lora_targets": sorted(targets),
+        "num_frames": cfg.num_frames or adapter.num_frames,
+        "height": cfg.height or adapter.height,
+        "width": cfg.width or adapter.width,
+        "seed": cfg.seed,
+        "timestep_sampling": sampler.kind,
+        "timestep_shift": sampler.shift,
+    }
+
+
 def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, dict[str, int]]:
     """Accelerator, data, frozen base + LoRA, optimizer and warm-up-then-constant LR."""
     import torch
@@ -357,22 +417,42 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
     params = [p for group in optimizer.param_groups for p in group["params"]]
     session = Session(
         cfg, accelerator, adapter, dataset, model, accelerator.unwrap_model(model), params, names,
-        optimizer, scheduler, sampler,
+        optimizer, scheduler, sampler, run_settings(cfg, adapter, sampler, targets),
     )  # fmt: skip
     accelerator.print(f"timesteps: {sampler.kind}, shift {sampler.shift:g}")
     return session, skipped
 
 
-def _resume(s: Session, out_dir: Path) -> int:
-    from trainer.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+def _resume(s: Session, out_dir: Path) -> tuple[int, dict[str, tuple[Any, Any]]]:
+    """(step to continue from, the settings changed since the checkpoint when allowed)."""
+    from trainer.checkpoint import (
+        CheckpointError,
+        latest_checkpoint,
+        load_checkpoint,
+        read_state,
+        run_changes,
+    )
+    from trainer.config import ConfigError
 
     if not s.cfg.resume or not (ckpt := latest_checkpoint(out_dir)):
-        return 0
+        return 0, {}
     if s.sharded:
         raise CheckpointError(f"{ckpt}: resuming a sharded (FSDP / DeepSpeed) run is not supported")
+    changes = run_changes(read_state(ckpt).get("run"), s.run)
+    if changes and not s.cfg.resume_changed_config:
+        listed = "; ".join(
+            f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in changes.items()
+        )
+        raise ConfigError(
+            f"{ckpt}: --resume with changed settings ({listed}); resuming would mix two runs in one LoRA "
+            "and one log. Use the checkpoint's settings, another --output-dir, or --resume-changed-config "
+            "to continue anyway (the changes are then written into log.jsonl)"
+        )
     step = int(load_checkpoint(ckpt, s.unwrapped, s.optimizer, s.scheduler)["step"])
     s.accelerator.print(f"resumed from {ckpt} at step {step}")
-    return step
+    for key, (old, new) in changes.items():
+        s.accelerator.print(f"warning: resumed with {key} changed from {old!r} to {new!r}")
+    return step, changes
 
 
 def _lora_state(s: Session) -> dict[str, torch.Tensor]:
@@ -390,7 +470,7 @@ def _save(s: Session, out_dir: Path, step: int) -> None:
     if s.accelerator.is_main_process:
         optimizer_state = None if s.sharded else s.optimizer.state_dict()
         save_checkpoint(out_dir, step, lora, optimizer_state, s.scheduler, s.cfg.to_dict(),
-                        keep=s.cfg.keep_checkpoints)  # fmt: skip
+                        keep=s.cfg.keep_checkpoints, run=s.run)  # fmt: skip
     s.accelerator.wait_for_everyone()
 
 
@@ -403,8 +483,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     s, skipped = _start(cfg, out_dir, progress)
     acc = s.accelerator
-    start_step = _resume(s, out_dir)
+    start_step, changed = _resume(s, out_dir)
     log = TrainLog(out_dir / "log.jsonl", enabled=acc.is_main_process, resume_step=start_step)
+    if changed:  # --resume-changed-config: the log says where the settings changed, and how
+        log.write({"step": start_step, "config_changed": {k: list(v) for k, v in changed.items()}})
     summary: dict[str, Any] = {"output_dir": str(out_dir), "pairs": len(s.dataset), "skipped": skipped}
     if cfg.eval_pairs and start_step == 0:
         summary["eval_before"] = evaluate(s)

@@ -2,6 +2,7 @@
 
     python -m labeler.agreement --pred PRED.jsonl --human HUMAN.jsonl [--human HUMAN2.jsonl ...] \
         --out REPORT_DIR [--bootstrap 1000] [--seed 0] [--fit-tie-threshold]
+    python -m labeler.agreement --fit-cascade CHEAP.jsonl VLM.jsonl --human HUMAN.jsonl --out REPORT_DIR
 
 Both inputs are dense preference JSONL (docs/design.md §2.3). Pairs join on ``pair_id`` and segments on
 ``index``; segments whose frame ranges differ are excluded and listed, never silently dropped.
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from labeler.agreement.cascade_cli import add_cascade_fit_arguments, run_cascade_fit
 from labeler.agreement.metrics import (
     STREAM_SEGMENT,
     STREAM_VIDEO,
@@ -33,13 +35,10 @@ from labeler.agreement.metrics import (
     tie_threshold_fit,
 )
 from labeler.agreement.report import headline, write_report
+from labeler.errors import AgreementInputError
 from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, read_records
 
 __all__ = ["AgreementInputError", "compute_agreement", "headline", "main", "write_report"]
-
-
-class AgreementInputError(ValueError):
-    """Inputs that cannot be compared: missing/empty files, duplicate pair ids, no pairs in common."""
 
 
 # --------------------------------------------------------------------------- joining
@@ -152,7 +151,14 @@ def _compare(
     }, j
 
 
-_SCALARS = ("accuracy_no_ties", "accuracy_with_ties", "cohen_kappa", "krippendorff_alpha")
+_SCALARS = (
+    "accuracy_no_ties",
+    "decided_coverage",
+    "accuracy_both_decided",
+    "accuracy_with_ties",
+    "cohen_kappa",
+    "krippendorff_alpha",
+)
 
 
 def _mean_block(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -319,7 +325,9 @@ def _parser() -> argparse.ArgumentParser:
         "video level, with pair-bootstrap confidence intervals. Writes agreement.json, report.md and "
         "PNG plots to --out and prints the headline table.",
     )
-    parser.add_argument("--pred", required=True, help="predicted labels, dense preference JSONL")
+    parser.add_argument(
+        "--pred", help="predicted labels, dense preference JSONL (needed unless --fit-cascade is given)"
+    )
     parser.add_argument(
         "--human",
         required=True,
@@ -340,14 +348,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fit-tie-threshold",
         action="store_true",
-        help="fit on half the pairs the |p_a - p_b| threshold below which a prediction becomes a tie "
-        "(max 3-way accuracy) and report it on the other half",
+        help="fit on half the pairs the |p_a - p_b| tie margin (max 3-way accuracy) and report it on the "
+        "other half: below it a prediction becomes a tie, at or above it a predicted tie is decided by "
+        "the sign of p_a - p_b (so the fit can raise or lower the judge's own margin)",
     )
+    add_cascade_fit_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.pred is None and args.fit_cascade is None:
+        parser.error("give --pred PRED.jsonl, or --fit-cascade CHEAP.jsonl VLM.jsonl, or both")
+    if args.fit_cascade is not None:
+        code = run_cascade_fit(args, _read)
+        if code or args.pred is None:
+            return code
     try:
         pred = _read(args.pred, "--pred")
         humans = [_read(path, "--human") for path in args.human]

@@ -126,11 +126,17 @@ def metric_block(
     bootstrap: int,
 ) -> dict[str, Any]:
     no_tie = human != 0
+    both = no_tie & (pred != 0)
     credit = forced_choice_credit(human, pred, margin)
     return {
         "n": int(human.size),
         "n_no_ties": int(no_tie.sum()),
         "accuracy_no_ties": mean_or_none(credit[no_tie]),
+        # accuracy_no_ties scores a predicted tie by the sign of its margin, which flatters a judge
+        # that ties every hard segment: these two say how much it decides, and how well.
+        "decided_coverage": mean_or_none(both[no_tie].astype(float)),
+        "n_both_decided": int(both.sum()),
+        "accuracy_both_decided": mean_or_none((human[both] == pred[both]).astype(float)),
         "accuracy_with_ties": mean_or_none((human == pred).astype(float)),
         "cohen_kappa": cohen_kappa(human, pred),
         "krippendorff_alpha": krippendorff_alpha(human, pred),
@@ -184,27 +190,42 @@ def flip_rate(pred: Sequence[DensePreferenceRecord]) -> tuple[float | None, int]
     return (flips / n if n else None), n
 
 
+def relabel_with_tie_margin(pred: np.ndarray, margin: np.ndarray, threshold: float) -> np.ndarray:
+    """Predictions under a tie margin: a tie where |margin| < threshold (raising the margin), and a
+    predicted tie whose |margin| reaches it decided by the margin's sign (lowering it)."""
+    decided = np.where(pred != 0, pred, np.sign(margin)).astype(int)
+    return np.where(np.abs(margin) < threshold, 0, decided)
+
+
 def tie_threshold_fit(j: Joined, seed: int) -> dict[str, Any] | None:
-    """Fit on half the pairs the |p_a - p_b| threshold below which a prediction becomes a tie
-    (maximising 3-way accuracy; smallest threshold on equal accuracy), report it on the other half."""
+    """Fit on half the pairs the |p_a - p_b| tie margin (maximising 3-way accuracy; on equal
+    accuracy the one changing fewest predictions, then the smallest), report it on the other half.
+    The margin can raise the judge's own (decided predictions below it become ties) or lower it
+    (predicted ties at or above it are decided by the sign of p_a - p_b)."""
     pairs = np.unique(j.seg_pair)
     if pairs.size < 2:
         return None
     shuffled = np.random.default_rng([seed, STREAM_SPLIT]).permutation(pairs)
     fit = np.isin(j.seg_pair, shuffled[: (pairs.size + 1) // 2])
     conf = np.abs(j.seg_margin)
-    ref, other = j.seg_ref[fit], j.seg_other[fit]
+    ref, other, margin = j.seg_ref[fit], j.seg_other[fit], j.seg_margin[fit]
     order = np.argsort(conf[fit], kind="stable")
     sorted_conf = conf[fit][order]
     candidates = np.unique(np.concatenate([[0.0], sorted_conf]))
     below = np.searchsorted(sorted_conf, candidates, side="left")  # items with conf < threshold
-    tie_right = np.concatenate([[0], np.cumsum(ref[order] == 0)])
-    orig_right = np.concatenate([[0], np.cumsum(other[order] == ref[order])])
-    correct = tie_right[below] + (orig_right[-1] - orig_right[below])
-    best = int(np.argmax(correct))  # first maximum = smallest threshold
+    decided = np.where(other != 0, other, np.sign(margin)).astype(int)[order]  # label at or above
+
+    def cum(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(x)])
+
+    tie_right, decided_right = cum(ref[order] == 0), cum(decided == ref[order])
+    correct = tie_right[below] + (decided_right[-1] - decided_right[below])
+    to_tie, to_decided = cum(other[order] != 0), cum(decided != other[order])
+    changed = to_tie[below] + (to_decided[-1] - to_decided[below])
+    best = int(np.lexsort((candidates, changed, -correct))[0])
     threshold = float(candidates[best])
     held = ~fit
-    relabeled = np.where(conf[held] < threshold, 0, j.seg_other[held])
+    relabeled = relabel_with_tie_margin(j.seg_other[held], j.seg_margin[held], threshold)
     return {
         "threshold": threshold,
         "fit_accuracy_with_ties": float(correct[best] / ref.size),
@@ -212,6 +233,8 @@ def tie_threshold_fit(j: Joined, seed: int) -> dict[str, Any] | None:
         "heldout_baseline_accuracy_with_ties": mean_or_none(
             (j.seg_other[held] == j.seg_ref[held]).astype(float)
         ),
+        "heldout_decided_to_tie": int(((j.seg_other[held] != 0) & (relabeled == 0)).sum()),
+        "heldout_tie_to_decided": int(((j.seg_other[held] == 0) & (relabeled != 0)).sum()),
         "n_fit_pairs": int((pairs.size + 1) // 2),
         "n_heldout_pairs": int(pairs.size // 2),
         "n_fit_segments": int(fit.sum()),

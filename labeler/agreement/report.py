@@ -26,6 +26,12 @@ Video-level figures use every joined pair.
   tie, the fraction where the prediction's forced choice matches. The forced choice is the
   predicted label when it is A or B, otherwise the sign of `p_a − p_b`; half credit when they are
   equal. Null when every human label is a tie.
+- **decided_coverage** — the share of segments with a non-tie *human* label that the prediction
+  decides (labels A or B) — how often accuracy_no_ties scored a real choice rather than the sign
+  of a predicted tie's margin. Null when every human label is a tie.
+- **accuracy_both_decided** — exact match over the segments both the human and the prediction
+  decide (`n_both_decided` of them). Read accuracy_no_ties beside these two: a judge that ties
+  every hard segment can score well on it while deciding little.
 - **accuracy_with_ties** — exact three-way match (A/B/tie) over all segments.
 - **cohen_kappa** — unweighted Cohen's κ on the three-way labels (scikit-learn); null when
   undefined (e.g. both sides use a single label).
@@ -49,9 +55,12 @@ Video-level figures use every joined pair.
   each pair listed. Compare a judge with this human–human ceiling.
 - **per_human** — the prediction against each human file; the main figures use the first.
 - **tie_threshold** (`--fit-tie-threshold`) — pairs split in halves by `--seed`; on the first
-  half, the `|p_a − p_b|` threshold (from 0 and the observed values) below which a prediction
-  becomes a tie that maximises accuracy_with_ties (smallest on equal accuracy); reported with
-  its accuracy on the held-out half next to the unchanged predictions' accuracy there.
+  half, the `|p_a − p_b|` tie margin (from 0 and the observed values) that maximises
+  accuracy_with_ties (on equal accuracy the one changing fewest predictions, then the smallest):
+  below it a prediction becomes a tie, at or above it a predicted tie is decided by the sign of
+  `p_a − p_b`, so the fit can raise or lower the judge's own margin. Reported with its accuracy
+  on the held-out half next to the unchanged predictions' accuracy there, and how many held-out
+  predictions it turned into ties (`heldout_decided_to_tie`) or decided (`heldout_tie_to_decided`).
 """
 
 
@@ -75,6 +84,8 @@ def headline(result: dict[str, Any]) -> str:
         ("n (non-tie human)", _n(seg), _n(vid)),
         ("accuracy, no ties", _f(seg["accuracy_no_ties"]), _f(vid["accuracy_no_ties"])),
         ("  95% CI (pairs)", _ci(seg["accuracy_no_ties_ci95"]), _ci(vid["accuracy_no_ties_ci95"])),
+        ("decided coverage", _f(seg["decided_coverage"]), _f(vid["decided_coverage"])),
+        ("accuracy, both decided", _f(seg["accuracy_both_decided"]), _f(vid["accuracy_both_decided"])),
         ("accuracy, with ties", _f(seg["accuracy_with_ties"]), _f(vid["accuracy_with_ties"])),
         ("Cohen's kappa", _f(seg["cohen_kappa"]), _f(vid["cohen_kappa"])),
         ("Krippendorff's alpha", _f(seg["krippendorff_alpha"]), _f(vid["krippendorff_alpha"])),
@@ -135,6 +146,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                 ["n", seg["n"], vid["n"]],
                 ["n (human non-tie)", seg["n_no_ties"], vid["n_no_ties"]],
                 ["accuracy_no_ties", _f(seg["accuracy_no_ties"]), _f(vid["accuracy_no_ties"])],
+                ["decided_coverage", _f(seg["decided_coverage"]), _f(vid["decided_coverage"])],
+                ["accuracy_both_decided", _f(seg["accuracy_both_decided"]), _f(vid["accuracy_both_decided"])],
                 [
                     "accuracy_no_ties_ci95",
                     _ci(seg["accuracy_no_ties_ci95"]),
@@ -272,7 +285,10 @@ def _tie_md(fit: dict[str, Any] | None) -> list[str]:
         "## Fitted tie threshold",
         f"Predictions with |p_a − p_b| < **{fit['threshold']:.4f}** become ties (fit on {fit['n_fit_pairs']} pairs, "
         f"accuracy with ties {_f(fit['fit_accuracy_with_ties'])}). Held out ({fit['n_heldout_pairs']} pairs): "
-        f"{_f(fit['heldout_accuracy_with_ties'])} vs {_f(fit['heldout_baseline_accuracy_with_ties'])} unchanged.",
+        f"{_f(fit['heldout_accuracy_with_ties'])} vs {_f(fit['heldout_baseline_accuracy_with_ties'])} unchanged; "
+        f"predicted ties at or above it are decided by the sign of p_a − p_b "
+        f"({fit['heldout_decided_to_tie']} held-out predictions became ties, "
+        f"{fit['heldout_tie_to_decided']} ties became decided).",
     ]
 
 

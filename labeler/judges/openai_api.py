@@ -31,9 +31,21 @@ from labeler.judges.openai_errors import server_message, status_error
 from labeler.judges.openai_request import AnswerOrder, RequestSettings
 from labeler.judges.pricing import chat_input_tokens, estimate_cost
 from labeler.judges.prompts import LAYOUTS, load_prompt
+from labeler.judges.video_parts import (
+    INPUT_MODES,
+    InputMode,
+    media_io_kwargs,
+    presentation_id,
+    timing_of,
+    video_tokens_of,
+    video_url_part,
+    without_videos,
+)
+from labeler.judges.video_tokens import rule_for
 from labeler.media.images import JpegUriCache
 from labeler.schemas import (
     FatalJudgeError,
+    InputError,
     JudgeEstimate,
     JudgeParseError,
     Judgment,
@@ -79,9 +91,15 @@ class OpenAIJudge(Judge):
         reasoning_budget: int | None = None,
         answer_order: AnswerOrder = "label-first",
         price: tuple[float, float] | None = None,
+        input_mode: InputMode = "frames",
+        show_reference: bool = False,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"unknown input {input_mode!r}; choose one of {', '.join(INPUT_MODES)}")
+        if input_mode == "video" and layout != "separate":
+            raise ValueError("--input video sends each video as one clip: drop --layout side-by-side")
         if detail not in ("low", "high", "auto"):
             raise ValueError(f"detail must be 'low', 'high' or 'auto', got {detail!r}")
         if not 0 <= top_logprobs <= 20:
@@ -92,7 +110,11 @@ class OpenAIJudge(Judge):
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY")
         self._prompt = load_prompt(prompt)
-        self.prompt_id = self._prompt.prompt_id
+        self.input_mode: InputMode = input_mode
+        self.show_reference = show_reference
+        #: The engine decodes, checks and hashes a pair's reference only for a judge that shows it.
+        self.uses_reference = show_reference
+        self.prompt_id = presentation_id(self._prompt.prompt_id, input_mode, show_reference)
         self.layout = layout
         self.detail = detail
         self.jpeg_quality = jpeg_quality
@@ -111,6 +133,12 @@ class OpenAIJudge(Judge):
         self.answer_order = answer_order
         self.price = price
         self.is_openai = urlparse(self.base_url).hostname == "api.openai.com"
+        if input_mode == "video" and self.is_openai:
+            raise ValueError(
+                "--input video: OpenAI's Chat Completions API takes images, not video parts; use "
+                "--input frames with OpenAI, or --input video with a server that takes video "
+                "(vllm serve / SGLang with Qwen2.5-VL, Qwen3-VL; docs/endpoints.md)"
+            )
         self.timeout = timeout
         self.max_parse_retries = max_parse_retries
         # Side-by-side composites are fitted to what a low-detail image keeps (composite module).
@@ -132,7 +160,7 @@ class OpenAIJudge(Judge):
     def fingerprint(self) -> dict[str, Any]:
         """Everything besides the frames that changes the answer. base_url is left out on purpose:
         the same model behind another URL answers alike. Fallbacks are left out too (module doc)."""
-        return {
+        fp = {
             "judge": self.name,
             "model": self.model,
             "prompt_id": self.prompt_id,
@@ -141,6 +169,9 @@ class OpenAIJudge(Judge):
             "jpeg_quality": self.jpeg_quality,
             **self.settings.fingerprint(),
         }
+        if self.input_mode != "frames" or self.show_reference:  # the default's keys stay as they were
+            fp.update(input=self.input_mode, show_reference=self.show_reference)
+        return fp
 
     # ------------------------------------------------------------------ request building
 
@@ -151,6 +182,8 @@ class OpenAIJudge(Judge):
             for part in message["content"]:
                 if part["type"] == "text":
                     parts.append({"type": "text", "text": part["text"]})
+                elif part["type"] == "video":
+                    parts.append(video_url_part(part["frames"], self._jpeg, self.jpeg_quality))
                 else:
                     url = self._jpeg.data_uri(part["image"], self.jpeg_quality)
                     parts.append({"type": "image_url", "image_url": {"url": url, "detail": self.detail}})
@@ -162,12 +195,22 @@ class OpenAIJudge(Judge):
         return out
 
     def _render(self, request: SegmentRequest) -> list[dict[str, Any]]:
+        if self.show_reference and request.reference is None:
+            raise InputError("--show-reference: this pair has no reference video in the manifest")
         return self._prompt.render(
             request,
             layout=self.layout,
             answer_order=self.settings.answer_order,
             composite_fit=self.composite_fit,
+            input_mode=self.input_mode,
+            show_reference=self.show_reference,
         )
+
+    def _request_fields(self, request: SegmentRequest) -> dict[str, Any]:
+        """Body fields that depend on the request: the frames' timing for video parts."""
+        if self.input_mode != "video":
+            return {}
+        return {"media_io_kwargs": media_io_kwargs(timing_of(request))}
 
     def _params(self) -> dict[str, Any]:
         """Sampling and format parameters, after any fallbacks this endpoint forced."""
@@ -175,14 +218,22 @@ class OpenAIJudge(Judge):
 
     def build_body(self, request: SegmentRequest) -> dict[str, Any]:
         """The exact chat.completions JSON body this judge sends (Batch API lines, cost benchmarks)."""
-        return {"model": self.model, "messages": self._messages(request), **self._params()}
+        return {
+            "model": self.model,
+            "messages": self._messages(request),
+            **self._params(),
+            **self._request_fields(request),
+        }
 
     def estimate(self, request: SegmentRequest) -> JudgeEstimate:
         """Images and tokens of one request before it is sent, without encoding any JPEG. Output
         tokens include the reasoning a reasoning model is assumed to spend (billed as output)."""
+        rendered = self._render(request)
         input_tokens, images = chat_input_tokens(
-            self._render(request), self.settings.model, default_detail=self.detail
+            without_videos(rendered), self.settings.model, default_detail=self.detail
         )
+        video_tokens, videos = video_tokens_of(rendered, self.settings.model)
+        input_tokens += video_tokens
         reasoning = self.settings.expected_reasoning_tokens
         output_tokens = min(self.settings.max_tokens, EXPECTED_ANSWER_TOKENS) + reasoning
         return JudgeEstimate(
@@ -192,7 +243,7 @@ class OpenAIJudge(Judge):
             extra={
                 "layout": self.layout,
                 "detail": self.detail,
-                "frames": self._frames_text(request),
+                "frames": self._frames_text(request, videos),
                 "cost_usd": self.cost_usd(input_tokens, output_tokens),
                 "batch_cost_usd": self.cost_usd(input_tokens, output_tokens, batch=True),
                 "reasoning_effort": self.settings.effort,
@@ -200,9 +251,17 @@ class OpenAIJudge(Judge):
             },
         )
 
-    def _frames_text(self, request: SegmentRequest) -> str:
+    def _frames_text(self, request: SegmentRequest, videos: int = 0) -> str:
         """What each video's frames will be, as sent and as a low-detail image is seen."""
         height, width = request.frames_first.shape[1:3]
+        if videos:
+            rule, known = rule_for(self.settings.model)
+            family = rule.family if known else f"{rule.family} rule (model family unknown: a rough guess)"
+            k = request.frames_first.shape[0]
+            return (
+                f"{videos} videos a request, each {k} frames {width}x{height} as one video_url part; "
+                f"video tokens counted by the {family} processor rule"
+            )
         if self.layout == "separate":
             sent, seen = (width, height), seen_size(width, height, self.detail)
             where = "separate images"
@@ -302,12 +361,14 @@ class OpenAIJudge(Judge):
         )
         return True
 
-    async def _create(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    async def _create(
+        self, messages: list[dict[str, Any]], fields: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         import openai
 
         client = self._client()
         while True:
-            body = {"model": self.model, "messages": messages, **self._params()}
+            body = {"model": self.model, "messages": messages, **self._params(), **(fields or {})}
             if self._meter is not None:
                 self._meter.before_request()  # every HTTP request counts against --max-requests
             try:
@@ -350,8 +411,9 @@ class OpenAIJudge(Judge):
         in_total = out_total = 0
         error: JudgeParseError | None = None
         raw = ""
+        fields = self._request_fields(request)
         for _ in range(self.max_parse_retries + 1):
-            response = await self._create(messages)
+            response = await self._create(messages, fields)
             judgment, raw, error = self._read(response)
             usage = response.get("usage") or {}
             in_total += int(usage.get("prompt_tokens") or 0)

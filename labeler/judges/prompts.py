@@ -7,7 +7,11 @@ A template (``prompts/<name>.j2`` or any file) defines these blocks:
 - ``caption`` — a short text before each image (variables ``video``: "A"/"B", or None for a
   side-by-side composite; ``frame_number``: 1-based; ``time_s``);
 - ``closing`` — optional user text after the images (the answer format);
-- ``reask``   — the follow-up user message after an unusable answer (variable ``error``).
+- ``reask``   — the follow-up user message after an unusable answer (variable ``error``);
+- ``video_caption`` — optional: the text before each video with ``input == "video"`` (variable
+  ``video``: "A", "B" or "reference"); default "Video A:" / "Reference video:";
+- ``reference_note`` — optional: what the reference is, said before it when ``show_reference``;
+  default :data:`DEFAULT_REFERENCE_NOTE`, so a template that ignores the reference still says it.
 
 Every block sees: ``prompt``, ``segment_index`` (0-based), ``segment_number`` (1-based),
 ``num_segments``, ``start_s``, ``end_s``, ``duration_s``, ``fps``, ``frame_times`` (seconds),
@@ -15,8 +19,10 @@ Every block sees: ``prompt``, ``segment_index`` (0-based), ``segment_number`` (1
 ``arrangement`` ("left-right" | "top-bottom": where each video sits in a side-by-side composite),
 ``image_order_text`` (which image numbers show which video: servers whose chat template takes plain
 string content, vLLM without ``--interleave-mm-strings``, move every image ahead of the text, so
-captions alone cannot say which image is which) and ``answer_order`` ("label-first" |
-"rationale-first": the order of the answer's JSON fields).
+captions alone cannot say which image is which), ``answer_order`` ("label-first" |
+"rationale-first": the order of the answer's JSON fields), ``input`` ("frames": still images;
+"video": each video as one clip) and ``show_reference`` (the real video both were generated from is
+shown first, before A and B).
 
 Templates render in ``jinja2.sandbox.SandboxedEnvironment``: a template can format text but not
 reach Python internals, so a prompt file from a user is not code execution. The prompt id is
@@ -33,18 +39,30 @@ from typing import Any, Literal
 
 import numpy as np
 
+from labeler.errors import PromptTemplateError
 from labeler.judges.composite import compose_pair, plan_composite
 from labeler.schemas import SegmentRequest
 
-__all__ = ["LAYOUTS", "JudgePrompt", "PromptTemplateError", "available_prompts", "load_prompt"]
+__all__ = [
+    "DEFAULT_REFERENCE_NOTE",
+    "INPUTS",
+    "LAYOUTS",
+    "JudgePrompt",
+    "PromptTemplateError",
+    "available_prompts",
+    "load_prompt",
+]
 
 Layout = Literal["separate", "side-by-side"]
 LAYOUTS: tuple[Layout, ...] = ("separate", "side-by-side")
 REQUIRED_BLOCKS = ("system", "user", "caption", "reask")
-
-
-class PromptTemplateError(ValueError):
-    """A template that is missing, does not compile, lacks a block, or breaks the sandbox."""
+Input = Literal["frames", "video"]
+INPUTS: tuple[Input, ...] = ("frames", "video")
+#: What the reference is, for templates without a ``reference_note`` block.
+DEFAULT_REFERENCE_NOTE = (
+    "The reference shown first is the real video both were generated from: judge which of A and B has "
+    "fewer artifacts and more plausible motion; do not reward copying the reference's content."
+)
 
 
 def _environment() -> Any:
@@ -93,6 +111,8 @@ class JudgePrompt:
         *,
         answer_order: str = "label-first",
         composite_fit: int | None = None,
+        input_mode: Input = "frames",
+        show_reference: bool = False,
     ) -> dict[str, Any]:
         times = _frame_times(request)
         k = request.frames_first.shape[0]
@@ -110,11 +130,13 @@ class JudgePrompt:
             "frame_times": times,
             "frame_times_text": ", ".join(f"{t:.2f} s" for t in times),
             "num_frames": k,
-            "num_images": k if layout == "side-by-side" else 2 * k,
+            "num_images": _num_images(k, layout, input_mode, show_reference),
             "layout": layout,
             "arrangement": arrangement,
-            "image_order_text": _image_order_text(k, layout),
+            "image_order_text": _image_order_text(k, layout, input_mode, show_reference),
             "answer_order": answer_order,
+            "input": input_mode,
+            "show_reference": show_reference,
         }
 
     def render(
@@ -124,20 +146,50 @@ class JudgePrompt:
         layout: Layout = "separate",
         answer_order: str = "label-first",
         composite_fit: int | None = None,
+        input_mode: Input = "frames",
+        show_reference: bool = False,
     ) -> list[dict[str, Any]]:
         """Neutral chat messages ``[{"role", "content": [part, ...]}]``; a part is
-        ``{"type": "text", "text"}`` or ``{"type": "image", "image": [H, W, 3] uint8}``.
+        ``{"type": "text", "text"}``, ``{"type": "image", "image": [H, W, 3] uint8}`` or, with
+        ``input="video"``, ``{"type": "video", "video": "A" | "B" | "reference", "frames": [K, H, W, 3]}``.
 
         'separate': every frame of the first video, then every frame of the second, each after a
         caption. 'side-by-side': one composite (first | second) per time step, half the images,
         arranged to keep the most pixels within ``composite_fit`` (labeler.judges.composite).
-        Reference frames are not shown: the judge compares the pair.
+        ``input="video"``: each video as one clip (separate layout only). ``show_reference``: the
+        reference's frames or clip come first, after the reference note; the request must hold
+        them (ValueError otherwise).
         """
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-        base = self.variables(request, layout, answer_order=answer_order, composite_fit=composite_fit)
+        if input_mode not in INPUTS:
+            raise ValueError(f"unknown input {input_mode!r}; choose one of {', '.join(INPUTS)}")
+        if input_mode == "video" and layout != "separate":
+            raise ValueError("video input shows each video as one clip: it needs the separate layout")
+        if show_reference and request.reference is None:
+            raise ValueError("the reference is to be shown, but the request holds no reference frames")
+        base = self.variables(
+            request,
+            layout,
+            answer_order=answer_order,
+            composite_fit=composite_fit,
+            input_mode=input_mode,
+            show_reference=show_reference,
+        )
         times = base["frame_times"]
         parts: list[dict[str, Any]] = [{"type": "text", "text": self._block("user", base)}]
+        videos: list[tuple[str, np.ndarray]] = [("A", request.frames_first), ("B", request.frames_second)]
+        if show_reference:
+            assert request.reference is not None
+            note = self._block("reference_note", base) or DEFAULT_REFERENCE_NOTE
+            parts.append({"type": "text", "text": note})
+            videos.insert(0, ("reference", request.reference))
+        if input_mode == "video":
+            for video, frames in videos:
+                caption = self._block("video_caption", {**base, "video": video}) or _video_caption(video)
+                parts.append({"type": "text", "text": caption})
+                parts.append({"type": "video", "video": video, "frames": frames})
+            return self._finish(parts, base)
 
         def add(image: np.ndarray, video: str | None, i: int) -> None:
             caption = self._block(
@@ -148,14 +200,21 @@ class JudgePrompt:
             parts.append({"type": "image", "image": image})
 
         if layout == "separate":
-            for video, frames in (("A", request.frames_first), ("B", request.frames_second)):
+            for video, frames in videos:
                 for i, frame in enumerate(frames):
                     add(frame, video, i)
         else:
+            if show_reference:
+                assert request.reference is not None
+                for i, frame in enumerate(request.reference):
+                    add(frame, "reference", i)
             for i, (first, second) in enumerate(
                 zip(request.frames_first, request.frames_second, strict=True)
             ):
                 add(compose_pair(first, second, composite_fit)[0], None, i)
+        return self._finish(parts, base)
+
+    def _finish(self, parts: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
         closing = self._block("closing", base)
         if closing:
             parts.append({"type": "text", "text": closing})
@@ -169,13 +228,38 @@ class JudgePrompt:
         return self._block("reask", {"error": str(error), "answer_order": answer_order})
 
 
-def _image_order_text(frames: int, layout: str) -> str:
-    """Which image numbers show which video, said in words (see the module docstring)."""
+def _video_caption(video: str) -> str:
+    return "Reference video (the real video):" if video == "reference" else f"Video {video}:"
+
+
+def _num_images(frames: int, layout: str, input_mode: str, show_reference: bool) -> int:
+    if input_mode == "video":
+        return 0
+    shown = frames if layout == "side-by-side" else 2 * frames
+    return shown + (frames if show_reference else 0)
+
+
+def _image_order_text(
+    frames: int, layout: str, input_mode: str = "frames", show_reference: bool = False
+) -> str:
+    """Which image (or video) numbers show which video, said in words (see the module docstring)."""
+    if input_mode == "video":
+        if show_reference:
+            return "Video 1 is the reference, video 2 is Video A and video 3 is Video B."
+        return "Video 1 is Video A and video 2 is Video B."
+    skip = frames if show_reference else 0
+    lead = f"Images 1 to {frames} are the reference, in time order. " if show_reference else ""
     if layout == "side-by-side":
-        return f"Images 1 to {frames} are the time steps in order, each holding both videos."
-    if frames == 1:
+        return (
+            lead
+            + f"Images {skip + 1} to {skip + frames} are the time steps in order, each holding both videos."
+        )
+    if frames == 1 and not show_reference:
         return "Image 1 is Video A and image 2 is Video B."
-    return f"Images 1 to {frames} are Video A and images {frames + 1} to {2 * frames} are Video B, in time order."
+    return (
+        lead + f"Images {skip + 1} to {skip + frames} are Video A and images {skip + frames + 1} to "
+        f"{skip + 2 * frames} are Video B, in time order."
+    )
 
 
 def _templates_dir() -> Any:
@@ -189,7 +273,9 @@ def available_prompts() -> list[str]:
 
 def _probe_request() -> SegmentRequest:
     frames = np.zeros((2, 8, 32, 3), np.uint8)  # landscape: composite_fit=40 stacks it top-bottom
-    return SegmentRequest(prompt="probe", frames_first=frames, frames_second=frames, start_s=0.0, end_s=1.0)
+    return SegmentRequest(
+        prompt="probe", frames_first=frames, frames_second=frames, start_s=0.0, end_s=1.0, reference=frames
+    )
 
 
 def _compile(name: str, data: bytes, where: str) -> JudgePrompt:
@@ -220,6 +306,9 @@ def _compile(name: str, data: bytes, where: str) -> JudgePrompt:
             for order in ("label-first", "rationale-first"):
                 prompt.render(_probe_request(), layout=layout, answer_order=order)
             prompt.render(_probe_request(), layout=layout, composite_fit=40)
+            prompt.render(_probe_request(), layout=layout, show_reference=True)
+        for show_reference in (False, True):
+            prompt.render(_probe_request(), input_mode="video", show_reference=show_reference)
         prompt.reask("probe error")
     except SecurityError as exc:
         raise PromptTemplateError(f"prompt template {where} tried an unsafe operation: {exc}") from exc

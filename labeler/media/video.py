@@ -1,8 +1,9 @@
 """Video access for the labeler: probe, segment (docs/design.md §2.2), sample, decode, resize, write.
 
-Frames are read by PyAV from an index of the packets (labeler.media.video_index), else by decord, else
-by a plain PyAV decode; probing is PyAV's, else decord's. Every failure is a VideoError that names
-the file and the reason.
+Frames are read by PyAV from an index of the packets (labeler.media.video_index), else, for a file
+that index cannot number, by a plain PyAV decode; probing is PyAV's. Every failure of a file is a
+VideoError that names the file and the reason; anything else (a bug) is raised as it is, never
+swallowed by a fall-back. The trainer writes and hashes its videos with these functions too.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,28 +18,32 @@ from pathlib import Path
 
 import numpy as np
 
+from labeler.errors import VideoError, VideoMismatchError, VideoReadError
 from labeler.fileio import atomic_path
-from labeler.media.video_index import decode_wanted
+from labeler.media.identity import IdentityMemo, file_identity
+from labeler.media.video_index import NotIndexable, decode_wanted
+
+__all__ = [
+    "DECODE_CHUNK",
+    "VideoError",
+    "VideoInfo",
+    "VideoMismatchError",
+    "VideoReadError",
+    "check_aligned",
+    "file_hash",
+    "file_identity",
+    "fit_max_side",
+    "plan_segments",
+    "probe",
+    "read_frames",
+    "resize_max_side",
+    "sample_indices",
+    "segment_spans",
+    "write_video",
+]
 
 FPS_TOLERANCE = 1e-3
 ASPECT_TOLERANCE = 0.01  # relative; 1920x1080 vs 1280x720 pass, 1080x1920 (rotated) does not
-
-
-class VideoError(Exception):
-    """A video that cannot be used; ``path`` and ``reason`` say which and why."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-class VideoReadError(VideoError):
-    """Missing, unreadable, corrupt, no video stream, or zero frames."""
-
-
-class VideoMismatchError(VideoError):
-    """The videos of a pair (or the reference) differ in fps or frame count."""
 
 
 @dataclass(frozen=True)
@@ -57,17 +61,6 @@ class VideoInfo:
 
 
 # --------------------------------------------------------------------------- probing
-
-
-def _probe_decord(path: str) -> VideoInfo:
-    import decord
-
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    n = len(vr)
-    if n == 0:
-        raise VideoReadError(path, "the video has zero frames")
-    h, w = vr[0].shape[:2]
-    return VideoInfo(path, float(vr.get_avg_fps()), n, int(w), int(h), "decord")
 
 
 def _probe_av(path: str) -> VideoInfo:
@@ -102,15 +95,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         raise VideoReadError(path, "not a regular file")
     if os.path.getsize(path) == 0:
         raise VideoReadError(path, "the file is empty")
-    try:
-        # PyAV counts frames from the packets, as the first-choice reader numbers them
-        # (labeler.media.video_index), and costs half of decord's open (which decodes a frame).
-        return _probe_av(path)
-    except VideoReadError as av_error:
-        try:
-            return _probe_decord(path)
-        except Exception:
-            raise av_error from None
+    # PyAV counts frames from the packets, as the first-choice reader numbers them
+    # (labeler.media.video_index), without decoding a frame.
+    return _probe_av(path)
 
 
 def check_aligned(a: VideoInfo, b: VideoInfo, *, role: str = "video_b") -> None:
@@ -197,12 +184,14 @@ def sample_indices(start: int, end: int, k: int) -> list[int]:
 DECODE_CHUNK = 8
 
 
-def _resized_size(h: int, w: int, max_side: int | None) -> tuple[int, int] | None:
-    """(width, height) to resize to, or None when the frame already fits."""
-    if not max_side or max(h, w) <= max_side:
+def fit_max_side(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
+    """(width, height) of a frame resized so its long side is ``max_side`` (never upscaled), or
+    None when it already fits. The one place this size is computed: decoding, inline frames and
+    the service's pixel accounting all use it."""
+    if not max_side or max(width, height) <= max_side:
         return None
-    scale = max_side / max(h, w)
-    return max(1, round(w * scale)), max(1, round(h * scale))
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _resize_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
@@ -215,7 +204,7 @@ def _resize_frame(frame: np.ndarray, size: tuple[int, int] | None) -> np.ndarray
 
 def resize_max_side(frames: np.ndarray, max_side: int | None) -> np.ndarray:
     """Resize [K, H, W, 3] frames so the long side is ``max_side`` (never upscales)."""
-    size = _resized_size(frames.shape[1], frames.shape[2], max_side)
+    size = fit_max_side(frames.shape[2], frames.shape[1], max_side)
     if size is None:
         return frames
     return np.stack([_resize_frame(f, size) for f in frames])
@@ -235,50 +224,35 @@ class _Frames:
 
     def put(self, row: int, frame: np.ndarray) -> None:
         if self.array is None:
-            self.size = _resized_size(frame.shape[0], frame.shape[1], self.max_side)
+            self.size = fit_max_side(frame.shape[1], frame.shape[0], self.max_side)
             w, h = self.size or (frame.shape[1], frame.shape[0])
             self.array = np.empty((self.count, h, w, 3), np.uint8)
         self.array[row] = _resize_frame(frame, self.size)
-
-
-def _read_decord(path: str, wanted: list[int], max_side: int | None) -> np.ndarray:
-    import decord
-
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    n = len(vr)
-    bad = [i for i in wanted if not 0 <= i < n]
-    if bad:
-        raise VideoReadError(path, f"frame indices {bad[:5]} outside [0, {n})")
-    out = _Frames(len(wanted), max_side)
-    for k in range(0, len(wanted), DECODE_CHUNK):
-        full = vr.get_batch(wanted[k : k + DECODE_CHUNK]).asnumpy()  # DECODE_CHUNK full-size frames at most
-        for j, frame in enumerate(full):
-            out.put(k + j, frame)
-        del full
-    assert out.array is not None
-    return out.array
 
 
 def _read_av(path: str, wanted: list[int], max_side: int | None) -> np.ndarray:
     import av
 
     row = {index: k for k, index in enumerate(wanted)}
-    out, found = _Frames(len(wanted), max_side), set()
+    out, found, decoded = _Frames(len(wanted), max_side), set(), 0
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for i, frame in enumerate(container.decode(stream)):
+                decoded = i + 1
                 if i in row:
                     out.put(row[i], frame.to_ndarray(format="rgb24"))
                     found.add(i)
                 if i >= wanted[-1]:
                     break
-    except Exception as exc:
+    except (av.error.FFmpegError, OSError) as exc:  # FFmpeg's failures on this file; a bug is raised as is
         raise VideoReadError(path, f"cannot decode: {exc}") from exc
     missing = [i for i in wanted if i not in found]
     if missing or out.array is None:
-        raise VideoReadError(path, f"frames {missing[:5]} could not be decoded")
+        outside = [i for i in missing if not 0 <= i < decoded]
+        where = f": outside [0, {decoded})" if outside and len(outside) == len(missing) else ""
+        raise VideoReadError(path, f"frames {missing[:5]} could not be decoded{where}")
     return out.array
 
 
@@ -294,24 +268,21 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], max_side: int |
     resized to ``max_side`` as they are decoded, so memory is bounded by what is returned plus
     :data:`DECODE_CHUNK` full-size frames.
 
-    Readers, in turn: the indexed PyAV reader (fastest: it skips the frames nothing refers to),
-    decord (seeks frame by frame), then a plain PyAV decode, each taking over when the one before
-    cannot read the file. On H.264 in MP4 all three give the same pixels; with B-frames in AVI or
-    MPEG-TS decord returns other frames than asked, the two PyAV readers the right ones
-    (tests/test_video_index.py)."""
+    Readers: the indexed PyAV reader (fast: it skips the frames nothing refers to), and a plain
+    PyAV decode for a file the index cannot number (:class:`NotIndexable`: no timestamps, repeated
+    timestamps...) or that FFmpeg refuses to open the indexed way; that reader's own failure is the
+    VideoReadError. Both give the same pixels (tests/test_video_index.py). Any other exception is
+    a bug and is raised as it is, never hidden behind a fall-back."""
+    import av
+
     path = str(path)
     if not indices:
         raise ValueError("read_frames needs at least one index")
     wanted = sorted(set(indices))
     try:
         frames = _read_indexed(path, wanted, max_side)
-    except Exception:  # not indexable (labeler.media.video_index), or PyAV cannot open it: decord may
-        try:
-            frames = _read_decord(path, wanted, max_side)
-        except VideoReadError:
-            raise
-        except Exception:
-            frames = _read_av(path, wanted, max_side)
+    except (NotIndexable, av.error.FFmpegError):
+        frames = _read_av(path, wanted, max_side)
     if list(indices) == wanted:
         return frames
     row = {index: k for k, index in enumerate(wanted)}
@@ -321,40 +292,20 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], max_side: int |
 # --------------------------------------------------------------------------- hashing
 
 
-def file_identity(path: str | os.PathLike) -> str:
-    """What names one version of a file without reading it: real path, size, mtime, inode and ctime.
-
-    A user can restore a rewritten file's size and mtime (``touch -d``), but not its ctime, which
-    the kernel sets on every write: so a file with the same identity has the same bytes, and a
-    memo keyed by it never serves the hash of older content.
-    """
-    path = str(path)
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise VideoReadError(path, f"cannot stat: {exc.strerror}") from exc
-    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
-
-
-_hash_lock = threading.Lock()
-_hash_memo: dict[str, str] = {}
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of the file's bytes (the cache's video identity), memoised by :func:`file_identity`."""
-    path = str(path)
-    key = file_identity(path)
-    with _hash_lock:
-        if key in _hash_memo:
-            return _hash_memo[key]
+def _sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    value = digest.hexdigest()
-    with _hash_lock:
-        _hash_memo[key] = value
-    return value
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise VideoReadError(path, f"cannot read: {exc.strerror}") from exc
+    return digest.hexdigest()
+
+
+#: sha256 of a file's bytes (the cache's video identity, the trainer's latent-cache key),
+#: remembered by :func:`file_identity`; VideoReadError for a file that cannot be read.
+file_hash: IdentityMemo[str] = IdentityMemo(_sha256)
 
 
 # --------------------------------------------------------------------------- writing

@@ -25,11 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from labeler.errors import NotIndexable
+
 __all__ = ["NotIndexable", "PacketIndex", "decode_wanted"]
-
-
-class NotIndexable(Exception):
-    """This file's frames cannot be numbered from its packets: another reader must decode it."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class PacketIndex:
         return int(candidates[-1])
 
 
-class _SeekMissed(Exception):
+class _SeekMissed(NotIndexable):
     """The demuxer did not resume at the keyframe asked for (byte-based seeking, as in MPEG-TS)."""
 
 

@@ -15,6 +15,11 @@ every answer cached and writes the records; whatever the batch could not answer 
 - A server without the Files API (plain ``vllm serve``) is detected before anything is written:
   :class:`BatchApiUnavailable`, and nothing is left behind. Self-hosted models take the same JSONL
   offline with ``vllm run-batch`` (:func:`export_batch_files`, :func:`import_batch_outputs`).
+
+The runner talks to the engine through its public API only: ``Engine.pending_requests`` for the
+lines, ``Engine.record`` for each answer (cached and billed at the Batch API's price), and the
+engine's ledger for the budgets and the requests submitted. It prints nothing: what a person
+should see goes to ``progress`` (the CLI passes ``print``), the rest to logging.
 """
 
 from __future__ import annotations
@@ -22,16 +27,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from labeler import jobfiles
 from labeler.engine import Engine
+from labeler.errors import BatchApiUnavailable
 from labeler.fileio import atomic_write_json, read_lines, split_lines
 from labeler.runners.batch_api_files import (
     MAX_LINES_PER_BATCH,
+    BatchFile,
     SubmissionBudget,
     write_batch_files,
 )
@@ -41,10 +48,6 @@ log = logging.getLogger(__name__)
 DONE_STATES = {"completed", "failed", "expired", "cancelled"}
 #: Times a batch refused for the enqueued-token limit is submitted again before its lines go online.
 MAX_RESUBMITS = 5
-
-
-class BatchApiUnavailable(RuntimeError):
-    """The endpoint has no Files/Batch API (e.g. ``vllm serve``); the CLI exits 2."""
 
 
 @dataclass
@@ -57,18 +60,39 @@ class BatchApiReport:
     status: str | None = None
 
 
+#: Where the runner tells a person what it is doing (the CLI passes ``print``).
+Progress = Callable[[str], None]
+
+
+def _log_progress(message: str) -> None:
+    log.info("%s", message)
+
+
+@dataclass
+class BatchJobState:
+    """The job's files and the enqueued-token limit, saved beside the output after every change
+    (``OUT.openai-batch.json``) so a killed run resumes the same batches."""
+
+    files: list[BatchFile]
+    max_tokens: int | None = None
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, {"files": [f.as_dict() for f in self.files], "max_tokens": self.max_tokens})
+
+    @classmethod
+    def load(cls, path: Path) -> BatchJobState:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls([BatchFile.from_dict(f) for f in data["files"]], data.get("max_tokens"))
+
+
 def state_path_for(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".openai-batch.json")
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write_json(path, state)
-
-
-async def _submit(client: Any, item: dict[str, Any]) -> str:
-    with open(item["path"], "rb") as fh:
-        uploaded = await client.files.create(file=(Path(item["path"]).name, fh), purpose="batch")
+async def _submit(client: Any, item: BatchFile) -> str:
+    with open(item.path, "rb") as fh:
+        uploaded = await client.files.create(file=(Path(item.path).name, fh), purpose="batch")
     batch = await client.batches.create(
         input_file_id=uploaded.id,
         endpoint="/v1/chat/completions",
@@ -96,9 +120,10 @@ def _cache_output_lines(
             report.unusable += 1
             log.info("batch line left for the online run: %s", exc)
             continue
-        engine.cache.set(key, judgment)
         if billed:
-            engine._account(judgment, batch=True)  # the Batch API bills half price
+            engine.record(key, judgment, batch=True)  # the Batch API bills half price
+        else:
+            engine.cache.set(key, judgment)
         report.answered += 1
 
 
@@ -135,52 +160,58 @@ async def _check_files_api(client: Any, base_url: str) -> None:
         raise BatchApiUnavailable(f"cannot reach {base_url}: {exc}") from exc
 
 
-async def _run_files(
-    client: Any,
-    state: dict[str, Any],
-    state_path: Path,
-    engine: Engine,
-    report: BatchApiReport,
-    poll_seconds: float,
-) -> None:
+@dataclass
+class _Job:
+    """What one run of the Batch API lifecycle works with."""
+
+    client: Any
+    state: BatchJobState
+    state_path: Path
+    engine: Engine
+    report: BatchApiReport
+    poll_seconds: float
+    progress: Progress
+
+
+async def _run_files(job: _Job) -> None:
     """Submit files while the enqueued-token budget allows, collect each as it finishes."""
-    max_tokens = state.get("max_tokens")
-    items = state["files"]
+    max_tokens = job.state.max_tokens
+    items = job.state.files
     while True:
-        inflight = [i for i in items if i["batch_id"] and not i["collected"]]
-        enqueued = sum(i["tokens"] for i in inflight)
-        for item in (i for i in items if not i["batch_id"] and not i["collected"]):
-            if inflight and max_tokens is not None and enqueued + item["tokens"] > max_tokens:
+        inflight = [i for i in items if i.batch_id and not i.collected]
+        enqueued = sum(i.tokens for i in inflight)
+        for item in (i for i in items if not i.batch_id and not i.collected):
+            if inflight and max_tokens is not None and enqueued + item.tokens > max_tokens:
                 break
-            item["batch_id"] = await _submit(client, item)
-            _save_state(state_path, state)  # saved at once: a restart polls it instead of paying again
-            print(
-                f"submitted OpenAI batch {item['batch_id']}: {item['requests']} requests, ~{item['tokens']} tokens"
+            item.batch_id = await _submit(job.client, item)
+            job.state.save(job.state_path)  # saved at once: a restart polls it instead of paying again
+            job.progress(
+                f"submitted OpenAI batch {item.batch_id}: {item.requests} requests, ~{item.tokens} tokens"
             )
             inflight.append(item)
-            enqueued += item["tokens"]
+            enqueued += item.tokens
         if not inflight:
             return
-        for item, batch in await _wait_any(client, inflight, poll_seconds):
-            if _token_limited(batch) and item.get("resubmits", 0) < MAX_RESUBMITS:
-                print(f"batch {batch.id} hit the enqueued-token limit; submitting it again later")
-                item.update(batch_id=None, resubmits=item.get("resubmits", 0) + 1)
-                await asyncio.sleep(poll_seconds)
+        for item, batch in await _wait_any(job.client, inflight, job.poll_seconds):
+            if _token_limited(batch) and item.resubmits < MAX_RESUBMITS:
+                job.progress(f"batch {batch.id} hit the enqueued-token limit; submitting it again later")
+                item.batch_id, item.resubmits = None, item.resubmits + 1
+                await asyncio.sleep(job.poll_seconds)
             else:
-                await _collect(client, batch, engine, report)
-                report.batch_ids.append(batch.id)
-                item.update(collected=True, status=batch.status)
-            _save_state(state_path, state)
+                await _collect(job.client, batch, job.engine, job.report)
+                job.report.batch_ids.append(batch.id)
+                item.collected, item.status = True, batch.status
+            job.state.save(job.state_path)
 
 
 async def _wait_any(
-    client: Any, inflight: list[dict[str, Any]], poll_seconds: float
-) -> list[tuple[dict, Any]]:
+    client: Any, inflight: list[BatchFile], poll_seconds: float
+) -> list[tuple[BatchFile, Any]]:
     """The in-flight items whose batch has finished, polling every ``poll_seconds``."""
     while True:
         finished = []
         for item in inflight:
-            batch = await client.batches.retrieve(item["batch_id"])
+            batch = await client.batches.retrieve(item.batch_id)
             if batch.status in DONE_STATES:
                 finished.append((item, batch))
         if finished:
@@ -196,8 +227,10 @@ async def prefill_with_batch_api(
     poll_seconds: float = 30.0,
     max_lines: int = MAX_LINES_PER_BATCH,
     max_tokens: int | None = None,
+    progress: Progress = _log_progress,
 ) -> BatchApiReport:
-    """Answer the manifest's uncached requests through the Batch API into the engine's cache."""
+    """Answer the manifest's uncached requests through the Batch API into the engine's cache;
+    ``progress`` receives the lines a person watching should see."""
     judge = engine.judge
     if not judge.supports_batch_api:
         raise ValueError(f"--openai-batch needs the openai judge, not {judge.name!r}")
@@ -208,8 +241,8 @@ async def prefill_with_batch_api(
     client = judge.batch_client()
     await _check_files_api(client, str(client.base_url))
     if state_path.exists():
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        print(f"resuming the OpenAI batch job recorded in {state_path}")
+        state = BatchJobState.load(state_path)
+        progress(f"resuming the OpenAI batch job recorded in {state_path}")
     else:
         done = jobfiles.prepare_output(out)
         entries = [
@@ -221,21 +254,20 @@ async def prefill_with_batch_api(
         )
         report.capped = budget.capped
         if budget.capped:
-            print(f"openai batch: the budget leaves {budget.capped} requests out of the batch")
-        state = {"files": files, "max_tokens": max_tokens}
+            progress(f"openai batch: the budget leaves {budget.capped} requests out of the batch")
+        state = BatchJobState(files, max_tokens)
         if not files:
-            print("openai batch: nothing to submit")
+            progress("openai batch: nothing to submit")
             return report
-        _save_state(state_path, state)
-    for item in state["files"]:
-        report.requests += item["requests"]
-    engine.stats.requests += sum(i["requests"] for i in state["files"] if not i["collected"])
-    await _run_files(client, state, state_path, engine, report, poll_seconds)
-    report.status = ",".join(sorted({i.get("status", "?") for i in state["files"]}))
-    for item in state["files"]:
-        Path(item["path"]).unlink(missing_ok=True)
+        state.save(state_path)
+    report.requests += sum(item.requests for item in state.files)
+    engine.ledger.submitted(sum(i.requests for i in state.files if not i.collected))
+    await _run_files(_Job(client, state, state_path, engine, report, poll_seconds, progress))
+    report.status = ",".join(sorted({i.status or "?" for i in state.files}))
+    for item in state.files:
+        Path(item.path).unlink(missing_ok=True)
     state_path.unlink(missing_ok=True)
-    print(
+    progress(
         f"openai batch: {report.status}; {report.answered} answers cached, "
         f"{report.unusable} left for the online run"
     )
@@ -251,7 +283,7 @@ async def export_batch_files(
     entries = [e for e in iter_manifest(manifest) if isinstance(e, ManifestEntry) and e.pair_id not in done]
     budget = SubmissionBudget.of(engine)
     files = await write_batch_files(entries, engine, directory / "requests", budget=budget)
-    return [Path(f["path"]) for f in files]
+    return [Path(f.path) for f in files]
 
 
 def import_batch_outputs(paths: Iterable[Path], engine: Engine) -> BatchApiReport:

@@ -6,16 +6,14 @@ The same JSONL is what ``vllm run-batch -i FILE -o OUT --model M`` reads (docs/e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from labeler.engine import Engine
 from labeler.judges.pricing import chat_input_tokens
-from labeler.media.video import VideoError
 from labeler.schemas import ManifestEntry
 
 log = logging.getLogger(__name__)
@@ -23,6 +21,29 @@ log = logging.getLogger(__name__)
 #: OpenAI's limits per batch: 50,000 requests and a 200 MB input file.
 MAX_LINES_PER_BATCH = 50_000
 MAX_BYTES_PER_BATCH = 190 * 2**20
+
+
+@dataclass
+class BatchFile:
+    """One Batch API input file and where its batch stands (saved in the job's state file)."""
+
+    path: str
+    requests: int = 0  # lines
+    bytes: int = 0
+    tokens: int = 0  # enqueued input tokens
+    batch_id: str | None = None  # set once submitted; None again when resubmitted later
+    collected: bool = False  # its answers are in the cache
+    status: str | None = None  # the batch's final status, once collected
+    resubmits: int = 0  # times refused for the enqueued-token limit and submitted again
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchFile:
+        """Read a saved entry; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -36,11 +57,8 @@ class SubmissionBudget:
 
     @classmethod
     def of(cls, engine: Engine) -> SubmissionBudget:
-        cfg, stats = engine.config, engine.stats
-        return cls(
-            None if cfg.max_requests is None else cfg.max_requests - stats.requests,
-            None if cfg.max_cost is None else cfg.max_cost - stats.cost_usd,
-        )
+        """What the engine's ledger still allows."""
+        return cls(*engine.ledger.left())
 
     def take(self, cost: float | None) -> bool:
         if (self.requests is not None and self.requests < 1) or (
@@ -66,31 +84,30 @@ class _Splitter:
 
     def __init__(self, stem: Path, max_lines: int, max_bytes: int, max_tokens: int | None) -> None:
         self.stem, self.max_lines, self.max_bytes, self.max_tokens = stem, max_lines, max_bytes, max_tokens
-        self.files: list[dict[str, Any]] = []
-        self._fh: Any = None
+        self.files: list[BatchFile] = []
+        self._fh: IO[str] | None = None
 
-    def _full(self, current: dict[str, Any], size: int, tokens: int) -> bool:
-        if not current["requests"]:
+    def _full(self, current: BatchFile, size: int, tokens: int) -> bool:
+        if not current.requests:
             return False
         return (
-            current["requests"] >= self.max_lines
-            or current["bytes"] + size > self.max_bytes
-            or (self.max_tokens is not None and current["tokens"] + tokens > self.max_tokens)
+            current.requests >= self.max_lines
+            or current.bytes + size > self.max_bytes
+            or (self.max_tokens is not None and current.tokens + tokens > self.max_tokens)
         )
 
     def add(self, text: str, tokens: int) -> None:
         current = self.files[-1] if self.files else None
-        if current is None or self._full(current, len(text), tokens):
+        if current is None or self._fh is None or self._full(current, len(text), tokens):
             self.close()
             path = self.stem.with_name(f"{self.stem.name}.input-{len(self.files):03d}.jsonl")
-            current = {"path": str(path), "requests": 0, "bytes": 0, "tokens": 0, "batch_id": None}
-            current["collected"] = False
+            current = BatchFile(str(path))
             self.files.append(current)
             self._fh = path.open("w", encoding="utf-8")
         self._fh.write(text)
-        current["requests"] += 1
-        current["bytes"] += len(text)
-        current["tokens"] += tokens
+        current.requests += 1
+        current.bytes += len(text)
+        current.tokens += tokens
 
     def close(self) -> None:
         if self._fh is not None:
@@ -107,40 +124,26 @@ async def write_batch_files(
     max_bytes: int = MAX_BYTES_PER_BATCH,
     max_tokens: int | None = None,
     budget: SubmissionBudget | None = None,
-) -> list[dict[str, Any]]:
+) -> list[BatchFile]:
     """Stream one Batch API line per uncached (segment, order) into input files of at most
     ``max_lines`` lines, ``max_bytes`` bytes and ``max_tokens`` enqueued input tokens
     (``custom_id`` = cache key), up to what ``budget`` allows. Pairs that cannot be planned, and
-    lines past the budget, are left to the online run."""
-    judge, seen = engine.judge, set()
+    lines past the budget, are left to the online run. Frames are decoded ``decode_window``
+    segments at a time (``Engine.pending_requests``), so memory stays bounded on long videos."""
+
+    def skipped(entry: ManifestEntry, exc: Exception) -> None:
+        log.warning("%s: skipped in the batch (%s)", entry.pair_id, exc)
+
     budget = budget or SubmissionBudget()
     splitter = _Splitter(stem, max_lines, max_bytes, max_tokens)
     try:
-        for entry in entries:
-            try:
-                plan = await asyncio.to_thread(engine.plan_pair, entry)
-            except (VideoError, ValueError) as exc:
-                log.warning("%s: skipped in the batch (%s)", entry.pair_id, exc)
+        async for pending in engine.pending_requests(entries, skipped=skipped):
+            body = engine.judge.build_body(pending.request)
+            tokens, completion = line_tokens(body)
+            if not budget.take(engine.ledger.price(tokens, completion, batch=True)):
                 continue
-            hits = engine.cached_judgments(plan.segments)
-            missing = [s for s in plan.segments if any(k not in hits for k in s.keys.values())]
-            if not missing:
-                continue
-            frames = await engine.decode_segments(plan, missing)
-            for seg in missing:
-                for order, key in seg.keys.items():
-                    if key in hits or key in seen:
-                        continue
-                    seen.add(key)
-                    request = engine.segment_request(
-                        entry.prompt, seg, frames[seg.index], order, len(plan.segments), plan.fps
-                    )
-                    body = judge.build_body(request)
-                    tokens, completion = line_tokens(body)
-                    if not budget.take(judge.cost_usd(tokens, completion, batch=True)):
-                        continue
-                    line = {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body}
-                    splitter.add(json.dumps(line, separators=(",", ":")) + "\n", tokens)
+            line = {"custom_id": pending.key, "method": "POST", "url": "/v1/chat/completions", "body": body}
+            splitter.add(json.dumps(line, separators=(",", ":")) + "\n", tokens)
     finally:
         splitter.close()
     return splitter.files

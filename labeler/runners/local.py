@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -143,10 +144,23 @@ class JobFiles:
         return self.result
 
 
+#: How one pair becomes its record: ``Engine.label_pair`` unless a caller labels otherwise (the
+#: cascade, labeler.cascade, merges a cheap judge's record with the main judge's segments).
+PairLabeler = Callable[[ManifestEntry], Awaitable[DensePreferenceRecord]]
+
+
 async def run_batch(
-    manifest: str | Path, out: str | Path, engine: Engine, *, workers: int = 4, progress: bool = True
+    manifest: str | Path,
+    out: str | Path,
+    engine: Engine,
+    *,
+    workers: int = 4,
+    progress: bool = True,
+    label: PairLabeler | None = None,
 ) -> BatchResult:
-    """Label every pair of ``manifest`` not yet in ``out``; returns what happened."""
+    """Label every pair of ``manifest`` not yet in ``out``; returns what happened. ``label`` replaces
+    ``engine.label_pair`` (``engine`` still owns the budget and the counters)."""
+    label_pair = label or engine.label_pair
     job = JobFiles(out, progress=progress)
     queue = iter(job.todo(manifest))
     stop = asyncio.Event()
@@ -156,7 +170,7 @@ async def run_batch(
             if stop.is_set():
                 return
             try:
-                record = await engine.label_pair(entry)
+                record = await label_pair(entry)
             except BudgetExceeded as exc:
                 job.result.stopped = str(exc)
                 stop.set()

@@ -11,10 +11,8 @@ paths.py, limits.py, body.py (request parsing), service.py (the serving logic), 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from labeler import __version__
-from labeler.cli_options import UsageError, add_engine_arguments, add_judge_arguments, engine_from_args
+from labeler.cli_options import build_engine_parser, spec_from_argv
 from labeler.engine import Engine
 from labeler.schemas import DensePreferenceRecord
 from labeler.service.annotate.routes import router as annotate_router
@@ -49,30 +47,15 @@ from labeler.service.paths import require_media_root
 from labeler.service.service import LabelService
 from labeler.service.settings import ServiceSettings
 
-__all__ = ["build_engine_parser", "create_app", "engine_from_settings"]
+__all__ = ["build_engine_parser", "create_app", "engine_from_settings"]  # the parser: labeler.cli_options
 
 log = logging.getLogger("labeler.app")
-
-
-def build_engine_parser(add_help: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=add_help, allow_abbrev=False)
-    add_judge_arguments(parser)
-    add_engine_arguments(parser)
-    return parser
 
 
 def engine_from_settings(settings: ServiceSettings) -> Engine:
     """The engine the batch CLI would build from ``settings.engine_args``; ValueError (a
     UsageError) naming the bad option otherwise."""
-    try:
-        args = build_engine_parser().parse_args(settings.engine_args)
-    except SystemExit:  # argparse exits on bad options; a factory must raise
-        raise UsageError(f"invalid engine options {settings.engine_args}") from None
-    for name in ("segment_seconds", "timeout", "max_cost"):
-        value = vars(args)[name]
-        if value is not None and not math.isfinite(value):  # nan passes every "<= 0" check
-            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, not {value}")
-    return engine_from_args(args)
+    return spec_from_argv(list(settings.engine_args)).build()
 
 
 def _ops_routes(service: LabelService, metrics: ServiceMetrics) -> APIRouter:

@@ -2,7 +2,9 @@
 
 Every failure the service knows maps to a status and a type name here, in :data:`ERROR_TABLE`
 (first match wins, so subclasses come before their bases); routes never translate exceptions
-themselves. Refusals decided by the service (limits, paths, auth) are raised as
+themselves. The table names the project's own classes (``labeler.errors``) and pydantic's
+validation of a judgment or a record, nothing wider: a bare built-in error from the engine is a
+bug, answered 500 and logged, never blamed on the client. Refusals decided by the service (limits, paths, auth) are raised as
 :class:`ServiceError` directly. FastAPI's own errors and anything unexpected are answered in the
 same shape by the handlers :func:`install_error_handlers` adds.
 """
@@ -21,9 +23,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 
-from labeler.engine import BudgetExceeded
-from labeler.media.video import VideoError, VideoMismatchError
-from labeler.schemas import ErrorInfo, FramesTooSmallError, InputError, JudgeError
+from labeler.errors import (
+    BudgetExceeded,
+    DenseprefError,
+    FramesTooSmallError,
+    InputError,
+    JudgeError,
+    VideoError,
+    VideoMismatchError,
+)
+from labeler.schemas import ErrorInfo
 
 __all__ = [
     "ERROR_RESPONSES",
@@ -43,7 +52,7 @@ log = logging.getLogger("labeler.app")
 MAX_REPORTED_ERRORS = 20
 
 
-class ServiceError(HTTPException):
+class ServiceError(HTTPException, DenseprefError):
     """A refusal with a status, a type name for clients to branch on, and a human message."""
 
     def __init__(
@@ -96,7 +105,7 @@ ERROR_TABLE: tuple[ErrorRule, ...] = (
     ErrorRule(BudgetExceeded, 503, "BudgetExceeded"),
     ErrorRule(ValidationError, 502, "InvalidJudgment", _judgment, "the judge gave an invalid answer: "),
     ErrorRule(ValidationError, 422, "InvalidRecord"),  # inputs that cannot form a record (absurd timing)
-    ErrorRule(ValueError, 400, "InvalidInput"),
+    # Nothing wider: any other exception (a bare built-in error included) is a bug, answered 500 and logged.
 )
 
 

@@ -128,6 +128,9 @@ class Lifecycle:
         self.service.bodies.close()
         with contextlib.suppress(Exception):
             await self.service.engine.aclose()  # each cached judgment is one committed transaction
+        for cheap in self.service.cheap_engines.values():
+            with contextlib.suppress(Exception):
+                await cheap.aclose()
 
 
 _TOKEN_QUERY = re.compile(r"([?&](?:token|sig)=)[^&\s\"]*", re.IGNORECASE)

@@ -62,6 +62,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class CascadeOptions(_Strict):
+    """Label every segment with a cheap judge first and ask the service's judge only about the least
+    confident (labeler.cascade); each segment of the answer records ``decided_by`` and the cheap
+    verdict. A share is of this pair's segments."""
+
+    cheap_judge: Literal["metrics"] = Field("metrics", description="The judge that labels every segment.")
+    escalate_share: FiniteFloat | None = Field(
+        None, ge=0, le=1, description="Escalate the least-confident share of the pair's segments."
+    )
+    escalate_below: FiniteFloat | None = Field(
+        None, ge=0, le=1, description="Escalate every segment whose cheap confidence (max p_*) is below it."
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> CascadeOptions:
+        if (self.escalate_share is None) == (self.escalate_below is None):
+            raise ValueError("give exactly one of escalate_share or escalate_below")
+        return self
+
+
 class LabelByPathRequest(_Strict):
     """Label two aligned videos the service reads from its media root."""
 
@@ -73,6 +93,9 @@ class LabelByPathRequest(_Strict):
         None, gt=0, le=MAX_SECONDS, description="Segment length (default: the service's)."
     )
     pair_id: PairId | None = Field(None, description="Echoed in the record (default: a hash of the paths).")
+    cascade: CascadeOptions | None = Field(
+        None, description="Spend the service's judge only on the segments a cheap judge is unsure of."
+    )
 
     def effective_pair_id(self) -> str:
         if self.pair_id:

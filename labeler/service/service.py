@@ -15,7 +15,7 @@ from labeler.service.body import BodyCounts, BodyParser
 from labeler.service.errors import ServiceError, service_error
 from labeler.service.inline import decode_inline_frames, read_inline_headers
 from labeler.service.limits import Admission, PixelBudget
-from labeler.service.models import LabelBatchRequest, LabelByPathRequest, LabelInlineRequest
+from labeler.service.models import CascadeOptions, LabelBatchRequest, LabelByPathRequest, LabelInlineRequest
 from labeler.service.paths import private_paths, probe_media, require_media_root, resolve_media_path
 from labeler.service.settings import ServiceSettings
 
@@ -41,6 +41,8 @@ class LabelService:
                 min(settings.max_batch_pairs, settings.max_queue),
             )
         )
+        #: Cheap judges' engines of cascade requests, by judge name, built on first use.
+        self.cheap_engines: dict[str, Engine] = {}
         #: Label jobs running now (the tasks the service cancels at the end of a shutdown's grace).
         self.jobs: set[asyncio.Task[Any]] = set()
 
@@ -83,8 +85,11 @@ class LabelService:
         """Pixels a by-path job holds decoded at most: every segment's frames of every video,
         resized to the engine's --max-side (400 when one job alone could never fit the budget)."""
         config = self.engine.config
-        scale = min(1.0, config.max_side / max(info.width, info.height))
-        frame = max(1, round(info.width * scale)) * max(1, round(info.height * scale))
+        width, height = video.fit_max_side(info.width, info.height, config.max_side) or (
+            info.width,
+            info.height,
+        )
+        frame = width * height
         pixels = n_segments * config.frames_per_segment * n_videos * frame
         if pixels > self.settings.max_inflight_pixels:
             raise ServiceError(
@@ -109,11 +114,34 @@ class LabelService:
     async def _label_path_admitted(self, req: LabelByPathRequest) -> DensePreferenceRecord:
         entry, private, pixels = await asyncio.to_thread(self._entry, req)
         with self.pixels.hold(pixels):
-            record = await _translated(self.engine.label_pair(entry), private)
+            labeling = (
+                self.engine.label_pair(entry) if req.cascade is None else self._cascade(entry, req.cascade)
+            )
+            record = await _translated(labeling, private)
         # Echo the caller's relative paths: absolute server paths stay private.
         return record.model_copy(
             update={"video_a": req.video_a, "video_b": req.video_b, "reference": req.reference}
         )
+
+    def _cascade(self, entry: ManifestEntry, options: CascadeOptions) -> Awaitable[DensePreferenceRecord]:
+        """The pair through a cascade from ``options.cheap_judge`` (its engine built on first use)."""
+        from labeler.cascade.options import cheap_engine
+        from labeler.cascade.policy import EscalationRule
+        from labeler.cascade.runner import label_pair_cascade
+
+        if self.engine.judge.name == options.cheap_judge:
+            raise ServiceError(
+                400,
+                "CascadeUnsupported",
+                f"cascade: the service's judge is {options.cheap_judge} already; nothing to escalate to",
+            )
+        cheap = self.cheap_engines.get(options.cheap_judge)
+        if cheap is None:
+            cheap = self.cheap_engines[options.cheap_judge] = cheap_engine(
+                self.engine, options.cheap_judge, processes=0
+            )
+        rule = EscalationRule(share=options.escalate_share, below=options.escalate_below)
+        return label_pair_cascade(entry, cheap, self.engine, rule)
 
     async def label_by_path(self, req: LabelByPathRequest) -> DensePreferenceRecord:
         with self.admission.slot():

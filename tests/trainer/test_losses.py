@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.losses import dense_dpo_loss, preference_metrics, vanilla_dpo_loss
+from trainer.losses import dense_dpo_loss, loss_terms, preference_metrics, vanilla_dpo_loss
 
 
 def neg_logsigmoid(x: float) -> float:
@@ -45,6 +45,32 @@ def test_frame_reduction_averages_over_all_labeled_frames_of_the_batch():
     expected = (neg_logsigmoid(0.025) + neg_logsigmoid(0.05)) / 2
     loss = dense_dpo_loss(err_a, err_b, ref_a, ref_b, labels, beta)
     assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("reduction", ["frame", "segment"])
+def test_summing_split_batches_over_the_whole_count_gives_the_whole_batch_loss(reduction):
+    # Pair 0 has 1 labeled frame, pair 1 has 3: a mean per pair, averaged, weights them equally.
+    err_a, ref_a = t([[0.3, 0.1, 0.2], [0.2, 0.4, 0.1]]), t([[0.1, 0.1, 0.2], [0.1, 0.2, 0.1]])
+    err_b, ref_b = t([[0.1, 0.1, 0.2], [0.3, 0.1, 0.1]]), t([[0.2, 0.1, 0.1], [0.1, 0.1, 0.3]])
+    labels, seg = t([[1, 0, 0], [-1, -1, 1]]), torch.tensor([[0, 1, 1], [0, 0, 1]])
+    rows = [(labels[i].long().tolist(), seg[i].tolist()) for i in range(2)]
+    counts = [loss_terms(lab, sid, 1, mode="dense", reduction=reduction) for lab, sid in rows]
+    assert counts == ([1, 3] if reduction == "frame" else [1, 2])
+    whole = dense_dpo_loss(err_a, err_b, ref_a, ref_b, labels, 10.0, seg, reduction)
+
+    def part(i: int, denominator: float | None) -> torch.Tensor:
+        one = slice(i, i + 1)
+        return dense_dpo_loss(err_a[one], err_b[one], ref_a[one], ref_b[one], labels[one], 10.0, seg[one],
+                              reduction, denominator)  # fmt: skip
+
+    assert (part(0, sum(counts)) + part(1, sum(counts))).item() == pytest.approx(whole.item(), rel=1e-12)
+    assert ((part(0, None) + part(1, None)) / 2).item() != pytest.approx(whole.item(), rel=1e-3)
+
+
+def test_loss_terms_of_vanilla_count_non_tie_pairs():
+    assert loss_terms([1, 1], [0, 0], 1, mode="vanilla", reduction="frame") == 1
+    assert loss_terms([1, -1], [0, 1], 0, mode="vanilla", reduction="frame") == 0
+    assert loss_terms([0, 0], [0, -1], 0, mode="dense", reduction="segment") == 0
 
 
 def test_segment_reduction_matches_hand_computation():

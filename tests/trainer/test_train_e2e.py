@@ -175,3 +175,41 @@ def test_num_frames_sets_the_training_window(tiny_pairs, cache, tmp_path, capsys
     bad = ["--tiny", "--prefs", str(labels), "--output-dir", str(tmp_path / "bad"), "--num-frames", "18"]
     assert main(bad) == 2
     assert "num_frames must be 1 + k*4, got 18" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_settings_naming_each_unless_told_and_then_logs_them(
+    labels, cache, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    base = ["--tiny", "--prefs", str(labels), "--output-dir", str(out), "--cache-dir", str(cache),
+            "--eval-pairs", "0", "--save-every", "2"]  # fmt: skip
+    assert main([*base, "--steps", "2"]) == 0
+    capsys.readouterr()
+    changed = [
+        "--steps",
+        "3",
+        "--resume",
+        "--beta",
+        "5",
+        "--seed",
+        "7",
+        "--lora-alpha",
+        "8",
+        "--mode",
+        "vanilla",
+    ]
+    assert main([*base, *changed]) == 2
+    err = capsys.readouterr().err
+    for expected in ("beta: 500.0 in the checkpoint, 5.0 now", "seed: 0 in the checkpoint, 7 now",
+                     "lora_alpha: 4 in the checkpoint, 8 now", "mode: 'dense' in the checkpoint, 'vanilla' now"):  # fmt: skip
+        assert expected in err
+    assert "lora_rank" not in err and "timestep" not in err  # only what changed is named
+    assert [line["step"] for line in log_lines(out)] == [1, 2]  # nothing ran
+    # The same settings resume; a changed timestep shift is refused too.
+    assert main([*base, "--steps", "3", "--resume", "--timestep-shift", "3"]) == 2
+    assert "timestep_shift: 5.0 in the checkpoint, 3.0 now" in capsys.readouterr().err
+    # Told to go on: it does, and the log says what changed at which step.
+    assert main([*base, "--steps", "3", "--resume", "--beta", "5", "--resume-changed-config"]) == 0
+    lines = log_lines(out)
+    assert lines[2] == {"step": 2, "config_changed": {"beta": [500.0, 5.0]}}
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3]

@@ -42,6 +42,7 @@ from labeler.schemas import (
     JudgeError,
     Judgment,
     Label,
+    Order,
     SegmentRequest,
     TransientJudgeError,
 )
@@ -162,11 +163,9 @@ class MetricsJudge(Judge):
         self._broken: str | None = None  # why the judge gave up on its workers
         if processes:
             self._start_pool()
-        # Judgments being computed, with their requests, by frame identity (see ``judge``);
-        # entries leave when done.
-        self._in_flight: dict[
-            tuple[int, int, int | None], tuple[asyncio.Future[Judgment], SegmentRequest]
-        ] = {}
+        # Judgments being computed, by segment_key, with the order they were asked in (see
+        # ``judge``); entries leave when done.
+        self._in_flight: dict[str, tuple[asyncio.Future[Judgment], Order]] = {}
         # Shared memory for the frames sent to the workers (labeler.judges.metrics.transport):
         # two blocks per worker, one being measured and one queued, so a worker never waits.
         self._shared = SharedSlots(2 * max(processes, 1))
@@ -183,24 +182,21 @@ class MetricsJudge(Judge):
 
     async def judge(self, request: SegmentRequest) -> Judgment:
         """``score`` in a worker thread (numpy releases the GIL in the heavy parts, and the event
-        loop stays responsive). The engine asks for both orders of a segment at once; since the
-        score mirrors exactly under a swap, the second order waits for the first and returns its
-        answer swapped instead of measuring everything again (half the work per segment).
-
-        Requests are matched by the identity of their frame arrays (the engine hands both orders
-        of a segment the same arrays), not by hashing megabytes of pixels on the event loop; an
-        entry holds its request, so no array's id can be reused while it is in flight."""
-        key = _identity_key(request, self.uses_reference)
-        mirror = (key[1], key[0], key[2])
-        pending = self._in_flight.get(mirror)
-        if pending is not None:
-            return (await asyncio.shield(pending[0])).swapped()
+        loop stays responsive). The engine asks for both orders of a segment at once (the Judge
+        contract, labeler.judges.base); since the score mirrors exactly under a swap, a request
+        whose ``segment_key`` is already being measured waits for that measurement and returns it
+        (swapped when its ``order`` differs) instead of measuring everything again (half the work
+        per segment). A request without a ``segment_key`` is measured on its own."""
+        key = request.segment_key
+        if key is None:
+            return await self._measure(request)
         entry = self._in_flight.get(key)
         if entry is None:
-            entry = (asyncio.ensure_future(self._measure(request)), request)
+            entry = (asyncio.ensure_future(self._measure(request)), request.order)
             self._in_flight[key] = entry
             entry[0].add_done_callback(lambda _: self._in_flight.pop(key, None))
-        return await asyncio.shield(entry[0])
+        answer = await asyncio.shield(entry[0])
+        return answer if entry[1] == request.order else answer.swapped()
 
     async def _measure(self, request: SegmentRequest) -> Judgment:
         if not self.processes:
@@ -405,13 +401,6 @@ def _score_in_worker(
 ) -> Judgment:
     """``score_frames`` in a worker process, on frames that came pickled."""
     return _worker_judge(settings).score_frames(first, second, reference)
-
-
-def _identity_key(request: SegmentRequest, with_reference: bool) -> tuple[int, int, int | None]:
-    """The frame arrays a request shows (first, second, reference), by identity: swapping the first
-    two entries keys the mirrored request."""
-    reference = request.reference if with_reference else None
-    return id(request.frames_first), id(request.frames_second), None if reference is None else id(reference)
 
 
 def _probabilities(total: float, margin: float, temperature: float) -> tuple[float, float, float]:

@@ -31,6 +31,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from labeler.errors import SharedMemoryFull
+
 __all__ = ["NAME_PREFIX", "SharedFrames", "SharedMemoryFull", "SharedSlots", "call_with_frames", "shareable"]
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,6 @@ _GRAIN = 1 << 20  # block sizes are whole MiB, so slightly larger segments reuse
 _Place = tuple[tuple[int, ...], str, int]  # shape, dtype, byte offset
 #: Where Linux keeps POSIX shared memory (a tmpfs: Docker gives containers 64 MiB by default).
 SHM_DIR = "/dev/shm"
-
-
-class SharedMemoryFull(OSError):
-    """The shared memory file system has no room for a block (its pages were reserved up front)."""
 
 
 @dataclass(frozen=True)

@@ -11,22 +11,22 @@ the driver only once, when its task succeeds, so every pair lands in OUT exactly
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import math
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from labeler.engine import Engine, EngineConfig, EngineStats
+from labeler.engine import Engine, EngineStats
+from labeler.engine_spec import EngineSpec
+from labeler.ledger import Ledger
 from labeler.runners.local import BatchResult, FailureKind, JobFiles
 from labeler.runners.ray.options import RayOptions
-from labeler.runners.ray.worker import PairLabeler, add_stats
+from labeler.runners.ray.worker import PairLabeler
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
 
 #: Times Ray runs a chunk again after its actor died (a video that crashes the decoder every time
@@ -36,11 +36,17 @@ MAX_TASK_RETRIES = 4
 
 @dataclass
 class RayRun:
-    """What the driver saw: the job's result, the actors' summed counters, the actors themselves."""
+    """What the driver saw: the job's result, the ledger the actors' counters are summed into
+    (the driver engine's: its budgets are the run's), the actors themselves."""
 
     result: BatchResult
-    stats: EngineStats = field(default_factory=EngineStats)
+    ledger: Ledger = field(default_factory=Ledger)
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)  # "node:pid" -> identity
+
+    @property
+    def stats(self) -> EngineStats:
+        """The actors' counters, summed."""
+        return self.ledger.stats
 
 
 def connect(options: RayOptions) -> bool:
@@ -59,7 +65,7 @@ def connect(options: RayOptions) -> bool:
     return True
 
 
-def build_dataset(todo: list[ManifestEntry], judge_args: argparse.Namespace, options: RayOptions) -> Any:
+def build_dataset(todo: list[ManifestEntry], spec: EngineSpec, options: RayOptions) -> Any:
     """The pairs to label, mapped through the actor pool (lazy: nothing runs until iterated)."""
     import ray.data
     from ray.util.annotations import RayDeprecationWarning
@@ -74,16 +80,16 @@ def build_dataset(todo: list[ManifestEntry], judge_args: argparse.Namespace, opt
         # Ray 2.60 deprecates passing actor options as ray_remote_args (removed in 2.64, hence the
         # pin in pyproject.toml) but names no replacement for max_task_retries.
         warnings.simplefilter("ignore", RayDeprecationWarning)
-        return _map_through_actors(dataset, judge_args, options)
+        return _map_through_actors(dataset, spec, options)
 
 
-def _map_through_actors(dataset: Any, judge_args: argparse.Namespace, options: RayOptions) -> Any:
+def _map_through_actors(dataset: Any, spec: EngineSpec, options: RayOptions) -> Any:
     import ray.data
 
     chunk = options.pairs_per_worker
     return dataset.map_batches(
         PairLabeler,
-        fn_constructor_args=(judge_args,),
+        fn_constructor_args=(spec,),
         batch_size=chunk,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=2),
@@ -94,21 +100,13 @@ def _map_through_actors(dataset: Any, judge_args: argparse.Namespace, options: R
     )
 
 
-def _budget_spent(stats: EngineStats, config: EngineConfig) -> str | None:
-    """The run-wide budget, checked on the summed counters (each actor also stops at the full budget)."""
-    if config.max_requests is not None and stats.requests >= config.max_requests:
-        return f"request budget spent: {stats.requests} requests sent (--max-requests {config.max_requests})"
-    if config.max_cost is not None and stats.cost_usd >= config.max_cost:
-        return f"cost budget spent: ${stats.cost_usd:.4f} (--max-cost {config.max_cost})"
-    return None
-
-
-def _write_chunk(job: JobFiles, run: RayRun, rows: dict[str, Any], config: EngineConfig) -> bool:
-    """Write one chunk's rows to OUT / the errors file; True when the run must stop."""
+def _write_chunk(job: JobFiles, run: RayRun, rows: dict[str, Any]) -> bool:
+    """Write one chunk's rows to OUT / the errors file; True when the run must stop (the run-wide
+    budget is checked on the summed counters; each actor also stops at the full budget)."""
     stop = False
     for i, pair_id in enumerate(rows["pair_id"]):
         if rows["stats"][i]:
-            add_stats(run.stats, json.loads(rows["stats"][i]))
+            run.ledger.add(json.loads(rows["stats"][i]))
             worker = json.loads(rows["worker"][i])
             run.workers[f"{worker['node']}:{worker['pid']}"] = worker
         if rows["budget"][i]:
@@ -122,7 +120,7 @@ def _write_chunk(job: JobFiles, run: RayRun, rows: dict[str, Any], config: Engin
             kind = cast(FailureKind, str(rows["failure_kind"][i]))
             stop = job.pair_failed(str(pair_id), error, kind=kind) or stop
         job.tick(run.stats.cache_hits)
-    spent = _budget_spent(run.stats, config)
+    spent = run.ledger.spent()
     if spent and not stop:
         job.result.stopped = spent
     return stop or spent is not None
@@ -131,30 +129,33 @@ def _write_chunk(job: JobFiles, run: RayRun, rows: dict[str, Any], config: Engin
 def run_batch_on_ray(
     manifest: str | Path,
     out: str | Path,
-    judge_args: argparse.Namespace,
-    config: EngineConfig,
+    spec: EngineSpec,
     options: RayOptions,
     *,
     progress: bool = True,
+    ledger: Ledger | None = None,
 ) -> RayRun:
     """Label every pair of ``manifest`` not yet in ``out`` on Ray; returns what happened.
 
-    ``judge_args`` are the CLI's parsed judge/engine options: every actor builds its own engine
-    from them (``labeler.cli_options.engine_from_args``), on its own node.
+    Every actor builds its own engine from ``spec`` (``EngineSpec.build``), on its own node. The
+    actors' counters are summed into ``ledger`` (the driver engine's; by default a new one with
+    ``spec.engine``'s budgets), which stops the run once the actors together spent a budget.
     """
     import ray
     from ray.exceptions import RayError
 
     job = JobFiles(out, progress=progress)
-    run = RayRun(job.result)
+    if ledger is None:
+        ledger = Ledger(budget=spec.engine)
+    run = RayRun(job.result, ledger)
     started = False
     try:
         todo = job.todo(manifest)
         if todo:
             started = connect(options)
-            batches = build_dataset(todo, judge_args, options).iter_batches(batch_size=None)
+            batches = build_dataset(todo, spec, options).iter_batches(batch_size=None)
             for rows in batches:
-                if _write_chunk(job, run, rows, config):
+                if _write_chunk(job, run, rows):
                     break
     except RayError as exc:  # a chunk failed past its retries, an actor could not start...
         job.result.stopped = f"Ray: {type(exc).__name__}: {str(exc)[:2000]}"
@@ -166,18 +167,14 @@ def run_batch_on_ray(
 
 
 def label_on_ray(
-    manifest: Path, out: Path, args: argparse.Namespace, engine: Engine, options: RayOptions, quiet: bool
-) -> BatchResult:
-    """The batch CLI's --ray path: ``engine`` is the driver's (never asked); the summary reads the
-    actors' summed counters from its stats."""
+    manifest: Path, out: Path, spec: EngineSpec, engine: Engine, options: RayOptions, quiet: bool
+) -> RayRun:
+    """The batch CLI's --ray path: ``engine`` is the driver's (it never asks the judge); the
+    actors' counters are summed into its ledger, so the summary reads them from ``engine.stats``."""
     try:
-        run = run_batch_on_ray(manifest, out, args, engine.config, options, progress=not quiet)
+        return run_batch_on_ray(manifest, out, spec, options, progress=not quiet, ledger=engine.ledger)
     finally:
         asyncio.run(engine.aclose())
-    engine.stats = run.stats
-    if run.workers:
-        print(describe_workers(run), file=sys.stderr)
-    return run.result
 
 
 def describe_workers(run: RayRun) -> str:

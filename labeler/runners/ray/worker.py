@@ -11,7 +11,6 @@ client belong to it, exactly as in a one-process run's single ``asyncio.run``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import json
@@ -20,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from labeler.cli_options import engine_from_args
-from labeler.engine import BudgetExceeded, Engine, EngineStats
+from labeler.engine import BudgetExceeded, Engine
+from labeler.engine_spec import EngineSpec
+from labeler.ledger import Ledger
 from labeler.runners.local import failure_kind
 from labeler.runners.ray.cache_policy import refuse_network_cache
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
@@ -37,18 +37,6 @@ OUTCOME_COLUMNS = (
     "stats",
     "worker",
 )
-COUNTED_STATS = tuple(f.name for f in dataclasses.fields(EngineStats))
-
-
-def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-    """What one chunk added to an engine's counters (all of EngineStats' fields are sums)."""
-    return {name: after[name] - before[name] for name in COUNTED_STATS}
-
-
-def add_stats(total: EngineStats, delta: dict[str, float]) -> None:
-    """Fold an actor's chunk counters into the driver's totals."""
-    for name in COUNTED_STATS:
-        setattr(total, name, getattr(total, name) + delta[name])
 
 
 class PairLabeler:
@@ -56,10 +44,10 @@ class PairLabeler:
 
     loop: asyncio.AbstractEventLoop | None = None  # set last in __init__: __del__ closes what was made
 
-    def __init__(self, judge_args: argparse.Namespace):
+    def __init__(self, spec: EngineSpec):
         import ray
 
-        engine = engine_from_args(judge_args)
+        engine = spec.build()
         try:
             refuse_network_cache(engine.cache.directory)
         except ValueError:
@@ -83,7 +71,7 @@ class PairLabeler:
         assert self.loop is not None  # made by __init__
         rows = self.loop.run_until_complete(self._label_all(entries))
         columns: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in OUTCOME_COLUMNS}
-        columns["stats"][0] = json.dumps(stats_delta(before, dataclasses.asdict(self.engine.stats)))
+        columns["stats"][0] = json.dumps(Ledger.delta(before, dataclasses.asdict(self.engine.stats)))
         columns["worker"][0] = self.identity
         return columns
 

@@ -1,10 +1,13 @@
 """The human annotation page and its API, served by ``labeler.app`` (``include_router(router)``).
 
     GET  /annotate?manifest=NAME[&blind=1]     the page (static HTML + JS in labeler/service/annotate/static)
-    GET  /annotate/api/pairs?manifest=NAME&annotator=X[&blind=1]
-                                               pairs, segments, signed media URLs, saved answers
+    GET  /annotate/api/pairs?manifest=NAME&annotator=X[&blind=1][&labels=L&order=least-confident]
+         [&preannotations=1][&team=a,b,c&overlap=F]
+                                               pairs, segments, signed media URLs, saved answers,
+                                               the rubric (review queue options: annotate/queue.py)
     POST /annotations                          {manifest, pair_id, segment, label, annotator, note?}
     POST /annotations/export                   {manifest, annotator} -> writes the human JSONL
+                                               (409 while no pair is finished)
     GET  /annotations/export?manifest=NAME&annotator=X
                                                downloads the last export
 
@@ -34,6 +37,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from labeler.service.annotate import queue
 from labeler.service.annotate.store import (
     AnnotationError,
     AnnotationStore,
@@ -258,21 +262,46 @@ def annotate_pairs(
     manifest: Annotated[str, Query(min_length=1)],
     annotator: str = "",
     blind: bool = False,
+    labels: str = "",
+    order: queue.Order = "manifest",
+    preannotations: bool = False,
+    team: str = "",
+    overlap: float = 0.0,
 ) -> dict[str, Any]:
     """Everything the page needs: pairs with segments, media URLs, the annotator's saved answers
-    (true A/B terms) and, in blind mode, each pair's side order."""
+    (true A/B terms) and, in blind mode, each pair's side order. The review queue's options
+    (``labels``, ``order``, ``preannotations``, ``team``/``overlap``): labeler.service.annotate.queue."""
     name = _annotator(annotator) if annotator.strip() else ""
     plan = _plan(request, manifest)
     root, token = _media_root(request), _settings(request).token()
+    if (order != "manifest" or preannotations) and not labels:
+        raise ServiceError(
+            422, "InvalidQuery", "order=least-confident and preannotations need labels=<judge labels>"
+        )
+    judged = queue.read_judge_labels(root, labels) if labels else {}
+    chosen = list(plan.pairs)
+    if team:
+        if not name:
+            raise ServiceError(422, "InvalidQuery", "team: give annotator= to get your share of the pairs")
+        members = queue.parse_team(team, name, overlap)
+        chosen = [p for p in chosen if name in queue.assignees(p.pair_id, members, overlap)]
     answers = _store(request).answers(manifest_key(manifest), name) if name else {}
-    pairs = [
-        _pair_view(pair, root, token, answers, blind and blind_swapped(manifest, name, pair.pair_id))
-        for pair in plan.pairs
-    ]
+    pairs = []
+    for pair in queue.order_pairs(chosen, judged, order):
+        view = _pair_view(pair, root, token, answers, blind and blind_swapped(manifest, name, pair.pair_id))
+        if (ref := queue.reference_url(pair, plan.path.parent, root, token)) is not None:
+            view["videos"]["ref"] = ref
+        if labels:
+            view["confidence"] = queue.confidence(judged.get(pair.pair_id), pair)
+        if preannotations:
+            view["preannotation"] = queue.preannotation(judged.get(pair.pair_id), pair)
+        pairs.append(view)
     return {
         "manifest": manifest,
         "annotator": name,
         "blind": blind,
+        "order": order,
+        "rubric": queue.RUBRIC,
         "pairs": pairs,
         "problems": [
             {"pair_id": p.pair_id, "type": p.type, "message": private_paths(root)(p.message)}
@@ -324,6 +353,13 @@ def export(request: Request, body: ExportIn) -> dict[str, Any]:
     (``<annotations dir>/<manifest>.<annotator>.human.jsonl``); incomplete pairs are listed."""
     annotator = _annotator(body.annotator)
     plan = _plan(request, body.manifest)
+    if _pairs_done(plan, _store(request).answers(manifest_key(body.manifest), annotator)) == 0:
+        # An empty file would replace a useful earlier export and look like a finished job.
+        raise ServiceError(
+            409,
+            "NothingToExport",
+            f"annotator: {annotator!r} has not finished any pair of {body.manifest!r} yet",
+        )
     result = export_annotations(plan, _store(request), annotator)
     return {
         "path": _shown_path(result.path, _media_root(request)),

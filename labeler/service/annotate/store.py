@@ -13,7 +13,6 @@ writer spoils at most its own last line (skipped on reading, and terminated befo
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -28,8 +27,10 @@ from urllib.parse import quote
 
 from labeler import __version__
 from labeler.engine import EngineConfig
+from labeler.errors import AnnotationError
 from labeler.fileio import atomic_write_lines, read_lines
-from labeler.media.video import VideoError, VideoInfo, check_aligned, file_identity, probe, segment_spans
+from labeler.media.identity import IdentityMemo
+from labeler.media.video import VideoError, VideoInfo, check_aligned, probe, segment_spans
 from labeler.schemas import (
     LABELS,
     DensePreferenceRecord,
@@ -70,16 +71,6 @@ log = logging.getLogger(__name__)
 ANNOTATOR_PATTERN = r"^\w[\w.@-]{0,63}$"
 _ANNOTATOR_RE = re.compile(ANNOTATOR_PATTERN)
 DEFAULT_SEGMENT_SECONDS = EngineConfig.segment_seconds
-
-
-class AnnotationError(Exception):
-    """A bad annotation request; ``field`` names the offending field, ``status`` the HTTP status."""
-
-    def __init__(self, field: str, message: str, status: int = 422):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
 
 
 def check_annotator(name: str) -> str:
@@ -162,19 +153,9 @@ class ManifestPlan:
         return self._index.get(pair_id)
 
 
-@functools.lru_cache(maxsize=4096)
-def _probe_version(path: str, identity: str) -> VideoInfo:
-    return probe(path)
-
-
-def _probe(path: str) -> VideoInfo:
-    """``probe`` memoised by the file's identity (``video.file_identity``: a rewrite with its size
-    and mtime restored is probed again); the page asks for the same manifest often."""
-    try:
-        identity = file_identity(path)
-    except VideoError:
-        return probe(path)  # raises the VideoReadError that says why (missing, unreadable...)
-    return _probe_version(path, identity)
+#: ``probe`` remembered by the file's identity (a rewrite with its size and mtime restored is
+#: probed again); the page asks for the same manifest often.
+_probe: IdentityMemo[VideoInfo] = IdentityMemo(probe)
 
 
 def _raw_entries(path: Path) -> dict[str, ManifestEntry]:

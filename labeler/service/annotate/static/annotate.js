@@ -9,10 +9,17 @@ const ANNOTATOR_KEY = "densepref_annotator";
 const ANNOTATOR_RE = /^[\p{L}\p{N}_][\p{L}\p{N}_.@-]{0,63}$/u;
 const SWAP = { A: "B", B: "A", tie: "tie" };
 
+const AUTO_ADVANCE_KEY = "densepref_auto_advance";
 const params = new URLSearchParams(location.search);
+const truthy = (name) => ["1", "true", "yes"].includes((params.get(name) || "").toLowerCase());
+// The review queue (labeler/service/annotate/queue.py): a judge's label file orders the pairs and,
+// only when asked, shows its labels.
+const QUEUE_PARAMS = ["labels", "order", "preannotations", "team", "overlap"];
 const state = {
   manifest: params.get("manifest") || "",
-  blind: ["1", "true", "yes"].includes((params.get("blind") || "").toLowerCase()),
+  blind: truthy("blind"),
+  labels: params.get("labels") || "",
+  preannotations: truthy("preannotations"),
   annotator: "",
   data: null, // the /annotate/api/pairs answer
   pairIdx: 0,
@@ -80,7 +87,12 @@ function resumePosition() {
 
 const player = new SyncedPlayer($("#video-left"), $("#video-right"), {
   onTime: followPlayhead,
-  onPlayState: (playing) => { $("#play-btn").textContent = playing ? "‖ Pause" : "▶ Play"; },
+  onPlayState: (playing) => {
+    $("#play-btn").textContent = playing ? "‖ Pause" : "▶ Play";
+    const ref = $("#video-ref");
+    if ($("#ref-figure").hidden) return;
+    if (playing) ref.play().catch(() => {}); else { ref.pause(); ref.currentTime = player.lead.currentTime; }
+  },
   onError: (video, message) => { errorBox(video).textContent = message; errorBox(video).hidden = false; },
   onLoaded: (video) => { errorBox(video).hidden = true; },
 });
@@ -100,6 +112,9 @@ function followPlayhead(t) {
     player.seekFrame(seg.start_frame);
     return;
   }
+  const ref = $("#video-ref");
+  // The reference follows the pair's clock: pulled back onto it when it drifts by over a frame.
+  if (!$("#ref-figure").hidden && Math.abs(ref.currentTime - t) > 1 / player.fps) ref.currentTime = t;
   const at = segmentAt(player.frameAt(t));
   if (at.index !== state.segIdx) selectSegment(at.index, false);
   const frac = Math.max(0, Math.min(1, t / player.duration));
@@ -156,11 +171,24 @@ function renderSegments() {
   for (const lab of ["A", "B", "tie"]) {
     $(`#answer-${lab}`).setAttribute("aria-pressed", String(!!a && shown(a.label, p) === lab));
   }
+  renderJudgeHint(p, seg);
   const note = a && a.note != null ? a.note : (state.drafts[state.pairIdx][state.segIdx] || "");
   if (document.activeElement !== $("#note")) $("#note").value = note;
   $("#prev-pair").disabled = state.pairIdx === 0;
   $("#next-pair").disabled = state.pairIdx >= state.data.pairs.length - 1;
   updateProgress();
+}
+
+// The judge's label of the current segment, on the screen's sides (only when asked for).
+function renderJudgeHint(p, seg) {
+  const hint = $("#judge-hint");
+  const pre = p.preannotation && p.preannotation.segments[String(seg.index)];
+  hint.hidden = !pre;
+  if (!pre) { hint.textContent = ""; hint.dataset.label = ""; return; }
+  const label = shown(pre.label, p);
+  const prob = { A: p.swapped ? pre.p_b : pre.p_a, B: p.swapped ? pre.p_a : pre.p_b, tie: pre.p_tie }[label];
+  hint.dataset.label = label;
+  hint.textContent = `judge (${p.preannotation.judge}): ${label === "tie" ? "tie" : label + " better"} · p ${prob.toFixed(2)}`;
 }
 
 function selectSegment(index, doSeek = true) {
@@ -179,6 +207,9 @@ function showPair(index, segIndex = 0) {
   state.segIdx = Math.max(0, Math.min(p.segments.length - 1, segIndex));
   const [srcLeft, srcRight] = p.swapped ? [p.videos.B, p.videos.A] : [p.videos.A, p.videos.B];
   player.load(srcLeft, srcRight, p.fps, p.num_frames);
+  const ref = $("#video-ref");
+  $("#ref-figure").hidden = !p.videos.ref;
+  if (p.videos.ref) ref.src = p.videos.ref; else ref.removeAttribute("src");
   $("#pair-counter").textContent = `Pair ${state.pairIdx + 1} / ${state.data.pairs.length}`;
   $("#pair-id").textContent = p.pair_id;
   $("#prompt").textContent = p.prompt;
@@ -252,6 +283,19 @@ function answer(shownLabel) {
   state.answers[state.pairIdx][state.segIdx] = entry;
   renderSegments();
   save(state.pairIdx, state.segIdx, entry);
+  if ($("#auto-advance").checked) advance();
+}
+
+// Auto-advance: the next unanswered segment of this pair, else of the pairs after it.
+function advance() {
+  const pairs = state.data.pairs;
+  for (let i = state.pairIdx; i < pairs.length; i++) {
+    const seg = pairs[i].segments.find((s) => !state.answers[i][s.index] && (i > state.pairIdx || s.index > state.segIdx));
+    if (!seg) continue;
+    if (i === state.pairIdx) selectSegment(seg.index); else showPair(i, seg.index);
+    return;
+  }
+  if (state.segIdx < pair().segments.length - 1) selectSegment(state.segIdx + 1);
 }
 
 function noteChanged() {
@@ -271,6 +315,7 @@ async function load() {
   $("#blind-toggle").checked = state.blind;
   if (!state.manifest) { say("Add ?manifest=<manifest path under the media root> to the address.", true, true); return; }
   const q = new URLSearchParams({ manifest: state.manifest, annotator: state.annotator, blind: state.blind ? "1" : "0" });
+  for (const name of QUEUE_PARAMS) if (params.get(name)) q.set(name, params.get(name));
   const generation = ++state.loads; // a slower, older load must not overwrite a newer one
   let data;
   try {
@@ -287,6 +332,7 @@ async function load() {
     return out;
   });
   state.drafts = data.pairs.map(() => ({}));
+  $("#rubric-text").textContent = data.rubric;
   renderProblems(data.problems);
   if (!data.pairs.length) { say("This manifest has no pair that can be annotated.", true, true); return; }
   const [pi, si] = resumePosition();
@@ -393,6 +439,22 @@ $("#note").addEventListener("change", noteChanged);
 $("#annotator").addEventListener("change", (ev) => setAnnotator(ev.target.value));
 $("#export-btn").addEventListener("click", exportLabels);
 $("#download-link").addEventListener("click", downloadExport);
+// Queue controls reload the page with their setting in the address, like the blind toggle.
+function setQuery(name, value) {
+  const q = new URLSearchParams(location.search);
+  if (value) q.set(name, value); else q.delete(name);
+  location.search = q.toString();
+}
+for (const el of document.querySelectorAll(".queue-control")) el.hidden = !state.labels;
+$("#order").value = params.get("order") === "least-confident" ? "least-confident" : "manifest";
+$("#order").addEventListener("change", (ev) => setQuery("order", ev.target.value === "manifest" ? "" : ev.target.value));
+$("#preannotate-toggle").checked = state.preannotations;
+$("#preannotate-toggle").addEventListener("change", (ev) => setQuery("preannotations", ev.target.checked ? "1" : ""));
+$("#auto-advance").checked = localStorage.getItem(AUTO_ADVANCE_KEY) === "1";
+$("#auto-advance").addEventListener("change", (ev) => {
+  localStorage.setItem(AUTO_ADVANCE_KEY, ev.target.checked ? "1" : "0");
+  ev.target.blur();
+});
 $("#blind-toggle").addEventListener("change", (ev) => {
   const q = new URLSearchParams(location.search);
   if (ev.target.checked) q.set("blind", "1"); else q.delete("blind");
