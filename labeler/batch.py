@@ -144,6 +144,10 @@ def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
         f"tokens     in {s['input_tokens']}, out {s['output_tokens']}, estimated cost ${s['cost_usd']:.4f}",
         f"labels  -> {out}",
     ]
+    if fallbacks := engine.judge.endpoint_fallbacks():
+        lines.insert(
+            -1, f"fallbacks  the endpoint refused {', '.join(fallbacks)}: sent without (docs/endpoints.md)"
+        )
     if result.failed:
         lines.append(f"errors  -> {result.errors_file}")
         lines += [f"  {pid}: {msg[:200]}" for pid, msg in result.failures[:5]]

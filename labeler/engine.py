@@ -494,6 +494,8 @@ class Engine:
             extra["answer_order"] = self.judge.answer_order
         if segment_seconds is not None:
             extra["segment_seconds"] = segment_seconds
+        if fallbacks := self.judge.endpoint_fallbacks():
+            extra["fallbacks"] = fallbacks
         return LabelerInfo(
             judge=self.judge.name,
             model=self.judge.model,

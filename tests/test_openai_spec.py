@@ -19,7 +19,7 @@ from pydantic import TypeAdapter
 from labeler.cache import JudgmentCache
 from labeler.engine import Engine, EngineConfig
 from labeler.fileio import read_lines
-from labeler.judges.models_table import MODELS
+from labeler.judges.models_table import MODELS, RESPONSES_ONLY
 from labeler.judges.openai_api import OpenAIJudge
 from labeler.runners.batch_api_files import write_batch_files
 from labeler.schemas import ManifestEntry, SegmentRequest
@@ -58,7 +58,11 @@ def request_pair() -> SegmentRequest:
     )
 
 
-MODEL_NAMES = [*MODELS, "gpt-4o-2024-08-06", "Qwen/Qwen2.5-VL-7B-Instruct"]
+MODEL_NAMES = [
+    *(m for m in MODELS if m not in RESPONSES_ONLY),
+    "gpt-4o-2024-08-06",
+    "Qwen/Qwen2.5-VL-7B-Instruct",
+]
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)

@@ -38,9 +38,10 @@ def read_completion(
         return None, raw, JudgeParseError(f"The model refused: {message['refusal']}")
     try:
         answer = parse_answer(raw)
-    except JudgeParseError:
+    except JudgeParseError as parse_error:
+        error = parse_error
         if is_whitespace_loop(raw, choice.get("finish_reason")):
-            exc = JudgeParseError(
+            error = JudgeParseError(
                 f"the answer was {len(raw)} characters of whitespace up to the token limit: the "
                 "server's JSON grammar lets the model loop on whitespace (vLLM with Qwen models). "
                 f"Start vllm serve with --structured-outputs-config '{VLLM_WHITESPACE_FIX}'"
@@ -53,8 +54,8 @@ def read_completion(
                     f"{details['reasoning_tokens']} tokens went to hidden reasoning: give the model "
                     "room with --reasoning-effort (lower) or a larger reasoning budget"
                 )
-            exc = JudgeParseError(f"{exc} (the answer was cut off at the token limit: {hint})")
-        return None, raw, exc
+            error = JudgeParseError(f"{parse_error} (the answer was cut off at the token limit: {hint})")
+        return None, raw, error
     probs = label_probabilities_from_logprobs((choice.get("logprobs") or {}).get("content"))
     source: Literal["logprobs", "vote"] = "logprobs"
     if probs is None:

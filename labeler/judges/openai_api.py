@@ -58,6 +58,9 @@ __all__ = ["OpenAIJudge"]
 log = logging.getLogger(__name__)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: How endpoints name the structured-output parameter in a refusal: OpenAI's and vLLM's names, and
+#: Gemini's OpenAI layer, which reports the field it maps it to (``generation_config.response_schema``).
+SCHEMA_PARAMETER_NAMES = ("response_format", "json_schema", "response_schema", "response_mime_type")
 #: A typical answer: one or two sentences of rationale plus the label, in tokens.
 EXPECTED_ANSWER_TOKENS = 60
 
@@ -279,6 +282,9 @@ class OpenAIJudge(Judge):
     def cost_usd(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
         return estimate_cost(self.settings.model, input_tokens, output_tokens, batch=batch, price=self.price)
 
+    def endpoint_fallbacks(self) -> list[str]:
+        return sorted(self.fallbacks)
+
     def attach_meter(self, meter: UsageMeter) -> None:
         self._meter = meter
 
@@ -340,7 +346,7 @@ class OpenAIJudge(Judge):
         settings = self.settings
         if "logprobs" in text and settings.logprobs and "logprobs" not in self.fallbacks:
             self.fallbacks["logprobs"] = message
-        elif ("response_format" in text or "json_schema" in text) and (
+        elif any(name in text for name in SCHEMA_PARAMETER_NAMES) and (
             "response_format" not in self.fallbacks
         ):
             if settings.strict and "strict" not in self.fallbacks:
@@ -368,7 +374,8 @@ class OpenAIJudge(Judge):
 
         client = self._client()
         while True:
-            body = {"model": self.model, "messages": messages, **self._params(), **(fields or {})}
+            params = self._params()
+            body = {"model": self.model, "messages": messages, **params, **(fields or {})}
             if self._meter is not None:
                 self._meter.before_request()  # every HTTP request counts against --max-requests
             try:
@@ -391,6 +398,10 @@ class OpenAIJudge(Judge):
             except openai.BadRequestError as exc:
                 message = server_message(exc)
                 if self._apply_fallback(message):
+                    continue
+                if self._params() != params:
+                    # Refused for a parameter another request has dropped since this body was
+                    # built (concurrent requests meet the same refusal): resend without it.
                     continue
                 raise FatalJudgeError(
                     f"{self.model} at {self.base_url} rejected the request (400): {message}"

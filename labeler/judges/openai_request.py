@@ -15,7 +15,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from labeler.judges.models_table import EXPECTED_REASONING_TOKENS, REASONING_BUDGET, lookup
+from labeler.judges.models_table import (
+    EXPECTED_REASONING_TOKENS,
+    REASONING_BUDGET,
+    RESPONSES_ONLY,
+    lookup,
+)
 from labeler.judges.parsing import answer_json_schema
 
 __all__ = ["ANSWER_ORDERS", "AnswerOrder", "RequestSettings", "parse_price"]
@@ -63,6 +68,12 @@ class RequestSettings:
         if self.reasoning_budget is not None and self.reasoning_budget < 0:
             raise ValueError(f"reasoning_budget must be >= 0, got {self.reasoning_budget}")
         info = lookup(self.model)
+        if info is not None and info.family in RESPONSES_ONLY:
+            raise ValueError(
+                f"{self.model} is served by OpenAI's Responses API only, and the openai judge speaks "
+                "chat.completions: every request would fail. Choose another model (e.g. "
+                f"{info.family.removesuffix('-pro')})"
+            )
         effort = self.reasoning_effort
         if effort is not None and effort not in EFFORTS:
             raise ValueError(f"reasoning effort must be one of {', '.join(EFFORTS)}, got {effort!r}")

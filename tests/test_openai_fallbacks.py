@@ -1,0 +1,105 @@
+"""Refused parameters under concurrency, the error body shapes endpoints use (Gemini's OpenAI
+layer answers with an array), and models the judge must refuse before sending anything."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from labeler.judges.openai_api import OpenAIJudge
+from labeler.judges.openai_errors import server_message
+from labeler.schemas import SegmentRequest
+from labeler.standin import StandinServer
+from tests.conftest import textured_frames
+
+
+def _request() -> SegmentRequest:
+    frames = textured_frames(2, h=32, w=48)
+    return SegmentRequest(
+        prompt="a fox", frames_first=frames, frames_second=frames[::-1].copy(), start_s=0, end_s=1
+    )
+
+
+def _sdk_error(status: int, body: object) -> openai.APIStatusError:
+    """The exception the openai SDK raises for this HTTP answer (its own _make_status_error)."""
+    request = httpx.Request("POST", "http://x/v1/chat/completions")
+    response = httpx.Response(status, json=body, request=request)
+    client = openai.OpenAI(api_key="k", base_url="http://x/v1")
+    return client._make_status_error_from_response(response)
+
+
+def test_requests_in_flight_when_a_parameter_is_refused_are_resent_without_it():
+    """Eight bodies built with logprobs before the first refusal comes back: the first refusal
+    records the fallback, the seven others are resent without logprobs, none fails."""
+    with StandinServer(supports_logprobs=False) as server:
+        judge = OpenAIJudge("gpt-4o-mini", base_url=server.base_url, api_key="k")
+        messages = judge._messages(_request())
+
+        async def go():
+            try:
+                # gather starts every coroutine before any answer arrives: each builds its body
+                # (with logprobs) and awaits the network, so all eight meet the refusal.
+                return await asyncio.gather(*(judge._create(messages) for _ in range(8)))
+            finally:
+                await judge.aclose()
+
+        answers = asyncio.run(go())
+        assert len(answers) == 8 and all(a["choices"] for a in answers)
+        assert list(judge.fallbacks) == ["logprobs"] and judge.endpoint_fallbacks() == ["logprobs"]
+        refused = [e for e in server.state.log if e["status"] == 400]
+        assert len(refused) == 8 and all("logprobs" in e["body"] for e in refused)
+        assert not any("logprobs" in e["body"] for e in server.state.log if e["status"] == 200)
+
+
+def test_gemini_array_error_body_is_read_and_its_fallback_applies():
+    body = [{"error": {"code": 400, "message": 'Invalid JSON payload received. Unknown name "logprobs": '
+                       "Cannot find field.", "status": "INVALID_ARGUMENT"}}]  # fmt: skip
+    exc = _sdk_error(400, body)
+    assert 'Unknown name "logprobs"' in server_message(exc)
+    judge = OpenAIJudge("gemini-2.5-flash", base_url="http://x/v1", api_key="k")
+    assert judge._apply_fallback(server_message(exc)) and "logprobs" in judge.fallbacks
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "outer", "metadata": {}}},
+        {"error": '{"error": {"message": "inner proxy message"}}'},
+        {"message": "bare message"},
+        [{"error": {"message": "first"}}, {"error": {"message": "second"}}],
+    ],
+)
+def test_nested_error_shapes_give_the_servers_words(body):
+    message = server_message(_sdk_error(400, body))
+    assert not message.startswith("Error code"), message
+    assert any(word in message for word in ("outer", "inner proxy", "bare", "first; second"))
+
+
+def test_gemini_schema_field_error_drops_strict_then_the_schema():
+    message = (
+        "* GenerateContentRequest.generation_config.response_schema.properties[label].enum: "
+        "only allowed for STRING type"
+    )
+    judge = OpenAIJudge("gemini-2.5-flash", base_url="http://x/v1", api_key="k")
+    assert judge._apply_fallback(message) and "strict" in judge.fallbacks
+    assert judge._apply_fallback(message) and "response_format" in judge.fallbacks
+    assert "response_format" not in judge.build_body(_request())
+
+
+@pytest.mark.parametrize("model", ["o1-pro", "o3-pro", "gpt-5-pro", "gpt-5-pro-2025-10-06", "gpt-5.2-pro"])
+def test_responses_only_models_are_refused_before_any_request(model):
+    with pytest.raises(ValueError, match="Responses API only"):
+        OpenAIJudge(model, api_key="k")
+
+
+def test_cli_refuses_a_responses_only_model_with_exit_2(tmp_path, capsys):
+    from labeler.batch import main
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(manifest), "--out", str(tmp_path / "o.jsonl"), "--judge", "openai", "--model", "o3-pro"])
+    assert exit_.value.code == 2 and "Responses API only" in capsys.readouterr().err
