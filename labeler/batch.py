@@ -184,12 +184,11 @@ async def _label(
     """One event loop for the whole job (the engine's semaphores and HTTP clients belong to it)."""
     try:
         if batch_import:
-            from labeler.runners.batch_api import import_batch_outputs
+            from labeler.runners.batch_import import import_batch_outputs, planned_keys
 
-            report = import_batch_outputs(batch_import, engine)
-            print(
-                f"batch import: {report.answered} answers cached, {report.unusable} left for the online run"
-            )
+            expected = await planned_keys(manifest, out, engine)
+            report = await asyncio.to_thread(import_batch_outputs, batch_import, engine, expected)
+            print(report.summary(len(expected)))
         if openai_batch_poll is not None:
             from labeler.runners.batch_api import prefill_with_batch_api
 
@@ -257,6 +256,10 @@ def _check_args(args: argparse.Namespace) -> None:
         _check_manifest(args.manifest)
     if (args.openai_batch or args.batch_export or args.batch_import) and args.judge != "openai":
         raise UsageError("--openai-batch, --batch-export and --batch-import need --judge openai")
+    if args.batch_import:
+        from labeler.runners.batch_import import check_import_paths
+
+        check_import_paths(args.batch_import)
     if args.batch_max_tokens is not None and (args.batch_max_tokens < 1 or not args.openai_batch):
         raise UsageError("--batch-max-tokens needs --openai-batch and a positive number of tokens")
     if args.out is not None and not args.dry_run:

@@ -120,11 +120,57 @@ def test_vllm_run_batch_path_exports_and_imports_the_same_jsonl(manifest, tmp_pa
                     + "\n"
                 )
         assert server.stats()["requests_total"] == 8
-        proc = cli(manifest, out, server, cache, "--batch-import", str(outputs), model=model)
+        good = outputs.read_text().splitlines()
+        hostile = tmp_path / "jobs" / "hostile.jsonl"
+        first = json.loads(good[0])
+        other_model = json.loads(good[1])
+        other_model["response"]["body"]["model"] = "someone-else/7B"
+        negative = json.loads(good[2])
+        negative["response"]["body"]["usage"]["prompt_tokens"] = -(10**9)
+        hostile.write_text(
+            "\n".join(
+                [
+                    "{not json",
+                    json.dumps({**first, "custom_id": "foreign-key"}),
+                    json.dumps({**first, "custom_id": 12345}),
+                    json.dumps(other_model),
+                    json.dumps(negative),
+                    "[1, 2]",
+                    good[3],
+                ]
+            )
+            + "\n"
+        )
+        # The hostile file first: its lines are each rejected and counted, none cached or billed.
+        proc = cli(manifest, out, server, cache, "--batch-import", str(hostile), str(outputs), model=model)
         assert proc.returncode == 0, proc.stderr
-        assert "8 answers cached" in proc.stdout
+        assert (
+            "15 lines, 11 match the current plan (8 requests planned), 8 answers cached, not billed"
+            in proc.stdout
+        )
+        for reason in ("1 not JSON", "1 custom_id not in the current plan", "2 no custom_id string",
+                       "1 answered by another model", "1 unusable answer", "1 duplicate custom_id"):  # fmt: skip
+            assert reason in proc.stdout, (reason, proc.stdout)
+        assert "hostile.jsonl:1: not JSON" in proc.stdout and "impossible" in proc.stdout
         assert server.stats()["requests_total"] == 8  # nothing went online
         assert all(r.usage.cache_hits == 4 for r in read_records(out))
+        assert "estimated cost $0.0000" in proc.stdout  # self-hosted answers are not billed
+
+
+def test_batch_import_of_a_missing_file_or_a_folder_is_a_clear_exit_2(manifest, tmp_path):
+    with StandinServer(flavour="vllm") as server:
+        for path, words in ((tmp_path / "nope.jsonl", "does not exist"), (tmp_path, "is a directory")):
+            proc = cli(manifest, tmp_path / "o.jsonl", server, tmp_path / "c", "--batch-import", str(path))
+            assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batch_import_bounds_each_line(tmp_path):
+    from labeler.runners.batch_import import _bounded_lines
+
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b"x" * 5000 + b"\n" + b'{"b": 2}\n')
+    lines = list(_bounded_lines(path, max_bytes=100))
+    assert lines == [(1, b'{"a": 1}\n'), (2, None), (3, b'{"b": 2}\n')]
 
 
 def _request() -> SegmentRequest:

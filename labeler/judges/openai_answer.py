@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from labeler.judges.parsing import label_probabilities_from_logprobs, parse_answer
+from labeler.judges.usage import read_usage
 from labeler.schemas import JudgeParseError, Judgment
 
 __all__ = ["VLLM_WHITESPACE_FIX", "is_whitespace_loop", "read_completion"]
@@ -27,7 +28,8 @@ def read_completion(
 ) -> tuple[Judgment | None, str, JudgeParseError | None]:
     """(judgment or None, raw text, parse error or None) of one chat.completion JSON."""
     usage = response.get("usage") or {}
-    in_tok, out_tok = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    counts = read_usage(response.get("usage"))  # ImpossibleUsage (a ValueError) if unreal
+    in_tok, out_tok = counts.prompt_tokens, counts.completion_tokens
     choices = response.get("choices") or []
     if not choices:
         return None, "", JudgeParseError("The response held no choices. Reply with the JSON object.")

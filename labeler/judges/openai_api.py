@@ -31,6 +31,7 @@ from labeler.judges.openai_errors import server_message, status_error
 from labeler.judges.openai_request import AnswerOrder, RequestSettings
 from labeler.judges.pricing import chat_input_tokens, estimate_cost
 from labeler.judges.prompts import LAYOUTS, load_prompt
+from labeler.judges.usage import ImpossibleUsage, read_usage
 from labeler.judges.video_parts import (
     INPUT_MODES,
     InputMode,
@@ -389,11 +390,13 @@ class OpenAIJudge(Judge):
                     raise TransientJudgeError(
                         f"{self.base_url} answered with something other than a JSON object: {str(response)[:200]!r}"
                     )
-                usage = response.get("usage") or {}
+                try:
+                    usage = read_usage(response.get("usage"))
+                except ImpossibleUsage as exc:
+                    # Counting it would corrupt the budgets (a negative count lowers the spend).
+                    raise FatalJudgeError(f"{self.base_url} reported impossible token usage: {exc}") from exc
                 if self._meter is not None:  # billed whether or not the answer turns out usable
-                    self._meter.billed(
-                        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                    )
+                    self._meter.billed(usage.prompt_tokens, usage.completion_tokens)
                 return response
             except openai.BadRequestError as exc:
                 message = server_message(exc)
@@ -426,9 +429,9 @@ class OpenAIJudge(Judge):
         for _ in range(self.max_parse_retries + 1):
             response = await self._create(messages, fields)
             judgment, raw, error = self._read(response)
-            usage = response.get("usage") or {}
-            in_total += int(usage.get("prompt_tokens") or 0)
-            out_total += int(usage.get("completion_tokens") or 0)
+            usage = read_usage(response.get("usage"))  # checked by _create
+            in_total += usage.prompt_tokens
+            out_total += usage.completion_tokens
             if judgment is not None:
                 return judgment.model_copy(update={"input_tokens": in_total, "output_tokens": out_total})
             assert error is not None

@@ -14,7 +14,7 @@ every answer cached and writes the records; whatever the batch could not answer 
   so a run killed while polling resumes the same batches instead of paying for them again.
 - A server without the Files API (plain ``vllm serve``) is detected before anything is written:
   :class:`BatchApiUnavailable`, and nothing is left behind. Self-hosted models take the same JSONL
-  offline with ``vllm run-batch`` (:func:`export_batch_files`, :func:`import_batch_outputs`).
+  offline with ``vllm run-batch`` (:func:`export_batch_files`; labeler.runners.batch_import reads the answers back).
 
 The runner talks to the engine through its public API only: ``Engine.pending_requests`` for the
 lines, ``Engine.record`` for each answer (cached and billed at the Batch API's price), and the
@@ -35,7 +35,7 @@ from typing import Any
 from labeler import jobfiles
 from labeler.engine import Engine
 from labeler.errors import BatchApiUnavailable
-from labeler.fileio import atomic_write_json, read_lines, split_lines
+from labeler.fileio import atomic_write_json, split_lines
 from labeler.runners.batch_api_files import (
     MAX_LINES_PER_BATCH,
     BatchFile,
@@ -284,11 +284,3 @@ async def export_batch_files(
     budget = SubmissionBudget.of(engine)
     files = await write_batch_files(entries, engine, directory / "requests", budget=budget)
     return [Path(f.path) for f in files]
-
-
-def import_batch_outputs(paths: Iterable[Path], engine: Engine) -> BatchApiReport:
-    """Cache the answers of Batch output files (``vllm run-batch -o``); self-hosted: nothing billed."""
-    report = BatchApiReport()
-    for path in paths:
-        _cache_output_lines(read_lines(path), engine, report, billed=True)
-    return report
