@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from labeler import jobfiles
@@ -29,6 +29,7 @@ from labeler.cli_options import (
     spec_from_args,
 )
 from labeler.engine import Engine
+from labeler.ledger import Limits
 from labeler.runners.local import BatchResult, run_batch
 from labeler.runners.ray.options import RayOptions
 from labeler.schemas import JudgeError
@@ -102,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         "enqueued-token limit for your tier); later files are submitted as earlier ones finish",
     )
     p.add_argument(
+        "--batch-online-rest",
+        action="store_true",
+        help="--openai-batch: send the requests no batch answered (failed, expired, cancelled lines, "
+        "after the resubmission rounds) online at full price; without it they are left for a rerun "
+        "and the run writes only the pairs the batches answered",
+    )
+    p.add_argument(
+        "--keep-batch-files",
+        action="store_true",
+        help="--openai-batch: keep the uploaded input files and the output/error files on the "
+        "provider (default: delete them once collected)",
+    )
+    p.add_argument(
         "--batch-export",
         type=Path,
         metavar="DIR",
@@ -125,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _share(n: int, total: int) -> str:
     return f"{n} ({100 * n / total:.0f}%)" if total else "0"
+
+
+@dataclass(frozen=True)
+class BatchApiOptions:
+    """``--batch-online-rest`` and ``--keep-batch-files``."""
+
+    online_rest: bool = False
+    keep_files: bool = False
 
 
 def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
@@ -180,6 +202,7 @@ async def _label(
     openai_batch_poll: float | None = None,
     batch_max_tokens: int | None = None,
     batch_import: list[Path] | None = None,
+    batch_options: BatchApiOptions = BatchApiOptions(),
 ) -> BatchResult:
     """One event loop for the whole job (the engine's semaphores and HTTP clients belong to it)."""
     try:
@@ -187,19 +210,30 @@ async def _label(
             from labeler.runners.batch_import import import_batch_outputs, planned_keys
 
             expected = await planned_keys(manifest, out, engine)
-            report = await asyncio.to_thread(import_batch_outputs, batch_import, engine, expected)
-            print(report.summary(len(expected)))
+            imported = await asyncio.to_thread(import_batch_outputs, batch_import, engine, expected)
+            print(imported.summary(len(expected)))
         if openai_batch_poll is not None:
             from labeler.runners.batch_api import prefill_with_batch_api
 
-            await prefill_with_batch_api(
+            report = await prefill_with_batch_api(
                 manifest,
                 out,
                 engine,
                 poll_seconds=openai_batch_poll,
                 max_tokens=batch_max_tokens,
                 progress=print,
+                keep_files=batch_options.keep_files,
             )
+            if (report.left or report.capped) and not batch_options.online_rest:
+                # Nothing goes online unasked: the run labels from the cache only.
+                engine.ledger.budget = Limits(
+                    max_requests=engine.stats.requests, max_cost=engine.config.max_cost
+                )
+                print(
+                    f"openai batch: {len(report.left) + report.capped} requests have no answer; they are "
+                    "not sent online (full price) without --batch-online-rest. Rerun with --openai-batch "
+                    "to submit them again."
+                )
         return await run_batch(manifest, out, engine, workers=workers, progress=not quiet)
     finally:
         await engine.aclose()
@@ -260,6 +294,8 @@ def _check_args(args: argparse.Namespace) -> None:
         from labeler.runners.batch_import import check_import_paths
 
         check_import_paths(args.batch_import)
+    if (args.batch_online_rest or args.keep_batch_files) and not args.openai_batch:
+        raise UsageError("--batch-online-rest and --keep-batch-files need --openai-batch")
     if args.batch_max_tokens is not None and (args.batch_max_tokens < 1 or not args.openai_batch):
         raise UsageError("--batch-max-tokens needs --openai-batch and a positive number of tokens")
     if args.out is not None and not args.dry_run:
@@ -302,6 +338,7 @@ def _run(
                     openai_batch_poll=poll,
                     batch_max_tokens=args.batch_max_tokens,
                     batch_import=args.batch_import,
+                    batch_options=BatchApiOptions(args.batch_online_rest, args.keep_batch_files),
                 )
             )
     except KeyboardInterrupt:

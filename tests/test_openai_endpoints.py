@@ -325,3 +325,49 @@ def test_split_submission_resumes_after_a_kill(manifest, tmp_path, monkeypatch):
         )
         assert report.answered == 4 and len(server.state.batches) == 2  # nothing submitted twice
         assert not server.stats()["answered_twice"]
+
+
+# --------------------------------------------------------------------------- Batch API lifecycle
+
+
+def test_server_errors_while_polling_and_downloading_are_retried(manifest, tmp_path):
+    """One 500 while polling or a 502 on the download must not end a 24-hour job."""
+    with StandinServer(batch_route_faults=[500, 502, 503, 500]) as server:
+        engine = engine_for(server, tmp_path / "c")
+        report = _batch(manifest, tmp_path / "o.jsonl", engine, retry_backoff=0.0)
+        assert report.answered == 8 and not report.left
+        assert server.stats()["faults_served"] == 4 and not server.state.config.batch_route_faults
+
+
+def test_expired_lines_are_resubmitted_in_bounded_rounds_and_never_sent_online_unasked(manifest, tmp_path):
+    """Each batch expires after 2 lines (max_concurrency 1: one line at a time): round 0 answers 2
+    of 8, rounds 1 and 2 answer 2 more each, and the last 2 are left. Without --batch-online-rest
+    nothing goes online and the rest is stated with its full-price cost; with it, they go online."""
+    with StandinServer(batch_expire_after=2, max_concurrency=1) as server:
+        out = tmp_path / "out.jsonl"
+        proc = cli(
+            manifest, out, server, tmp_path / "cache", "--openai-batch", "--batch-poll-seconds", "0.02"
+        )
+        assert "batch_expired" in proc.stdout, proc.stdout
+        assert "submitting the 6 requests again as a new batch (round 1 of 2)" in proc.stdout
+        assert "submitting the 4 requests again as a new batch (round 2 of 2)" in proc.stdout
+        assert "6 answers cached, 2 requests without an answer (online at full price: ~$" in proc.stdout
+        assert "not sent online (full price) without --batch-online-rest" in proc.stdout
+        assert server.stats()["requests_total"] == 6  # batch lines only: nothing online
+        assert proc.returncode == 3, proc.stdout + proc.stderr  # the pair left unanswered is not written
+        assert not server.state.files  # uploaded inputs and result files deleted after collecting
+
+    with StandinServer(batch_expire_after=2, max_concurrency=1) as server:
+        out = tmp_path / "out2.jsonl"
+        proc = cli(manifest, out, server, tmp_path / "cache2", "--openai-batch", "--batch-poll-seconds", "0.02",
+                   "--batch-online-rest", "--keep-batch-files")  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert server.stats()["requests_total"] == 8  # 6 batch lines + the 2 left, online
+        assert len(read_records(out)) == 2
+        assert len(server.state.files) == 3 * 3  # kept: input, output and error file of each round
+
+
+def test_batch_options_need_openai_batch(manifest, tmp_path):
+    with StandinServer() as server:
+        proc = cli(manifest, tmp_path / "o.jsonl", server, tmp_path / "c", "--batch-online-rest")
+        assert proc.returncode == 2 and "need --openai-batch" in proc.stderr

@@ -85,6 +85,12 @@ class StandinConfig(BaseModel):
     #: OpenAI Batch API: input tokens a model may have enqueued across unfinished batches; a batch
     #: over it fails with ``token_limit_exceeded`` (None: no limit).
     batch_enqueued_token_limit: int | None = None
+    #: OpenAI Batch API: a batch expires (status ``expired``) after answering this many lines; the
+    #: rest go to its error file with ``response: null`` and error code ``batch_expired``.
+    batch_expire_after: int | None = None
+    #: Statuses served, one per call and in order, to the Batch API's polling and download routes
+    #: (``GET /v1/batches/{id}``, ``GET /v1/files/{id}/content``), e.g. ``[500, 502]``.
+    batch_route_faults: list[int] = []
 
     @model_validator(mode="after")
     def _vllm_server_flags(self) -> StandinConfig:
