@@ -84,14 +84,39 @@ def shipped(mode: str) -> dict[str, Any]:
     }
 
 
-def score(model: dict[str, Any], feats: list[dict[str, float]], labels: list[str]) -> dict[str, Any]:
-    """The judge's answers under ``model`` (its label rule and probabilities), against the truth."""
+def segment_kinds(demo_set: Any) -> list[str]:
+    """The artifact kind of the worse side of every segment ("tie" where there is none), in the
+    order segment_features measures them (manifest order, then segment index)."""
+    from benchmarks.judge_quality import _kinds
+    from labeler.schemas import read_records
+
+    kinds = _kinds(demo_set.manifest)
+    truth = {r.pair_id: r for r in read_records(demo_set.ground_truth)}
+    return [
+        kinds.get((pid, s.index), "tie") if s.label != "tie" else "tie"
+        for pid in _manifest_ids(demo_set.manifest)
+        for s in truth[pid].segments
+    ]
+
+
+def _manifest_ids(manifest: Path) -> list[str]:
+    from labeler.schemas import read_manifest
+
+    return [e.pair_id for e in read_manifest(manifest)]
+
+
+def score(
+    model: dict[str, Any], feats: list[dict[str, float]], labels: list[str], kinds: list[str] | None = None
+) -> dict[str, Any]:
+    """The judge's answers under ``model`` (its label rule and probabilities), against the truth;
+    with ``kinds``, accuracy without ties per artifact kind too."""
     from labeler.agreement.metrics import expected_calibration_error
     from labeler.judges.metrics.judge import _probabilities
 
     coef, margin, temp = model["coefficients"], model["margin"], model["temperature"]
     credit, ties, decided, probs = [], [], [], []
-    for f, want in zip(feats, labels, strict=True):
+    per_kind: dict[str, list[float]] = {}
+    for i, (f, want) in enumerate(zip(feats, labels, strict=True)):
         total = sum(c * f.get(k, 0.0) for k, c in coef.items())
         label = "A" if total > margin else "B" if total < -margin else "tie"
         probs.append(_probabilities(total, margin, temp))
@@ -101,6 +126,8 @@ def score(model: dict[str, Any], feats: list[dict[str, float]], labels: list[str
         decided.append(label != "tie")
         choice = label if label != "tie" else "A" if total > 0 else "B" if total < 0 else "tie"
         credit.append(1.0 if choice == want else 0.5 if choice == "tie" else 0.0)
+        if kinds is not None:
+            per_kind.setdefault(kinds[i], []).append(credit[-1])
     truth = np.array([_LABELS.index(y) for y in labels])
     return {
         "accuracy_no_ties": float(np.mean(credit)),
@@ -109,6 +136,7 @@ def score(model: dict[str, Any], feats: list[dict[str, float]], labels: list[str
         "ece": expected_calibration_error(np.array(probs), truth),
         "n_no_ties": len(credit),
         "n_ties": len(ties),
+        "per_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(per_kind.items())},
     }
 
 
@@ -122,6 +150,7 @@ def run(quick: bool = False, work: Path | None = None) -> dict[str, Any]:
     fitted: dict[str, dict[str, Any]] = {}
     for mode, with_ref in MODES:
         data = {name: segment_features(s, with_ref) for name, s in sets.items()}
+        kinds = {name: segment_kinds(s) for name, s in sets.items()}
         models = {"shipped": shipped(mode)}
         for family in ("A", "B"):
             models[f"fit on {family}"] = fitted.setdefault(mode, {})[family] = fit_mode(
@@ -134,7 +163,7 @@ def run(quick: bool = False, work: Path | None = None) -> dict[str, Any]:
                         "model": model_name,
                         "evaluated_on": target,
                         "reference": with_ref,
-                        **score(model, *data[target]),
+                        **score(model, *data[target], kinds[target]),
                     }
                 )
     result = result_envelope(NAME, {"quick": quick, "replicas": QUICK_REPLICAS if quick else REPLICAS})
@@ -158,7 +187,25 @@ def table(result: dict[str, Any]) -> str:
         {**r, "ref": "yes" if r["reference"] else "no", "n": f"{r['n_no_ties']} / {r['n_ties']}"}
         for r in result["rows"]
     ]
-    return markdown_table(rows, columns)
+    shipped_rows = [r for r in result["rows"] if r["model"] == "shipped"]
+    kinds = sorted({k for r in shipped_rows for k in r["per_kind"]})
+    kind_cols: list[Column] = [("kind", "kind", "")] + [
+        (
+            f"{r['evaluated_on']}_{r['reference']}",
+            f"{r['evaluated_on']} {'with' if r['reference'] else 'no'} ref",
+            ".2f",
+        )
+        for r in shipped_rows
+    ]
+    kind_rows = [
+        {"kind": k, **{f"{r['evaluated_on']}_{r['reference']}": r["per_kind"].get(k) for r in shipped_rows}}
+        for k in kinds
+    ]
+    return (
+        markdown_table(rows, columns)
+        + "\n\nShipped coefficients, accuracy without ties per artifact kind:\n\n"
+        + markdown_table(kind_rows, kind_cols)
+    )
 
 
 @report_errors

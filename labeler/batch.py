@@ -318,6 +318,16 @@ def _run(
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
         with jobfiles.lock_output(out):
+            if cascade is not None and ray_options is not None:
+                from labeler.cascade.ray import run_cascade_on_ray
+                from labeler.cascade.runner import format_cascade
+
+                actors = replace(spec, judge=ray_options.judge_for_actors(spec.judge))
+                outcome = run_cascade_on_ray(
+                    manifest, out, actors, engine, ray_options, cascade, args.cascade_from, quiet=args.quiet
+                )
+                print(format_cascade(outcome))
+                return outcome.final
             if cascade is not None:
                 return asyncio.run(_label_cascade(manifest, out, args, engine, cascade, workers))
             if ray_options is not None:
@@ -368,8 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_args(args)
         cascade = cascade_rule_from_args(args)
-        if cascade is not None and args.ray is not None:
-            raise UsageError("--cascade-from cannot run on --ray yet; run it on one machine")
         spec = _spec(args)
         engine = spec.build()
     except (UsageError, ValueError, JudgeError) as exc:  # bad options or files, unknown prompt, no model...

@@ -89,6 +89,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="segment length; a manifest entry's segment_seconds overrides it (default: %(default)s)",
     )
     g.add_argument(
+        "--align-to-latent",
+        type=int,
+        default=None,
+        metavar="R",
+        help="move every boundary between segments to the nearest frame 1 + R*k, so that no latent frame of a "
+        "causal video VAE with temporal compression R (Wan: 4) straddles two segments (training masks such "
+        "frames where the labels differ); default: boundaries every --segment-seconds exactly",
+    )
+    g.add_argument(
         "--frames-per-segment",
         type=int,
         default=d.frames_per_segment,
@@ -148,6 +157,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     (NaN, inf, 1e308 seconds, negative budgets) with a UsageError naming the flag."""
     return EngineConfig(
         segment_seconds=args.segment_seconds,
+        align_to_latent=args.align_to_latent,
         frames_per_segment=args.frames_per_segment,
         max_side=args.max_side,
         swap=not args.no_swap,

@@ -173,7 +173,8 @@ class Engine:
             info_ref, content["ref"] = self.video_meta(entry.reference)
             video.check_aligned(info_a, info_ref, role="reference")
         segments = []
-        for span in video.segment_spans(info_a, entry.segment_seconds or self.config.segment_seconds):
+        seconds = entry.segment_seconds or self.config.segment_seconds
+        for span in video.segment_spans(info_a, seconds, align_to=self.config.align_to_latent):
             indices = video.sample_indices(span.start, span.end, self.config.frames_per_segment)
             keys = {o: self._key(content, indices, o, entry.prompt) for o in self._orders()}
             segments.append(
@@ -496,6 +497,8 @@ class Engine:
             extra["segment_seconds"] = segment_seconds
         if fallbacks := self.judge.endpoint_fallbacks():
             extra["fallbacks"] = fallbacks
+        if self.config.align_to_latent is not None:
+            extra["align_to_latent"] = self.config.align_to_latent
         return LabelerInfo(
             judge=self.judge.name,
             model=self.judge.model,

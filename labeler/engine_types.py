@@ -34,6 +34,8 @@ class EngineConfig:
     made in code (the service, Ray actors, tests) is held to the same rules as the CLI's."""
 
     segment_seconds: float = 1.0  # default segment length; a manifest entry may override it
+    # Move segment boundaries onto frames 1 + r*k (a causal VAE's latent frames; Wan: r = 4).
+    align_to_latent: int | None = None
     frames_per_segment: int = 8  # frames shown per segment (the paper's 8 fps for 1 s segments)
     max_side: int = 448  # long side of the frames shown to the judge
     swap: bool = True  # judge every segment in both orders to cancel position bias
@@ -80,6 +82,8 @@ class EngineConfig:
         for flag, count in counts.items():
             if count < 1:
                 raise UsageError(f"{flag} must be at least 1")
+        if self.align_to_latent is not None and self.align_to_latent < 1:
+            raise UsageError(f"--align-to-latent must be at least 1, got {self.align_to_latent}")
 
 
 @dataclass

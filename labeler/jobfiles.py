@@ -4,7 +4,9 @@ Records are appended one line at a time and flushed (:class:`labeler.fileio.Json
 ``kill -9`` can at worst leave the last line cut short; ``prepare_output`` cuts that tail off before
 a rerun appends, checks that every other line is a dense preference record (an ``--out`` that is a
 manifest or someone else's JSONL is refused, never appended to), and returns the pair ids already
-done so they are skipped. ``lock_output`` keeps a second job off the same output.
+done so they are skipped. ``lock_output`` keeps a second job off the same output. :class:`JobFiles`
+is all of it for one run (OUT, OUT.errors.jsonl, the progress bar, the counters), shared by the
+local and the Ray runner.
 """
 
 from __future__ import annotations
@@ -14,14 +16,27 @@ import fcntl
 import json
 import os
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
 from labeler.errors import OutputInUseError
 from labeler.fileio import JsonlWriter, atomic_write_lines, iter_jsonl, repair_jsonl_tail
-from labeler.schemas import DensePreferenceRecord, ErrorInfo, ErrorRecord
+from labeler.schemas import (
+    DensePreferenceRecord,
+    ErrorInfo,
+    ErrorRecord,
+    FatalJudgeError,
+    JudgeError,
+    ManifestEntry,
+    ManifestLineError,
+    iter_manifest,
+)
 
 
 def check_output_path(out: Path, manifest: Path | None) -> None:
@@ -208,3 +223,121 @@ class RecordWriter(JsonlWriter):
 
     def write(self, record: BaseModel) -> None:
         self.write_line(record.model_dump_json(exclude_none=False))
+
+
+# --------------------------------------------------------------------------- one run's files
+
+
+#: After this many pairs in a row fail with a FatalJudgeError (bad key, unknown model...), stop.
+#: Only judge faults count: bad input (a broken video, frames too small) fails its pair alone and
+#: neither counts nor resets the streak, so a run never stops on a stretch of bad pairs.
+FATAL_STREAK_LIMIT = 5
+
+#: What a failure says about the judge: "fatal" (it rejected us: counts toward the streak),
+#: "judge" (it answered, badly: it is reachable, the streak resets), "input" (not the judge's doing).
+FailureKind = Literal["fatal", "judge", "input"]
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    if isinstance(exc, FatalJudgeError):
+        return "fatal"
+    return "judge" if isinstance(exc, JudgeError) else "input"
+
+
+@dataclass
+class BatchResult:
+    manifest_pairs: int = 0
+    skipped: int = 0  # already in the output before this run
+    ok: int = 0
+    failed: int = 0
+    segments: int = 0
+    labels: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    stopped: str | None = None  # why the run stopped early, if it did
+    errors_file: Path | None = None
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (pair_id, "Type: message")
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, unit="pair", desc="labeling", disable=not enabled, dynamic_ncols=True
+    )
+
+
+class JobFiles:
+    """OUT, OUT.errors.jsonl, the progress bar and the counters of one run; one outcome at a time."""
+
+    def __init__(self, out: str | Path, *, progress: bool = True):
+        self.out = Path(out)
+        self.started = time.perf_counter()
+        self.done = prepare_output(self.out)
+        self.errors_path = errors_path_for(self.out)
+        repair_jsonl_tail(self.errors_path)
+        self.previous = read_error_log(self.errors_path)
+        self.records = RecordWriter(self.out)
+        self.errors = RecordWriter(self.errors_path)
+        self.result = BatchResult(errors_file=self.errors_path)
+        self.manifest_errors: set[ErrorKey] = set()
+        self.progress = progress
+        self.bar = None
+        self.fatal_streak = 0
+
+    def todo(self, manifest: str | Path) -> list[ManifestEntry]:
+        """The manifest's pairs not yet in OUT (bad lines are recorded as failures); starts the bar."""
+        todo: list[ManifestEntry] = []
+        for item in iter_manifest(manifest):
+            self.result.manifest_pairs += 1
+            if isinstance(item, ManifestLineError):
+                self.fail(item.pair_id, (item.type, item.message), item.line)
+            elif item.pair_id in self.done:
+                self.result.skipped += 1
+            else:
+                todo.append(item)
+        self.bar = _progress(self.result.manifest_pairs, self.result.skipped, self.progress)
+        return todo
+
+    def fail(self, pair_id: str, exc: BaseException | tuple[str, str], line: int | None = None) -> None:
+        prior = self.previous.get((pair_id, line))
+        rec = error_record(pair_id, exc, (prior.attempts if prior else 0) + 1, line)
+        self.errors.write(rec)
+        if line is not None:
+            self.manifest_errors.add((pair_id, line))
+        self.result.failed += 1
+        self.result.failures.append((pair_id, f"{rec.error.type}: {rec.error.message}"))
+
+    def pair_failed(self, pair_id: str, exc: BaseException | tuple[str, str], *, kind: FailureKind) -> bool:
+        """Record a pair that failed; True once ``FATAL_STREAK_LIMIT`` fatal failures in a row stop the run."""
+        self.fail(pair_id, exc)
+        if kind == "fatal":
+            self.fatal_streak += 1
+        elif kind == "judge":  # the judge answered (badly): it is reachable
+            self.fatal_streak = 0
+        if self.fatal_streak >= FATAL_STREAK_LIMIT:
+            message = exc[1] if isinstance(exc, tuple) else exc
+            self.result.stopped = f"the judge rejected {self.fatal_streak} pairs in a row, last: {message}"
+            return True
+        return False
+
+    def pair_done(self, record: DensePreferenceRecord) -> None:
+        self.fatal_streak = 0
+        self.records.write(record)
+        self.done.add(record.pair_id)
+        self.result.ok += 1
+        self.result.segments += len(record.segments)
+        self.result.labels.update(record.labels)
+
+    def tick(self, cache_hits: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(ok=self.result.ok, failed=self.result.failed, hits=cache_hits, refresh=False)
+
+    def close(self) -> BatchResult:
+        if self.bar is not None:
+            self.bar.close()
+        self.records.close()
+        self.errors.close()
+        compact_errors(self.errors_path, self.done, self.manifest_errors)
+        self.result.seconds = time.perf_counter() - self.started
+        return self.result

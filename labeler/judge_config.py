@@ -30,6 +30,8 @@ from labeler.judges.openai_request import ANSWER_ORDERS, EFFORTS, parse_price
 __all__ = ["JUDGE_READS", "JudgeConfig", "add_judge_config_arguments", "option"]
 
 OPENAI, HF, METRICS = ("openai",), ("hf",), ("metrics",)
+#: Options the openai and gemini judges both read (the API judges).
+APIS = ("openai", "gemini")
 
 
 def option(
@@ -91,23 +93,25 @@ class JudgeConfig:
         default="metrics",
         metadata={
             "help": "metrics: embedded model-free default (no key, no GPU); openai: any OpenAI-compatible "
-            "chat endpoint (OpenAI GPT, vllm serve); hf: a local transformers VLM (default: %(default)s)",
+            "chat endpoint (OpenAI GPT, vllm serve); gemini: Google's Gemini, each segment as inline "
+            "video (GEMINI_API_KEY); hf: a local transformers VLM (default: %(default)s)",
             "choices": JUDGE_NAMES,
         },
     )
     model: str | None = option(
-        "model name for --judge openai (e.g. gpt-4o-mini, Qwen/Qwen2.5-VL-7B-Instruct) "
-        "or a model path / hub id for --judge hf",
-        judges=("openai", "hf"),
+        "model name for --judge openai (e.g. gpt-4o-mini, Qwen/Qwen2.5-VL-7B-Instruct) or --judge "
+        "gemini (e.g. gemini-2.5-flash), or a model path / hub id for --judge hf",
+        judges=("openai", "gemini", "hf"),
     )
     base_url: str | None = option(
         "OpenAI-compatible endpoint, e.g. http://gpu-box:8000/v1 for vllm serve "
-        "(default: OpenAI; the key comes from OPENAI_API_KEY)",
-        judges=OPENAI,
+        "(default: OpenAI; the key comes from OPENAI_API_KEY); for --judge gemini, a proxy of the "
+        "Gemini API",
+        judges=APIS,
     )
     prompt: str | None = option(
         "judge prompt template name in prompts/ or a .j2 path (default: conservative)",
-        judges=("openai", "hf"),
+        judges=("openai", "gemini", "hf"),
     )
     layout: str | None = option(
         "frames of A then of B as separate images, or one A|B composite per time step "
@@ -130,15 +134,15 @@ class JudgeConfig:
     show_reference: bool = option(
         "show each pair's reference (the real video both were generated from) beside A and B; "
         "a pair without a reference, or whose reference does not match it, fails",
-        judges=OPENAI,
+        judges=APIS,
         flag_only=True,
         to=lambda given: True if given else None,
     )
-    temperature: float | None = option("sampling temperature (default: 0)", judges=OPENAI, type=float)
-    max_tokens: int | None = option("answer token limit (default: 300)", judges=OPENAI, type=int)
+    temperature: float | None = option("sampling temperature (default: 0)", judges=APIS, type=float)
+    max_tokens: int | None = option("answer token limit (default: 300)", judges=APIS, type=int)
     no_logprobs: bool = option(
         "do not ask the endpoint for logprobs (probabilities then come from votes)",
-        judges=OPENAI,
+        judges=APIS,
         flag_only=True,
         kwarg="logprobs",
         to=_false_if_set,
@@ -166,14 +170,14 @@ class JudgeConfig:
     price: tuple[float, float] | None = option(
         "USD per 1M input and output tokens, for a model the price table does not list "
         "(needed for --max-cost on it)",
-        judges=OPENAI,
+        judges=APIS,
         type=_price,
         metavar="IN,OUT",
     )
     answer_order: str | None = option(
         "label-first: p_* are the model's belief before any rationale (comparable with --judge hf); "
         "rationale-first: the model reasons first (default: label-first)",
-        judges=OPENAI,
+        judges=APIS,
         choices=ANSWER_ORDERS,
     )
     device: str | None = option("torch device for --judge hf (default: cpu)", judges=HF)
@@ -240,9 +244,9 @@ class JudgeConfig:
         return out
 
     def build(self, *, timeout: float | None = None) -> Judge:
-        """The judge; ``timeout`` is the engine's per-request timeout, which the openai judge's
-        HTTP client uses too."""
-        extra = {"timeout": timeout} if self.judge == "openai" else {}
+        """The judge; ``timeout`` is the engine's per-request timeout, which the API judges' HTTP
+        clients use too."""
+        extra = {"timeout": timeout} if self.judge in APIS else {}
         return build_judge(self.judge, **self.judge_kwargs(), **extra)
 
     @classmethod

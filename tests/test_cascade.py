@@ -149,6 +149,7 @@ def _cascade(generated: demo.DemoSet, server: StandinServer, out, cache, *extra:
     )
 
 
+@pytest.mark.slow
 def test_cascade_on_a_generation_like_set_escalates_only_the_least_confident(generated, tmp_path):
     out, cache = tmp_path / "labels.jsonl", tmp_path / "cache"
     with StandinServer(policy="hash") as server:
@@ -185,6 +186,7 @@ def test_cascade_on_a_generation_like_set_escalates_only_the_least_confident(gen
     assert f"{len(escalated)} of {total} segments" in share_line
 
 
+@pytest.mark.slow
 def test_escalate_below_and_usage_errors(generated, tmp_path):
     out, cache = tmp_path / "labels.jsonl", tmp_path / "cache"
     with StandinServer(policy="hash") as server:
@@ -199,6 +201,15 @@ def test_escalate_below_and_usage_errors(generated, tmp_path):
         ):
             refused = _cascade(generated, server, tmp_path / "other.jsonl", cache, *bad)
             assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert server.stats()["requests_total"] == sent
+        # A cheap file that is not dense preference JSONL is refused, never appended to or ranked.
+        hostile = tmp_path / "hostile.jsonl"
+        cheap_path_for(hostile).write_text('{"pair_id": "x"}\nnot json\n')
+        refused = _cascade(
+            generated, server, hostile, cache, "--cascade-from", "metrics", "--escalate-share", "0.2"
+        )
+        assert refused.returncode == 2 and "hostile.cheap.jsonl" in refused.stderr, refused.stderr
+        assert not hostile.exists() or not hostile.read_text()
         assert server.stats()["requests_total"] == sent
     cheap = read_records(cheap_path_for(out))
     below = {(r.pair_id, s.index) for r in cheap for s in r.segments if segment_confidence(s) < 0.5}

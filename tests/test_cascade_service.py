@@ -15,6 +15,7 @@ from tests.conftest import textured_frames
 from tests.service_helpers import running_service
 from tests.test_app import blurred
 
+pytestmark = pytest.mark.slow
 FPS = 8.0
 
 

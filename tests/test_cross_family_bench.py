@@ -38,11 +38,12 @@ def test_score_uses_the_judges_rule_and_probabilities():
     model = {"coefficients": {"s": 1.0}, "margin": 1.0, "temperature": 2.0}
     feats = [{"s": 3.0}, {"s": -0.5}, {"s": 0.2}, {"s": -2.0}]
     labels = ["A", "A", "tie", "tie"]
-    out = score(model, feats, labels)
+    out = score(model, feats, labels, kinds=["warp", "soft", "tie", "tie"])
     # A: S=3 > m -> A (right); A: S=-0.5 -> tie, forced choice B (wrong); ties: 0.2 -> tie, -2 -> B.
     assert out["accuracy_no_ties"] == 0.5 and out["tie_recall"] == 0.5 and out["decided_coverage"] == 0.5
     p = _probabilities(3.0, 1.0, 2.0)
     assert p[0] > 0.8 and out["n_no_ties"] == 2 and out["ece"] is not None
+    assert out["per_kind"] == {"warp": 1.0, "soft": 0.0}
 
 
 def test_fit_mode_separates_a_learnable_family():

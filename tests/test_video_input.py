@@ -339,3 +339,36 @@ def test_dry_run_counts_video_tokens_and_names_a_pair_without_reference(make_vid
     shown = totals(input_mode="video", show_reference=True)
     assert shown["pairs"] == "1" and shown["bad_pairs"] == "1"
     assert "no-ref: --show-reference: this pair has no reference video" in shown["problem:"]
+
+
+@needs_vllm
+def test_engine_with_video_and_reference_against_the_vllm_front_end(make_video):
+    """A whole pair through the engine: every request of both orders holds the reference, A and B
+    as three clips of the segment's frames, timed at the source's frame numbers."""
+    from tests.vllm_frontend import VllmFrontend
+
+    a, b = make_video("a.mp4", 24, fps=24.0), make_video("b.mp4", 24, fps=24.0, seed=5)
+    ref = make_video("ref.mp4", 24, fps=24.0, seed=7)
+    entry = ManifestEntry(pair_id="p", prompt="x", video_a=str(a), video_b=str(b), reference=str(ref))
+    config = EngineConfig(frames_per_segment=3, segment_seconds=0.5)
+    with VllmFrontend() as server:
+        judge = OpenAIJudge(
+            QWEN, base_url=server.base_url, input_mode="video", show_reference=True, logprobs=False
+        )
+
+        async def label():
+            try:
+                return await Engine(judge, config, JudgmentCache(None)).label_pair(entry)
+            finally:
+                await judge.aclose()
+
+        record = asyncio.run(label())
+    assert record.labeler.prompt_id.endswith("+video+reference")
+    assert record.labels == ["tie", "tie"]  # the front end always prefers the first shown
+    assert len(server.state.requests) == 4  # 2 segments x 2 orders
+    plans = Engine(judge, config, JudgmentCache(None)).plan_pair(entry)
+    indices = {tuple(seg.frame_indices) for seg in plans.segments}
+    for seen in server.state.requests:
+        assert len(seen) == 3
+        assert {tuple(v.metadata["frames_indices"]) for v in seen} <= indices
+        assert all(v.frames.shape[0] == 3 and v.metadata["fps"] == 24.0 for v in seen)

@@ -79,11 +79,12 @@ class TrainConfig:
         "The non-tie filter, the video label and the latent masks use only the segments inside these frames; "
         "pairs whose labels cover fewer frames are skipped.",
     )
-    timestep_sampling: Literal["auto", "uniform", "logit-normal", "shift"] = _f(
+    timestep_sampling: Literal["auto", "uniform", "logit-normal", "shift", "wan480"] = _f(
         "auto",
         "How the noise level t of each pair is drawn: uniform t ~ U(0, 1); logit-normal t = sigmoid(N(0, 1)); "
-        "shift: u ~ U(0, 1) mapped by t = s*u / (1 + (s-1)*u). auto: what the model family was trained with "
-        "(Wan: shift 5).",
+        "shift: u ~ U(0, 1) mapped by t = s*u / (1 + (s-1)*u); wan480: logit-normal with shift 2, the Wan "
+        "team's 480p training recipe (Wan2.1 issue #291). auto: the model family's preset (Wan: shift 5, the "
+        "Wan repo's T2V sample_shift and DiffSynth-Studio's training scheduler; see docs/training.md).",
     )
     timestep_shift: float | None = _f(
         None,
@@ -100,7 +101,34 @@ class TrainConfig:
         "Directory that relative video paths in the labels resolve against (default: the label file's directory).",
     )
     eval_pairs: int = _f(32, "Training pairs scored with fixed noise before and after training (0: off).")
-    cache_dir: str | None = _f(None, "Latent / text-embedding cache (default: OUTPUT_DIR/cache).")
+    eval_prefs: str | None = _f(
+        None,
+        "A held-out dense preference JSONL (same format as --prefs, cut to the same window and filtered "
+        "alike): all its pairs are scored with fixed noise before and after training, logged as "
+        "'eval_heldout' beside the training pairs' 'eval'.",
+    )
+    validation_prompts: str | None = _f(
+        None,
+        "A text file, one prompt per line: each is rendered from fixed noise by the base model (step 0) "
+        "and by the LoRA every --validation-steps steps and at the end, as OUTPUT_DIR/validation/"
+        "step-<N>/prompt-<i>.mp4 (listed in log.jsonl, logged as frames to --report-to trackers).",
+    )
+    validation_steps: int = _f(
+        0, "Render the validation prompts every N steps (0: only before and after training)."
+    )
+    validation_inference_steps: int | None = _f(
+        None, "Sampling steps of a validation video (default: the model's, 50 for Wan, 20 for tiny)."
+    )
+    cache_dir: str | None = _f(
+        None,
+        "Latent / text-embedding cache (default: OUTPUT_DIR/cache). On several GPUs, fill it first with "
+        "`python -m trainer.cache` (split over the processes): here only the main process encodes.",
+    )
+    process_group_timeout: float | None = _f(
+        None,
+        "Seconds a process waits at a collective (the barrier while the main process builds the cache, "
+        "a slow step) before the run is aborted (default: torch's, 10 min for NCCL, 30 min for gloo).",
+    )
     save_every: int = _f(250, "Save a checkpoint every N steps (and at the end).")
     keep_checkpoints: int = _f(2, "How many checkpoints to keep (older ones are deleted).")
     log_every: int = _f(1, "Log every N steps.")
@@ -137,9 +165,18 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup", "eval_pairs"):
+        for name in ("warmup", "eval_pairs", "validation_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.validation_inference_steps is not None and self.validation_inference_steps <= 0:
+            raise ConfigError(
+                f"validation_inference_steps must be positive, got {self.validation_inference_steps}"
+            )
+        for name in ("validation_steps", "validation_inference_steps"):
+            if getattr(self, name) and not self.validation_prompts:
+                raise ConfigError(f"{name} needs validation_prompts")
+        if self.process_group_timeout is not None and not self.process_group_timeout > 0:
+            raise ConfigError(f"process_group_timeout must be positive, got {self.process_group_timeout}")
         if self.num_frames is not None and self.num_frames <= 0:
             raise ConfigError(f"num_frames must be positive, got {self.num_frames}")
         if self.timestep_shift is not None:

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from labeler.errors import DenseprefError
 from labeler.fileio import atomic_path, iter_jsonl
 from labeler.schemas import LABEL_VALUE, DensePreferenceRecord, video_level
-from trainer.latents import latent_frame_labels, latent_frame_ranges, num_latent_frames
+from trainer.latents import LatentLabels, latent_frame_labels, latent_frame_ranges, num_latent_frames
 from trainer.media import MediaError, file_sha256, fit_frames, read_video
 
 if TYPE_CHECKING:
@@ -223,6 +223,7 @@ class PairItem:
     labels: list[int]  # per latent frame, +1 / -1 / 0
     segment_ids: list[int]  # per latent frame, -1 = in no single segment
     video_label: int  # +1 / -1 / 0
+    straddling: int = 0  # latent frames masked for straddling segments with different labels
 
 
 def _encode_video(
@@ -245,7 +246,7 @@ def _encode_video(
 
 def _labels_for(
     record: DensePreferenceRecord, adapter: VideoModelAdapter, geometry: Geometry
-) -> tuple[list[int], list[int]]:
+) -> LatentLabels:
     if record.num_frames < geometry.num_frames:
         raise DataError(
             f"pair {record.pair_id}: labels cover {record.num_frames} frames, training needs {geometry.num_frames}"
@@ -253,8 +254,7 @@ def _labels_for(
     # Segments past the window overlap no latent frame; select_pairs has already cut them off.
     r = adapter.temporal_compression
     segments = [(s.start_frame, s.end_frame, LABEL_VALUE[s.label]) for s in record.segments]
-    mapped = latent_frame_labels(segments, num_latent_frames(geometry.num_frames, r), r, geometry.num_frames)
-    return mapped.labels, mapped.segment_ids
+    return latent_frame_labels(segments, num_latent_frames(geometry.num_frames, r), r, geometry.num_frames)
 
 
 def build_dataset(
@@ -274,7 +274,7 @@ def build_dataset(
     vae_id, text_id = adapter.identity("vae"), adapter.identity("text")
     items, text_paths = [], {}
     for record in tqdm(records, desc="encoding pairs", disable=not progress):
-        labels, seg_ids = _labels_for(record, adapter, geometry)
+        mapped = _labels_for(record, adapter, geometry)
         paths = [
             _encode_video(
                 adapter, cache, resolve_video(side, base, record.pair_id), geometry, record.pair_id, vae_id
@@ -287,8 +287,8 @@ def build_dataset(
                 "text", key, adapter.encode_prompts([record.prompt])[0]
             )
         items.append(
-            PairItem(record.pair_id, paths[0], paths[1], text_paths[record.prompt], labels, seg_ids,
-                     LABEL_VALUE[record.video_label])
+            PairItem(record.pair_id, paths[0], paths[1], text_paths[record.prompt], mapped.labels,
+                     mapped.segment_ids, LABEL_VALUE[record.video_label], mapped.straddling)
         )  # fmt: skip
     return PreferenceDataset(items)
 
@@ -319,9 +319,16 @@ class PreferenceDataset:
         }
 
     def label_counts(self) -> dict[str, int]:
-        """Latent frames by label over the whole set: how much signal the dense loss gets."""
+        """Latent frames by label over the whole set: how much signal the dense loss gets, and how
+        many latent frames were masked because they straddle segments with different labels."""
         flat = [lab for item in self.items for lab in item.labels]
-        return {"A": flat.count(1), "B": flat.count(-1), "masked_or_tie": flat.count(0)}
+        straddling = sum(item.straddling for item in self.items)
+        return {
+            "A": flat.count(1),
+            "B": flat.count(-1),
+            "masked_or_tie": flat.count(0),
+            "masked_straddling": straddling,
+        }
 
 
 def collate(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -49,6 +49,9 @@ def latent_frame_ranges(
 class LatentLabels:
     labels: list[int]  # per latent frame: +1 (A better), -1 (B better), 0 (tie or masked)
     segment_ids: list[int]  # per latent frame: index of the one segment holding all its frames, or -1
+    # Latent frames masked because their pixel frames straddle segments with different labels: the
+    # signal lost to segment boundaries inside latent frames (``labeler.batch --align-to-latent``).
+    straddling: int = 0
 
 
 def latent_frame_labels(
@@ -61,7 +64,7 @@ def latent_frame_labels(
             raise ValueError(f"bad segment range [{s}, {e})")
         if lab not in (1, -1, 0):
             raise ValueError(f"segment [{s}, {e}) has label {lab!r}, expected +1, -1 or 0")
-    labels, seg_ids = [], []
+    labels, seg_ids, straddling = [], [], 0
     for start, end in latent_frame_ranges(num_latents, r, num_pixel_frames):
         if end <= start:  # the latent frame lies past the end of the video
             labels.append(0)
@@ -73,7 +76,8 @@ def latent_frame_labels(
         if covered < end - start or len(seg_labels) != 1:
             labels.append(0)  # partly outside every segment, or straddling different labels
             seg_ids.append(-1)
+            straddling += len(seg_labels) > 1
             continue
         labels.append(seg_labels.pop())
         seg_ids.append(overlapping[0][0] if len(overlapping) == 1 else -1)
-    return LatentLabels(labels, seg_ids)
+    return LatentLabels(labels, seg_ids, straddling)

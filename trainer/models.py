@@ -8,11 +8,15 @@ Wan2.1 T2V models (1.3B, 14B). Another family (CogVideoX, LTX-Video) plugs in as
 overrides the loaders and these few methods, and an entry in ``ADAPTERS``.
 
 A model is matched to an adapter only by the pipeline class in its ``model_index.json``, never by
-its name, and the adapter then checks the rest of the index (``check_model_index``). Wan2.2 is
-refused with a message: A14B is a mixture of two experts (``transformer`` above
-``boundary_ratio * 1000``, ``transformer_2`` below), and TI2V-5B uses per-token timesteps
-(``expand_timesteps``) and a 48-channel VAE; this adapter loads one transformer with one timestep per
-video, so it would silently run the high-noise expert at every noise level.
+its name, and the adapter then checks the rest of the index (``check_model_index``). Wan2.2 TI2V-5B
+runs: its VAE compresses 16x in space with 48 latent channels (read from ``vae/config.json``:
+``scale_factor_spatial``, ``z_dim``), and its per-token timesteps (``expand_timesteps``) are all the
+same t in text-to-video use (WanPipeline's mask is all ones without a conditioning image), so one t
+per video is what the pipeline feeds it. Its clip presets are 704x1280, 121 frames, 24 fps. Wan2.2
+A14B is refused: it is a mixture of two experts (``transformer`` for t >= ``boundary_ratio`` x 1000,
+``transformer_2`` below), which needs one LoRA per expert and a choice of expert per step from the
+shifted t; this adapter loads one transformer and would run the high-noise expert at every noise
+level.
 
 ``model="tiny"`` builds a random-weight Wan from configs in code (about 70k parameters in all; no
 download), seeded so that every process builds the same weights.
@@ -86,8 +90,8 @@ class VideoModelAdapter:
 
     family: ClassVar[str] = ""
     lora_targets: ClassVar[tuple[str, ...]] = ()
-    temporal_compression: ClassVar[int] = 4
-    spatial_compression: ClassVar[int] = 8
+    temporal_compression: int = 4
+    spatial_compression: int = 8
     patch_size: ClassVar[tuple[int, int, int]] = (1, 2, 2)  # (t, h, w) of the transformer's patches
     latent_channels: int = 16
     text_shape: tuple[int, int] = (512, 4096)  # (tokens, width) of the prompt embeddings
@@ -100,7 +104,7 @@ class VideoModelAdapter:
     # How training draws t when --timestep-sampling is auto: the density the family was trained with.
     train_timestep_sampling: ClassVar[Literal["uniform", "logit-normal", "shift"]] = "uniform"
     train_timestep_shift: ClassVar[float] = 1.0
-    num_inference_steps: int = 40
+    num_inference_steps: int = 50  # WanPipeline's T2V default (40 is the Wan repo's I2V sample_steps)
     guidance_scale: float = 5.0  # classifier-free guidance of pair generation
     subfolders: ClassVar[dict[str, str]] = {
         "vae": "vae",
@@ -149,9 +153,10 @@ class VideoModelAdapter:
 
         return FlowMatchEulerDiscreteScheduler(shift=self.flow_shift)
 
-    def release(self) -> None:
-        """Drop the VAE and text encoder (on a GPU they hold memory training needs)."""
-        for name in ("vae", "text_encoder"):
+    def release(self, *, keep_vae: bool = False) -> None:
+        """Drop the text encoder and, unless ``keep_vae`` (validation videos decode with it), the VAE:
+        on a GPU they hold memory training needs."""
+        for name in ("text_encoder",) if keep_vae else ("vae", "text_encoder"):
             self.__dict__.pop(name, None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -257,13 +262,11 @@ class WanAdapter(VideoModelAdapter):
         if two_experts:
             raise UnsupportedModelError(
                 f"{model}: a Wan2.2 mixture-of-experts model (transformer for t >= boundary_ratio "
-                f"{index.get('boundary_ratio')} x 1000, transformer_2 below). This trainer loads one transformer "
-                "and would use the high-noise expert at every noise level; use a Wan2.1 T2V model."
-            )
-        if index.get("expand_timesteps"):
-            raise UnsupportedModelError(
-                f"{model}: a Wan2.2 TI2V model (per-token timesteps, 48-channel VAE), which this adapter does "
-                "not implement; use a Wan2.1 T2V model."
+                f"{index.get('boundary_ratio')} x 1000, transformer_2 below). Not built: training it needs one LoRA "
+                "per expert, each step's expert chosen from its shifted t (the same on every process), the idle "
+                "expert offloaded, and pair generation switching experts at the boundary; this adapter loads one "
+                "transformer and would use the high-noise expert at every noise level. Use a Wan2.1 T2V model or "
+                "Wan2.2 TI2V-5B."
             )
 
     @classmethod
@@ -278,6 +281,15 @@ class WanAdapter(VideoModelAdapter):
             self.height, self.width, self.num_frames, self.fps = 64, 64, 33, 8.0
             self.num_inference_steps, self.max_sequence_length, self.guidance_scale = 20, 32, 1.0
             self.text_shape = (32, 32)
+            return
+        # The VAE's compression and channels come from its config (Wan2.1: 8x, 16 channels; Wan2.2's
+        # VAE: 16x, 48 channels), read without loading weights.
+        vae = _read_json(model, "vae/config.json")
+        self.spatial_compression = int(vae.get("scale_factor_spatial") or 8)
+        self.temporal_compression = int(vae.get("scale_factor_temporal") or 4)
+        self.latent_channels = int(vae.get("z_dim", 16))
+        if _read_json(model, "model_index.json").get("expand_timesteps"):  # Wan2.2 TI2V-5B's presets
+            self.height, self.width, self.num_frames, self.fps = 704, 1280, 121, 24.0
 
     def load_transformer(self, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         from diffusers import WanTransformer3DModel
@@ -414,21 +426,30 @@ def base_dtype(module: torch.nn.Module) -> torch.dtype:
 ADAPTERS: dict[str, type[VideoModelAdapter]] = {"WanPipeline": WanAdapter}
 
 
-def _model_index(model: str) -> dict[str, Any]:
-    """The model's ``model_index.json`` (local directory, or the Hub / its local cache)."""
-    local = Path(model) / "model_index.json"
+def _read_json(model: str, name: str) -> dict[str, Any]:
+    """A JSON file of the model (``model_index.json``, ``vae/config.json``): from a local directory, or
+    the Hub / its local cache."""
+    local = Path(model) / name
     try:
         if local.is_file():
-            index = json.loads(local.read_text())
+            data = json.loads(local.read_text())
         else:
             from huggingface_hub import hf_hub_download
 
-            index = json.loads(Path(hf_hub_download(model, "model_index.json")).read_text())
+            data = json.loads(Path(hf_hub_download(model, name)).read_text())
     except Exception as exc:  # offline, gated, missing, or not JSON: say so, never guess from the name
         raise UnknownModelError(
-            f"{model}: cannot read its model_index.json ({type(exc).__name__}: {exc}); give a local diffusers "
+            f"{model}: cannot read its {name} ({type(exc).__name__}: {exc}); give a local diffusers "
             "directory or a Hub id that can be downloaded"
         ) from exc
+    if not isinstance(data, dict):
+        raise UnknownModelError(f"{model}: {name} is not a JSON object")
+    return data
+
+
+def _model_index(model: str) -> dict[str, Any]:
+    """The model's ``model_index.json``."""
+    index = _read_json(model, "model_index.json")
     if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
         raise UnknownModelError(f"{model}: model_index.json names no pipeline class (_class_name)")
     return index

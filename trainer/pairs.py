@@ -322,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eta-min", type=float, default=0.65, help="Lowest guidance level (default 0.65).")
     parser.add_argument("--eta-max", type=float, default=0.8, help="Highest guidance level (default 0.8).")
     parser.add_argument(
-        "--steps", type=int, default=None, help="N of the N-step schedule (default: the model's, 40 for Wan)."
+        "--steps",
+        type=int,
+        default=None,
+        help="N of the N-step schedule (default: the model's: 50 for Wan T2V, as WanPipeline).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of eta and the noises.")
     parser.add_argument("--pairs-per-video", type=int, default=1, help="Pairs drawn from each video.")

@@ -70,7 +70,11 @@ class TimestepSampler:
         cls, kind: str, shift: float | None, family_kind: SamplingKind, family_shift: float
     ) -> TimestepSampler:
         """The sampler for a config: ``kind="auto"`` is the model family's own (``family_kind`` with
-        ``family_shift``); an unset shift is the family's for ``shift`` and 1 for ``logit-normal``."""
+        ``family_shift``); ``kind="wan480"`` is the Wan team's 480p training recipe, logit-normal with
+        shift 2 (Wan2.1 issue #291); an unset shift is the family's for ``shift`` and 1 for
+        ``logit-normal``."""
+        if kind == "wan480":
+            kind, shift = "logit-normal", 2.0 if shift is None else shift
         if kind == "auto":
             kind, shift = family_kind, family_shift if shift is None else shift
         if shift is None:

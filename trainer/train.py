@@ -15,8 +15,9 @@ processes use the CPU and gloo).
 With N processes every optimizer step consumes one global batch of ``N * grad_accum * batch_size``
 pairs from a seeded stream of per-epoch permutations, each process taking its own slice
 (``micro_batch_positions``): no pair is seen twice in an epoch, and the stream depends only on the
-seed. A pair's noise and t are keyed by its stream position, so the run does not depend on how the
-global batch is split over processes.
+seed. A pair's noise and t are keyed by its stream position, and the loss of a step is the sum of
+its terms over the step's global term count (``step_loss_terms``), so the run does not depend on
+how the global batch is split over processes and micro-batches.
 
 Writes ``OUTPUT_DIR/log.jsonl`` (main process only: one line per logged step, averaged over the
 processes: step, loss, implicit_acc, reward_margin, grad_norm, lr, step_time; and ``eval`` lines
@@ -27,6 +28,7 @@ diffusers format: ``pipe.load_lora_weights(OUTPUT_DIR / "lora")``).
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import math
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from trainer.data import PreferenceDataset
     from trainer.models import VideoModelAdapter
     from trainer.step import TimestepSampler
+    from trainer.validation import ValidationSet
 
 __all__ = [
     "Session",
@@ -136,7 +139,9 @@ class TrainLog:
             self._writer.write_json(record)
 
     def eval_before(self) -> dict[str, Any] | None:
-        return next((r["eval"] for r in self.kept if "eval" in r and r["step"] == 0), None)
+        """What the eval line before training held (``eval``, and ``eval_heldout`` with --eval-prefs)."""
+        line = next((r for r in self.kept if "eval" in r and r["step"] == 0), None)
+        return None if line is None else {k: v for k, v in line.items() if k.startswith("eval")}
 
     def close(self) -> None:
         if self._writer is not None:
@@ -173,6 +178,9 @@ class Session:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sampler: TimestepSampler
     run: dict[str, Any]  # the resolved settings a resume must not change (``run_settings``)
+    geometry: tuple[int, int, int]  # (frames, height, width) of the training window
+    heldout: PreferenceDataset | None = None  # --eval-prefs
+    validation: ValidationSet | None = None  # --validation-prompts
 
     @property
     def sharded(self) -> bool:
@@ -181,8 +189,9 @@ class Session:
         return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def evaluate(s: Session) -> dict[str, Any]:
-    """Loss and metrics of the mode on the first ``eval_pairs`` pairs with fixed per-pair noise and t
+def evaluate(s: Session, dataset: PreferenceDataset | None = None) -> dict[str, Any]:
+    """Loss and metrics of the mode on the first ``eval_pairs`` training pairs, or on every pair of
+    ``dataset`` (the held-out set), with fixed per-pair noise and t
     (the same draws every call and for any number of processes): comparable before and after
     training. The pairs are split over the processes and their errors gathered, so every process
     returns the same numbers; every process runs the same number of equally shaped batches (the last
@@ -195,7 +204,8 @@ def evaluate(s: Session) -> dict[str, Any]:
     from trainer.step import dpo_loss, flow_errors, pair_noise
 
     cfg, acc = s.cfg, s.accelerator
-    count = min(cfg.eval_pairs, len(s.dataset))
+    data = s.dataset if dataset is None else dataset
+    count = min(cfg.eval_pairs, len(data)) if dataset is None else len(data)
     if count == 0:
         return {"pairs": 0}
     mine = list(range(acc.process_index, count, acc.num_processes))
@@ -206,7 +216,7 @@ def evaluate(s: Session) -> dict[str, Any]:
     local: list[tuple[int, list[torch.Tensor]]] = []
     for start in range(0, per_rank, cfg.batch_size):
         indices = padded[start : start + cfg.batch_size]
-        batch = collate([s.dataset[i] for i in indices])
+        batch = collate([data[i] for i in indices])
         noise, t = pair_noise(batch["latents_a"].shape[1:], cfg.seed, [(-1, i) for i in indices], s.sampler)
         dev = acc.device
         with torch.no_grad():
@@ -317,10 +327,10 @@ def _trackers(report_to: str) -> list[str]:
 
 
 def _load_data(
-    cfg: TrainConfig, acc: Accelerator, adapter: VideoModelAdapter, out_dir: Path, progress: bool
+    cfg: TrainConfig, acc: Accelerator, adapter: VideoModelAdapter, out_dir: Path, progress: bool, prefs: str
 ) -> tuple[PreferenceDataset, dict[str, int]]:
-    """Select the pairs inside the training window and encode them (main process first, the others
-    then read its cache)."""
+    """Select the pairs of ``prefs`` inside the training window and encode them (main process first,
+    the others then read its cache)."""
     from trainer.config import ConfigError
     from trainer.data import SKIP_REASONS, DataError, Geometry, build_dataset, select_pairs
 
@@ -332,22 +342,29 @@ def _load_data(
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     records, skipped = select_pairs(
-        cfg.prefs, num_frames=geometry.num_frames, temporal_compression=adapter.temporal_compression,
+        prefs, num_frames=geometry.num_frames, temporal_compression=adapter.temporal_compression,
         min_nontie_fraction=cfg.min_nontie_fraction, mode=cfg.mode,
     )  # fmt: skip
     acc.print(f"training window: first {geometry.num_frames} frames at {geometry.height}x{geometry.width}")
-    acc.print(f"pairs: {len(records)} used, skipped {dict(skipped) or 'none'}")
+    acc.print(f"{prefs}: {len(records)} pairs used, skipped {dict(skipped) or 'none'}")
     for reason, n in sorted(skipped.items()):
         acc.print(f"  {n} skipped: {SKIP_REASONS[reason]}")
     if not records:
-        raise DataError(f"{cfg.prefs}: no pair left to train on (skipped {dict(skipped)})")
+        raise DataError(f"{prefs}: no pair left to train on (skipped {dict(skipped)})")
     with acc.main_process_first():
         dataset = build_dataset(
-            records, adapter, geometry, cfg.cache_dir or out_dir / "cache", cfg.video_root or Path(cfg.prefs).parent,
+            records, adapter, geometry, cfg.cache_dir or out_dir / "cache", cfg.video_root or Path(prefs).parent,
             progress=progress and acc.is_local_main_process,
         )  # fmt: skip
-    adapter.release()
-    acc.print(f"latent frames by label: {dataset.label_counts()}")
+    counts = dataset.label_counts()
+    acc.print(f"latent frames by label: {counts}")
+    if counts["masked_straddling"]:
+        total = sum(len(item.labels) for item in dataset.items)
+        acc.print(
+            f"  {counts['masked_straddling']} of {total} latent frames masked: they straddle segments with different "
+            f"labels (label with `labeler.batch --align-to-latent {adapter.temporal_compression}` to put every "
+            "segment boundary on a latent frame's first frame)"
+        )
     return dataset, dict(skipped)
 
 
@@ -373,21 +390,80 @@ def run_settings(
     }
 
 
+def _print_batch(cfg: TrainConfig, acc: Accelerator, pairs: int) -> None:
+    """Say how many processes run and what one optimizer step reads; warn when that is more than the data."""
+    world = acc.num_processes
+    global_batch = world * cfg.grad_accum * cfg.batch_size
+    acc.print(
+        f"processes: {world}, global batch: {global_batch} pairs per step "
+        f"({world} processes x grad_accum {cfg.grad_accum} x batch_size {cfg.batch_size})"
+    )
+    if global_batch > pairs:
+        acc.print(
+            f"warning: the global batch ({global_batch} pairs) is larger than the data ({pairs} pairs): every step "
+            "reads some pairs twice (with other noise); lower --batch-size / --grad-accum or the process count"
+        )
+
+
+def _renders_here(acc: Accelerator) -> bool:
+    """Validation videos are rendered by the main process alone, except under FSDP / DeepSpeed, where
+    every forward is a collective and every process takes part."""
+    from accelerate.utils import DistributedType
+
+    return acc.is_main_process or acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _validation_set(cfg: TrainConfig, acc: Accelerator, adapter: VideoModelAdapter) -> ValidationSet | None:
+    """The validation prompts embedded (by the processes that render) while the text encoder is loaded."""
+    from trainer.validation import ValidationSet, read_validation_prompts
+
+    if not cfg.validation_prompts:
+        return None
+    prompts = read_validation_prompts(cfg.validation_prompts)
+    if not _renders_here(acc):
+        return ValidationSet(prompts, [], None, cfg.seed, 0)
+    return ValidationSet.build(prompts, adapter, cfg.seed, cfg.validation_inference_steps)
+
+
+def _validate(s: Session, out_dir: Path, step: int, log: TrainLog) -> None:
+    """Render the validation prompts at ``step`` (step 0: the base model, LoRA off), write and log them."""
+    from trainer.models import peft_host
+    from trainer.validation import describe, log_to_trackers, render
+
+    acc = s.accelerator
+    if s.validation is None:
+        return
+    if _renders_here(acc):
+        model = s.unwrapped if not s.sharded else s.model  # DDP: the main process alone, no collective
+        rendered = render(
+            s.validation, s.adapter, model, s.geometry, out_dir / "validation" / f"step-{step}",
+            base=peft_host(s.unwrapped) if step == 0 else None, write=acc.is_main_process,
+        )  # fmt: skip
+        if acc.is_main_process:
+            log.write({"step": step, "validation": describe(rendered, out_dir)})
+            log_to_trackers(acc, rendered, step)
+    acc.wait_for_everyone()
+
+
 def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, dict[str, int]]:
     """Accelerator, data, frozen base + LoRA, optimizer and warm-up-then-constant LR."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import InitProcessGroupKwargs, set_seed
 
     from trainer.models import load_adapter, peft_host
     from trainer.step import TimestepSampler
 
+    handlers = []
+    if cfg.process_group_timeout is not None:
+        handlers.append(InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.process_group_timeout)))
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # several processes on a CPU-only machine: gloo
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=_trackers(cfg.report_to) or None,
         project_dir=str(out_dir),
+        kwargs_handlers=handlers,
     )
     set_seed(cfg.seed)
     adapter = load_adapter(cfg.model, device=accelerator.device)
@@ -397,7 +473,20 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
         adapter.train_timestep_sampling,
         adapter.train_timestep_shift,
     )
-    dataset, skipped = _load_data(cfg, accelerator, adapter, out_dir, progress)
+    dataset, skipped = _load_data(cfg, accelerator, adapter, out_dir, progress, cfg.prefs)
+    _print_batch(cfg, accelerator, len(dataset))
+    heldout = (
+        _load_data(cfg, accelerator, adapter, out_dir, progress, cfg.eval_prefs)[0]
+        if cfg.eval_prefs
+        else None
+    )
+    geometry = (
+        cfg.num_frames or adapter.num_frames,
+        cfg.height or adapter.height,
+        cfg.width or adapter.width,
+    )
+    validation = _validation_set(cfg, accelerator, adapter)
+    adapter.release(keep_vae=validation is not None)
     weights_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.weights_dtype]
     transformer = adapter.load_transformer(weights_dtype)
     targets = cfg.lora_targets.split(",") if cfg.lora_targets else list(adapter.lora_targets)
@@ -417,7 +506,7 @@ def _start(cfg: TrainConfig, out_dir: Path, progress: bool) -> tuple[Session, di
     params = [p for group in optimizer.param_groups for p in group["params"]]
     session = Session(
         cfg, accelerator, adapter, dataset, model, accelerator.unwrap_model(model), params, names,
-        optimizer, scheduler, sampler, run_settings(cfg, adapter, sampler, targets),
+        optimizer, scheduler, sampler, run_settings(cfg, adapter, sampler, targets), geometry, heldout, validation,
     )  # fmt: skip
     accelerator.print(f"timesteps: {sampler.kind}, shift {sampler.shift:g}")
     return session, skipped
@@ -474,6 +563,14 @@ def _save(s: Session, out_dir: Path, step: int) -> None:
     s.accelerator.wait_for_everyone()
 
 
+def _evaluations(s: Session) -> dict[str, Any]:
+    """``eval`` (the first ``eval_pairs`` training pairs) and ``eval_heldout`` (--eval-prefs)."""
+    out = {"eval": evaluate(s)}
+    if s.heldout is not None:
+        out["eval_heldout"] = evaluate(s, s.heldout)
+    return out
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run the training described by ``cfg``; returns a summary (final step, last metrics, eval
     before/after, paths)."""
@@ -487,14 +584,20 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     log = TrainLog(out_dir / "log.jsonl", enabled=acc.is_main_process, resume_step=start_step)
     if changed:  # --resume-changed-config: the log says where the settings changed, and how
         log.write({"step": start_step, "config_changed": {k: list(v) for k, v in changed.items()}})
-    summary: dict[str, Any] = {"output_dir": str(out_dir), "pairs": len(s.dataset), "skipped": skipped}
-    if cfg.eval_pairs and start_step == 0:
-        summary["eval_before"] = evaluate(s)
-        log.write({"step": 0, "eval": summary["eval_before"]})
-    elif before := log.eval_before():
-        summary["eval_before"] = before
+    summary: dict[str, Any] = {
+        "output_dir": str(out_dir), "pairs": len(s.dataset), "skipped": skipped,
+        "latent_frames": s.dataset.label_counts(),
+    }  # fmt: skip
     if acc.trackers:
         acc.init_trackers("densepref", config={k: v for k, v in cfg.to_dict().items() if v is not None})
+    if (cfg.eval_pairs or s.heldout) and start_step == 0:
+        before = _evaluations(s)
+        log.write({"step": 0, **before})
+    else:
+        before = log.eval_before() or {}
+    summary |= {f"{key}_before": value for key, value in before.items()}
+    if start_step == 0:
+        _validate(s, out_dir, 0, log)
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=f"{cfg.mode} DPO",
                disable=not (progress and acc.is_local_main_process))  # fmt: skip
     last: dict[str, Any] = {}
@@ -507,11 +610,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
             bar.set_postfix(
                 loss=f"{last['loss']:.4f}", acc=f"{last['implicit_acc']:.2f}", lr=f"{last['lr']:.2e}"
             )
+        every = cfg.validation_steps
+        if (every and (step + 1) % every == 0) or step + 1 == cfg.steps:
+            _validate(s, out_dir, step + 1, log)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             _save(s, out_dir, step + 1)
-    if cfg.eval_pairs:
-        summary["eval_after"] = evaluate(s)
-        log.write({"step": cfg.steps, "eval": summary["eval_after"]})
+    if cfg.eval_pairs or s.heldout:
+        after = _evaluations(s)
+        log.write({"step": cfg.steps, **after})
+        summary |= {f"{key}_after": value for key, value in after.items()}
     lora = _lora_state(s)
     if acc.is_main_process:
         summary["lora_dir"] = str(s.adapter.save_lora(s.unwrapped, out_dir / "lora", state_dict=lora))
@@ -535,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # one summary, not one per process
-        keys = ("step", "pairs", "skipped", "eval_before", "eval_after", "lora_dir")
+        keys = ("step", "pairs", "skipped", "latent_frames", "eval_before", "eval_after", "eval_heldout_before",
+                "eval_heldout_after", "lora_dir")  # fmt: skip
         print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 

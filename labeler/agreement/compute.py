@@ -216,6 +216,44 @@ def _undefined_notes(result: dict[str, Any], notes: list[str]) -> None:
                 )
 
 
+def _check_inputs(
+    pred: list[DensePreferenceRecord],
+    humans: Sequence[Sequence[DensePreferenceRecord]],
+    names: list[str],
+    pred_name: str,
+    bootstrap: int,
+) -> None:
+    if not humans:
+        raise AgreementInputError("no human label set given: pass at least one --human file")
+    if len(names) != len(humans):
+        raise AgreementInputError(f"{len(names)} human names for {len(humans)} human label sets")
+    if bootstrap < 0:
+        raise AgreementInputError(f"bootstrap must be >= 0, got {bootstrap}")
+    for records, name in [(pred, pred_name), *zip(humans, names, strict=True)]:
+        if not records:
+            raise AgreementInputError(f"{name} holds no records")
+        _by_pair_id(records, name)  # several annotators mixed in one file: fail before any work
+
+
+def _per_human(
+    pred: list[DensePreferenceRecord],
+    humans: Sequence[Sequence[DensePreferenceRecord]],
+    names: list[str],
+    pred_name: str,
+    bootstrap: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The prediction against each human file; a file that cannot be compared says why."""
+    out: list[dict[str, Any]] = []
+    for h, name in zip(humans, names, strict=True):
+        try:
+            res, _ = _compare(h, pred, name, pred_name, bootstrap=bootstrap, seed=seed)
+            out.append({"human": name, **_summary(res)})
+        except AgreementInputError as exc:
+            out.append({"human": name, "error": str(exc)})
+    return out
+
+
 def compute_agreement(
     pred: Sequence[DensePreferenceRecord],
     humans: Sequence[Sequence[DensePreferenceRecord]],
@@ -230,31 +268,14 @@ def compute_agreement(
     and between annotators (``human_ceiling``). JSON-ready: no NaN, no numpy types."""
     pred, humans = list(pred), [list(h) for h in humans]
     names = list(human_names) if human_names is not None else [f"human{i + 1}" for i in range(len(humans))]
-    if not humans:
-        raise AgreementInputError("no human label set given: pass at least one --human file")
-    if len(names) != len(humans):
-        raise AgreementInputError(f"{len(names)} human names for {len(humans)} human label sets")
-    if bootstrap < 0:
-        raise AgreementInputError(f"bootstrap must be >= 0, got {bootstrap}")
-    for records, name in [(pred, pred_name), *zip(humans, names, strict=True)]:
-        if not records:
-            raise AgreementInputError(f"{name} holds no records")
-        _by_pair_id(records, name)  # several annotators mixed in one file: fail before any work
+    _check_inputs(pred, humans, names, pred_name, bootstrap)
     main_res, joined = _compare(humans[0], pred, names[0], pred_name, bootstrap=bootstrap, seed=seed)
     notes: list[str] = []
     _undefined_notes(main_res, notes)
     rate, n_flip = flip_rate(pred)
     if rate is None:
         notes.append("flip_rate is null: the prediction carries no pair of ab/ba votes")
-    per_human = None
-    if len(humans) > 1:
-        per_human = []
-        for h, name in zip(humans, names, strict=True):
-            try:
-                res, _ = _compare(h, pred, name, pred_name, bootstrap=bootstrap, seed=seed)
-                per_human.append({"human": name, **_summary(res)})
-            except AgreementInputError as exc:
-                per_human.append({"human": name, "error": str(exc)})
+    per_human = _per_human(pred, humans, names, pred_name, bootstrap, seed) if len(humans) > 1 else None
     tie_fit = None
     if fit_tie_threshold:
         tie_fit = tie_threshold_fit(joined, seed)
@@ -330,10 +351,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--human",
-        required=True,
         action="append",
         help="human labels, same schema, one annotator per file; repeat for several annotators "
-        "(the first is the reference; two or more also give the human-human ceiling)",
+        "(the first is the reference; two or more also give the human-human ceiling). Required "
+        "unless --compare is given",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="OTHER.jsonl",
+        help="a second label file of the same pairs (e.g. --input video vs --pred's frames, or with "
+        "vs without --show-reference): compare the two segment by segment, and against the first "
+        "--human file when given; writes modes.json to --out",
     )
     parser.add_argument("--out", required=True, type=Path, help="report directory (created if missing)")
     parser.add_argument(
@@ -361,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pred is None and args.fit_cascade is None:
         parser.error("give --pred PRED.jsonl, or --fit-cascade CHEAP.jsonl VLM.jsonl, or both")
+    if args.compare:
+        if args.pred is None:
+            parser.error("--compare OTHER.jsonl compares against --pred PRED.jsonl: give both")
+        return _main_compare(args)
+    if not args.human:
+        parser.error("--human is required (or give --compare to compare two label files)")
     if args.fit_cascade is not None:
         code = run_cascade_fit(args, _read)
         if code or args.pred is None:
@@ -387,4 +421,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(headline(result))
     print(f"\nreport: {paths['report']}  (json: {paths['json']})")
+    return 0
+
+
+def _main_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from labeler.agreement.modes import compare_modes, modes_headline
+
+    try:
+        first, second = _read(args.pred, "--pred"), _read(args.compare, "--compare")
+        humans = [_read(path, "--human") for path in args.human or []]
+        result = compare_modes(
+            first,
+            second,
+            humans,
+            first_name=args.pred,
+            second_name=args.compare,
+            human_names=args.human,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+    except AgreementInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "modes.json"
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        print(f"error: cannot write the report to {args.out}: {exc}", file=sys.stderr)
+        return 1
+    print(modes_headline(result))
+    print(f"\nreport: {path}")
     return 0

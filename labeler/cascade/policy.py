@@ -53,7 +53,11 @@ class EscalationRule:
                 raise UsageError(f"escalate {name} must be between 0 and 1, got {value}")
 
     def describe(self) -> dict[str, float]:
-        return {"escalate_share": self.share} if self.share is not None else {"escalate_below": self.below}  # type: ignore[dict-item]
+        """The rule as the records' ``labeler.cascade`` block names it."""
+        if self.share is not None:
+            return {"escalate_share": self.share}
+        assert self.below is not None  # __post_init__: exactly one is set
+        return {"escalate_below": self.below}
 
 
 @dataclass(frozen=True)
@@ -116,8 +120,10 @@ def merge(
     segments = []
     for seg in cheap.segments:
         final = decided.get(seg.index)
-        update = {"decided_by": cheap_judge if final is None else main_judge}
-        update["cheap"] = cheap_verdict(seg, cheap_judge)  # type: ignore[assignment]
+        update: dict[str, Any] = {
+            "decided_by": cheap_judge if final is None else main_judge,
+            "cheap": cheap_verdict(seg, cheap_judge),
+        }
         segments.append((seg if final is None else final).model_copy(update=update))
     video_label, video_score = video_level(segments)
     info = LabelerInfo.model_validate({**labeler.model_dump(), "cascade": {"from": cheap_judge, **cascade}})

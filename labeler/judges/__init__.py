@@ -1,5 +1,6 @@
 """Judges: ``metrics`` (embedded, model-free default), ``openai`` (any OpenAI-compatible endpoint,
-vLLM included) and ``hf`` (in-process transformers VLM). Each loads lazily, so choosing the metrics
+vLLM included), ``gemini`` (Google's Gemini through google-genai) and ``hf`` (in-process
+transformers VLM). Each loads lazily, so choosing the metrics
 judge never imports torch or the OpenAI client."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from typing import Any
 
 from labeler.judges.base import Judge
 
-JUDGE_NAMES = ("metrics", "openai", "hf")
+JUDGE_NAMES = ("metrics", "openai", "hf", "gemini")
 
 
 def build_judge(name: str, **options: Any) -> Judge:
@@ -23,6 +24,10 @@ def build_judge(name: str, **options: Any) -> Judge:
         from labeler.judges.openai_api import OpenAIJudge
 
         return OpenAIJudge(**options)
+    if name == "gemini":
+        from labeler.judges.gemini import GeminiJudge
+
+        return GeminiJudge(**options)
     if name == "hf":
         from labeler.judges.hf_local import HFJudge
 

@@ -9,6 +9,7 @@ swallowed by a fall-back. The trainer writes and hashes its videos with these fu
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -126,9 +127,28 @@ def check_aligned(a: VideoInfo, b: VideoInfo, *, role: str = "video_b") -> None:
 # --------------------------------------------------------------------------- segmentation (§2.2)
 
 
-def plan_segments(num_frames: int, fps: float, segment_seconds: float) -> list[tuple[int, int]]:
+def plan_segments(
+    num_frames: int, fps: float, segment_seconds: float, *, align_to: int | None = None
+) -> list[tuple[int, int]]:
     """Half-open frame ranges of ``round(segment_seconds * fps)`` frames; a last remainder shorter
-    than half a segment merges into the previous segment."""
+    than half a segment merges into the previous segment.
+
+    ``align_to=r`` (a causal video VAE's temporal compression, 4 for Wan) moves every boundary
+    between two segments to the nearest frame ``1 + r*k``: latent frame 0 encodes frame 0 and latent
+    k >= 1 frames ``[1 + (k-1)*r, 1 + k*r)``, so no latent frame then straddles two segments (one that
+    does is masked in training wherever the two labels differ). Boundaries that meet are merged."""
+    bounds = _plan_segments(num_frames, fps, segment_seconds)
+    if align_to is None:
+        return bounds
+    if align_to <= 0:
+        raise ValueError(f"align_to must be positive, got {align_to}")
+    cuts = sorted({1 + align_to * round((end - 1) / align_to) for _, end in bounds[:-1]} - {0})
+    cuts = [c for c in cuts if 0 < c < num_frames]
+    edges = [0, *cuts, num_frames]
+    return list(itertools.pairwise(edges))
+
+
+def _plan_segments(num_frames: int, fps: float, segment_seconds: float) -> list[tuple[int, int]]:
     if num_frames <= 0:
         raise ValueError(f"num_frames must be positive, got {num_frames}")
     if not (math.isfinite(fps) and fps > 0 and math.isfinite(segment_seconds) and segment_seconds > 0):
@@ -152,12 +172,17 @@ class SegmentSpan:
     end_s: float
 
 
-def segment_spans(info: VideoInfo, segment_seconds: float) -> list[SegmentSpan]:
-    """The segments of a video as every consumer cuts them (engine, annotation page, dry run)."""
+def segment_spans(
+    info: VideoInfo, segment_seconds: float, *, align_to: int | None = None
+) -> list[SegmentSpan]:
+    """The segments of a video as every consumer cuts them (engine, annotation page, dry run);
+    ``align_to``: see ``plan_segments``."""
     fps = info.fps
     return [
         SegmentSpan(i, start, end, round(start / fps, 4), round(end / fps, 4))
-        for i, (start, end) in enumerate(plan_segments(info.num_frames, fps, segment_seconds))
+        for i, (start, end) in enumerate(
+            plan_segments(info.num_frames, fps, segment_seconds, align_to=align_to)
+        )
     ]
 
 

@@ -59,25 +59,8 @@ class BodyLimits:
         if declared is not None and declared > self.max_bytes:
             await _send_error(send, BodyTooLarge(self.max_bytes))
             return
-        seen = 0
-        body_done = False
-        deadline = time.monotonic() + self.timeout
+        body = _BodyReader(receive, self.max_bytes, self.timeout)
         started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen, body_done
-            if body_done:  # after the body: waiting for a disconnect has no deadline
-                return await receive()
-            try:
-                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
-            except asyncio.TimeoutError:
-                raise BodyTimeout(self.timeout) from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-                body_done = not message.get("more_body", False)
-            return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -85,11 +68,35 @@ class BodyLimits:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, body.receive, tracking_send)
         except (BodyTooLarge, BodyTimeout) as exc:  # raised outside a route's handlers (a stream)
             if started:
                 raise
             await _send_error(send, exc)
+
+
+class _BodyReader:
+    """``receive`` counting the body's bytes against ``max_bytes`` and its time against one deadline."""
+
+    def __init__(self, receive: Receive, max_bytes: int, timeout: float):
+        self._receive, self.max_bytes, self.timeout = receive, max_bytes, timeout
+        self.deadline = time.monotonic() + timeout
+        self.seen = 0
+        self.done = False
+
+    async def receive(self) -> Message:
+        if self.done:  # after the body: waiting for a disconnect has no deadline
+            return await self._receive()
+        try:
+            message = await asyncio.wait_for(self._receive(), max(self.deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            raise BodyTimeout(self.timeout) from None
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.max_bytes:
+                raise BodyTooLarge(self.max_bytes)
+            self.done = not message.get("more_body", False)
+        return message
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -54,16 +54,8 @@ def private_paths(root: Path | None, given: Mapping[Path, str] | None = None) ->
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
-def resolve_media_path(root: Path, rel: str, *, field: str = "path") -> Path:
-    """The real path of ``rel`` inside ``root``, or a ServiceError naming ``field`` and why not:
-
-    - 400: empty, NUL byte, a URL (``http://``, ``file://``... nothing is ever fetched), an
-      absolute path, a ``..`` component, or not a regular file;
-    - 403: a symlink (or symlinked folder) leading outside ``root``, or a file the service cannot read;
-    - 404: nothing there.
-
-    The returned path is fully resolved, so later opens follow no symlink of the request's.
-    """
+def _check_relative_text(rel: str, field: str) -> None:
+    """400 for a path that is no relative path at all, judged from its text alone."""
     if not isinstance(rel, str) or not rel.strip():
         raise ServiceError(400, "InvalidPath", f"{field}: the path is empty")
     if "\x00" in rel:
@@ -86,12 +78,11 @@ def resolve_media_path(root: Path, rel: str, *, field: str = "path") -> Path:
         raise ServiceError(
             400, "InvalidPath", f"{field}: {rel[:80]!r} contains '..'; paths must stay in the media root"
         )
-    real_root = Path(os.path.realpath(root))
-    real = Path(os.path.realpath(real_root / rel))
-    if real != real_root and real_root not in real.parents:
-        raise ServiceError(403, "PathOutsideMediaRoot", f"{field}: {rel[:80]!r} leads outside the media root")
+
+
+def _stat_inside(real: Path, rel: str, field: str) -> os.stat_result:
     try:
-        st = os.stat(real)
+        return os.stat(real)
     except FileNotFoundError:
         raise ServiceError(
             404, "MediaNotFound", f"{field}: {rel[:80]!r} does not exist under the media root"
@@ -104,6 +95,24 @@ def resolve_media_path(root: Path, rel: str, *, field: str = "path") -> Path:
         raise ServiceError(
             400, "InvalidPath", f"{field}: {rel[:80]!r} cannot be used: {exc.strerror}"
         ) from None
+
+
+def resolve_media_path(root: Path, rel: str, *, field: str = "path") -> Path:
+    """The real path of ``rel`` inside ``root``, or a ServiceError naming ``field`` and why not:
+
+    - 400: empty, NUL byte, a URL (``http://``, ``file://``... nothing is ever fetched), an
+      absolute path, a ``..`` component, or not a regular file;
+    - 403: a symlink (or symlinked folder) leading outside ``root``, or a file the service cannot read;
+    - 404: nothing there.
+
+    The returned path is fully resolved, so later opens follow no symlink of the request's.
+    """
+    _check_relative_text(rel, field)
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(real_root / rel))
+    if real != real_root and real_root not in real.parents:
+        raise ServiceError(403, "PathOutsideMediaRoot", f"{field}: {rel[:80]!r} leads outside the media root")
+    st = _stat_inside(real, rel, field)
     if not stat.S_ISREG(st.st_mode):
         raise ServiceError(400, "NotARegularFile", f"{field}: {rel[:80]!r} is not a regular file")
     if not os.access(real, os.R_OK):

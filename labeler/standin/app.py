@@ -43,7 +43,9 @@ def create_app(config: StandinConfig | None = None) -> FastAPI:
     app.state.standin = state
     _add_chat_routes(app, state)
     _add_file_routes(app, state)
+    _add_file_read_routes(app, state)
     _add_batch_routes(app, state)
+    _add_batch_read_routes(app, state)
     _add_control_routes(app, state)
     return app
 
@@ -107,6 +109,8 @@ def _add_file_routes(app: FastAPI, state: StandinState) -> None:
         filename, content = fields["file"]
         return JSONResponse(_file_object(_store_file(state, content, filename or "upload.jsonl", purpose)))
 
+
+def _add_file_read_routes(app: FastAPI, state: StandinState) -> None:
     @app.get("/v1/files/{file_id}")
     async def get_file(file_id: str) -> JSONResponse:
         if (missing := _no_batch_api(state)) is not None:
@@ -168,6 +172,8 @@ def _add_batch_routes(app: FastAPI, state: StandinState) -> None:
         task.add_done_callback(tasks.discard)
         return JSONResponse(batch)
 
+
+def _add_batch_read_routes(app: FastAPI, state: StandinState) -> None:
     @app.get("/v1/batches/{batch_id}")
     async def get_batch(batch_id: str) -> JSONResponse:
         if (missing := _no_batch_api(state)) is not None:

@@ -102,12 +102,10 @@ def _token_limit_errors(
     return [{"code": "token_limit_exceeded", "message": message, "param": None, "line": None}]
 
 
-async def run_batch(state: StandinState, batch_id: str) -> None:
-    """validating -> in_progress -> finalizing -> completed (or failed / cancelled)."""
-    batch = state.batches[batch_id]
-    await asyncio.sleep(state.config.batch_delay_s)
-    raw = state.files[batch["input_file_id"]]["content"].decode("utf-8", errors="replace")
-    lines, errors = [], []
+def _parse_input(raw: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The input file's request lines, and its invalid lines as OpenAI's batch ``errors``."""
+    lines: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
     for number, text in enumerate(split_lines(raw), start=1):
         if not text.strip():
             continue
@@ -120,6 +118,15 @@ async def run_batch(state: StandinState, batch_id: str) -> None:
         if problem:
             errors.append({"code": "invalid_request", "message": problem, "line": number})
         lines.append(line)
+    return lines, errors
+
+
+async def run_batch(state: StandinState, batch_id: str) -> None:
+    """validating -> in_progress -> finalizing -> completed (or failed / cancelled)."""
+    batch = state.batches[batch_id]
+    await asyncio.sleep(state.config.batch_delay_s)
+    raw = state.files[batch["input_file_id"]]["content"].decode("utf-8", errors="replace")
+    lines, errors = _parse_input(raw)
     if not errors and lines:
         errors = _token_limit_errors(state, batch_id, lines)
     if errors or not lines:

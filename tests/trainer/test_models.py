@@ -38,10 +38,7 @@ def test_encode_decode_and_prompt_shapes(tiny_adapter):
 
 
 def test_load_adapter_reads_model_index(tmp_path):
-    wan = tmp_path / "wan"
-    wan.mkdir()
-    (wan / "model_index.json").write_text(json.dumps({"_class_name": "WanPipeline"}))
-    assert isinstance(load_adapter(str(wan)), WanAdapter)
+    assert isinstance(load_adapter(index_dir(tmp_path, "wan", {"_class_name": "WanPipeline"})), WanAdapter)
     other = tmp_path / "other"
     other.mkdir()
     (other / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
@@ -49,14 +46,52 @@ def test_load_adapter_reads_model_index(tmp_path):
         load_adapter(str(other))
 
 
-def index_dir(root, name: str, index: dict) -> str:
+def index_dir(root, name: str, index: dict, vae: dict | None = None) -> str:
+    """A model directory with ``model_index.json`` and ``vae/config.json`` (default: Wan2.1's VAE
+    config, which names no scale factors: diffusers' defaults, 8 and 4, apply)."""
     path = root / name
-    path.mkdir()
+    (path / "vae").mkdir(parents=True)
     (path / "model_index.json").write_text(json.dumps(index))
+    (path / "vae" / "config.json").write_text(
+        json.dumps(vae or {"_class_name": "AutoencoderKLWan", "z_dim": 16})
+    )
     return str(path)
 
 
-def test_wan22_two_expert_and_ti2v_models_are_refused_with_a_reason(tmp_path):
+#: Wan2.2's VAE (Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json) at a tiny width: patchified 2x2
+#: RGB in (12 channels), residual down blocks, 48 latent channels, 16x spatial compression.
+WAN22_VAE = {"base_dim": 8, "decoder_base_dim": 8, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
+             "is_residual": True, "patch_size": 2, "in_channels": 12, "out_channels": 12, "z_dim": 48,
+             "scale_factor_spatial": 16, "scale_factor_temporal": 4, "temperal_downsample": [False, True, True],
+             "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48}  # fmt: skip
+
+
+def test_wan22_ti2v_takes_its_compression_and_channels_from_the_vae_config_and_its_presets(tmp_path):
+    from diffusers import AutoencoderKLWan
+
+    ti2v = {"_class_name": "WanPipeline", "expand_timesteps": True, "boundary_ratio": None,
+            "transformer_2": [None, None]}  # fmt: skip
+    path = index_dir(tmp_path, "Wan2.2-TI2V-5B", ti2v)
+    AutoencoderKLWan(**WAN22_VAE).save_pretrained(f"{path}/vae")
+    adapter = load_adapter(path)
+    assert (adapter.spatial_compression, adapter.temporal_compression, adapter.latent_channels) == (16, 4, 48)
+    assert (adapter.height, adapter.width, adapter.num_frames, adapter.fps) == (704, 1280, 121, 24.0)
+    adapter.check_geometry(121, 704, 1280)  # multiples of 16 x patch 2 = 32
+    with pytest.raises(ValueError, match="multiples of 32"):
+        adapter.check_geometry(121, 704, 1264)
+    # The real VAE with that config encodes to the shape the adapter predicts.
+    latents = adapter.encode_video(textured_frames(5, h=64, w=96))
+    assert latents.shape == (48, *adapter.latent_shape(5, 64, 96)) == (48, 2, 4, 6)
+    wan21 = load_adapter(index_dir(tmp_path, "Wan2.1", {"_class_name": "WanPipeline"}))
+    assert (wan21.spatial_compression, wan21.latent_channels, wan21.height, wan21.num_frames) == (
+        8,
+        16,
+        480,
+        81,
+    )
+
+
+def test_wan22_two_expert_model_is_refused_with_the_reason(tmp_path):
     # As in Wan-AI/Wan2.2-T2V-A14B-Diffusers: a high-noise transformer, a low-noise transformer_2.
     a14b = {"_class_name": "WanPipeline", "boundary_ratio": 0.875, "transformer": ["diffusers", "WanTransformer3DModel"],
             "transformer_2": ["diffusers", "WanTransformer3DModel"]}  # fmt: skip
@@ -64,10 +99,8 @@ def test_wan22_two_expert_and_ti2v_models_are_refused_with_a_reason(tmp_path):
         UnsupportedModelError, match=r"transformer_2 below.*high-noise expert at every noise level"
     ):
         load_adapter(index_dir(tmp_path, "Wan2.2-T2V-A14B", a14b))
-    ti2v = {"_class_name": "WanPipeline", "expand_timesteps": True, "boundary_ratio": None,
-            "transformer_2": [None, None]}  # fmt: skip
-    with pytest.raises(UnsupportedModelError, match="TI2V"):
-        load_adapter(index_dir(tmp_path, "Wan2.2-TI2V-5B", ti2v))
+    with pytest.raises(UnsupportedModelError, match=r"one LoRA per expert"):
+        load_adapter(index_dir(tmp_path, "Wan2.2-T2V-A14B-2", a14b))
     wan21 = {"_class_name": "WanPipeline", "boundary_ratio": None, "transformer_2": [None, None],
              "expand_timesteps": False}  # fmt: skip
     assert isinstance(load_adapter(index_dir(tmp_path, "Wan2.1-T2V-1.3B", wan21)), WanAdapter)
@@ -86,6 +119,7 @@ def test_a_name_containing_wan_is_not_enough(tmp_path):
 def test_vae_identity_changes_with_the_model_config_without_loading_it(tmp_path):
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text('{"z_dim": 16}')
+    (tmp_path / "model_index.json").write_text('{"_class_name": "WanPipeline"}')
     adapter = WanAdapter(str(tmp_path))
     first = adapter.identity("vae")
     (tmp_path / "vae" / "config.json").write_text('{"z_dim": 48}')

@@ -65,6 +65,8 @@ def test_resolve_defaults_to_the_model_family():
     assert TimestepSampler.resolve("shift", None, "shift", 5.0) == TimestepSampler("shift", 5.0)
     assert TimestepSampler.resolve("logit-normal", None, "shift", 5.0) == TimestepSampler("logit-normal", 1.0)
     assert TimestepSampler.resolve("uniform", None, "shift", 5.0) == TimestepSampler("uniform", 1.0)
+    assert TimestepSampler.resolve("wan480", None, "shift", 5.0) == TimestepSampler("logit-normal", 2.0)
+    assert TimestepSampler.resolve("wan480", 3.0, "shift", 5.0) == TimestepSampler("logit-normal", 3.0)
     with pytest.raises(ValueError, match="takes no shift"):
         TimestepSampler("uniform", 2.0)
     with pytest.raises(ValueError, match="must be uniform, logit-normal or shift"):

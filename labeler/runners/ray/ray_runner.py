@@ -17,14 +17,15 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from labeler.engine import Engine, EngineStats
 from labeler.engine_spec import EngineSpec
+from labeler.jobfiles import BatchResult, FailureKind, JobFiles
 from labeler.ledger import Ledger
-from labeler.runners.local import BatchResult, FailureKind, JobFiles
 from labeler.runners.ray.options import RayOptions
 from labeler.runners.ray.worker import PairLabeler
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
@@ -65,7 +66,14 @@ def connect(options: RayOptions) -> bool:
     return True
 
 
-def build_dataset(todo: list[ManifestEntry], spec: EngineSpec, options: RayOptions) -> Any:
+#: What a cascade (labeler.cascade.ray) sends with each pair: the cheap judge's record and the
+#: segments to escalate, as JSON (the actor's PairLabeler reads it); None for an ordinary run.
+CascadeJob = Callable[[ManifestEntry], str]
+
+
+def build_dataset(
+    todo: list[ManifestEntry], spec: EngineSpec, options: RayOptions, cascade_job: CascadeJob | None = None
+) -> Any:
     """The pairs to label, mapped through the actor pool (lazy: nothing runs until iterated)."""
     import ray.data
     from ray.util.annotations import RayDeprecationWarning
@@ -74,7 +82,10 @@ def build_dataset(todo: list[ManifestEntry], spec: EngineSpec, options: RayOptio
     context.enable_progress_bars = False  # the driver has its own bar, in pairs
     context.print_on_execution_start = False
     chunk = options.pairs_per_worker
-    items = [{"entry": e.model_dump_json()} for e in todo]
+    items: list[dict[str, str]] = [{"entry": e.model_dump_json()} for e in todo]
+    if cascade_job is not None:
+        for item, entry in zip(items, todo, strict=True):
+            item["cascade"] = cascade_job(entry)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / chunk)))
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing actor options as ray_remote_args (removed in 2.64, hence the
@@ -134,6 +145,7 @@ def run_batch_on_ray(
     *,
     progress: bool = True,
     ledger: Ledger | None = None,
+    cascade_job: CascadeJob | None = None,
 ) -> RayRun:
     """Label every pair of ``manifest`` not yet in ``out`` on Ray; returns what happened.
 
@@ -153,7 +165,7 @@ def run_batch_on_ray(
         todo = job.todo(manifest)
         if todo:
             started = connect(options)
-            batches = build_dataset(todo, spec, options).iter_batches(batch_size=None)
+            batches = build_dataset(todo, spec, options, cascade_job).iter_batches(batch_size=None)
             for rows in batches:
                 if _write_chunk(job, run, rows):
                     break

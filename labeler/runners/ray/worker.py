@@ -21,8 +21,8 @@ import numpy as np
 
 from labeler.engine import BudgetExceeded, Engine
 from labeler.engine_spec import EngineSpec
+from labeler.jobfiles import failure_kind
 from labeler.ledger import Ledger
-from labeler.runners.local import failure_kind
 from labeler.runners.ray.cache_policy import refuse_network_cache
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
 
@@ -67,22 +67,29 @@ class PairLabeler:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         entries = [ManifestEntry.model_validate_json(text) for text in batch["entry"]]
+        # A cascade's pass 2 (labeler.cascade.ray) sends each pair's cheap record and escalated segments.
+        cascades = [str(c) for c in batch["cascade"]] if "cascade" in batch else [""] * len(entries)
         before = dataclasses.asdict(self.engine.stats)
         assert self.loop is not None  # made by __init__
-        rows = self.loop.run_until_complete(self._label_all(entries))
+        rows = self.loop.run_until_complete(self._label_all(entries, cascades))
         columns: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in OUTCOME_COLUMNS}
         columns["stats"][0] = json.dumps(Ledger.delta(before, dataclasses.asdict(self.engine.stats)))
         columns["worker"][0] = self.identity
         return columns
 
-    async def _label_all(self, entries: list[ManifestEntry]) -> list[dict[str, Any]]:
-        return await asyncio.gather(*(self._label(e) for e in entries))
+    async def _label_all(self, entries: list[ManifestEntry], cascades: list[str]) -> list[dict[str, Any]]:
+        return await asyncio.gather(*(self._label(e, c) for e, c in zip(entries, cascades, strict=True)))
 
-    async def _label(self, entry: ManifestEntry) -> dict[str, Any]:
+    async def _label(self, entry: ManifestEntry, cascade: str = "") -> dict[str, Any]:
         row: dict[str, Any] = dict.fromkeys(OUTCOME_COLUMNS, "")
         row.update(pair_id=entry.pair_id, budget=False)
         try:
-            record: DensePreferenceRecord = await self.engine.label_pair(entry)
+            if cascade:
+                from labeler.cascade.ray import label_cascade_job
+
+                record: DensePreferenceRecord = await label_cascade_job(entry, cascade, self.engine)
+            else:
+                record = await self.engine.label_pair(entry)
         except BudgetExceeded as exc:
             row.update(budget=True, error_type=type(exc).__name__, error_message=str(exc))
         except Exception as exc:  # this pair's failure goes to the errors file; the chunk goes on
