@@ -103,3 +103,27 @@ def test_cli_refuses_a_responses_only_model_with_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([str(manifest), "--out", str(tmp_path / "o.jsonl"), "--judge", "openai", "--model", "o3-pro"])
     assert exit_.value.code == 2 and "Responses API only" in capsys.readouterr().err
+
+
+def test_a_reasoning_model_behind_an_alias_is_detected_from_its_first_answer():
+    """An Azure deployment name hides o3: the first answer is cut after 2,000 hidden reasoning
+    tokens; the judge switches once to a reasoning budget and every later request answers."""
+    with StandinServer(reasoning_tokens=2000) as server:
+        judge = OpenAIJudge("my-azure-deployment", base_url=server.base_url, api_key="k")
+
+        async def go():
+            try:
+                return [await judge.judge(_request()) for _ in range(3)]
+            finally:
+                await judge.aclose()
+
+        judgments = asyncio.run(go())
+        assert all(j.label in ("A", "B", "tie") for j in judgments)
+        assert judge.endpoint_fallbacks() == ["reasoning"]
+        bodies = [e["body"] for e in server.state.log]
+        assert len(bodies) == 4  # one cut-off answer, then one request per judgment
+        assert bodies[0]["max_tokens"] == 300 and "temperature" in bodies[0]
+        for body in bodies[1:]:
+            assert (
+                body["max_completion_tokens"] > 2000 and "temperature" not in body and "logprobs" not in body
+            )

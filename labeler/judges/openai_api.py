@@ -341,6 +341,25 @@ class OpenAIJudge(Judge):
         self._client_loop = loop
         return self._async_client
 
+    def _detect_reasoning(self, response: dict[str, Any]) -> bool:
+        """True (once) when an answer shows a reasoning model the settings did not expect: cut at
+        the token limit after hidden reasoning tokens. From then on every request gets a reasoning
+        budget and no temperature/logprobs, instead of each paying for fallbacks and a cut-off."""
+        if self.settings.reasoning_model or "reasoning" in self.fallbacks:
+            return False
+        choices = response.get("choices") or [{}]
+        details = (response.get("usage") or {}).get("completion_tokens_details") or {}
+        first = choices[0] if isinstance(choices[0], dict) else {}
+        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        if first.get("finish_reason") != "length" or not isinstance(reasoning, int) or reasoning <= 0:
+            return False
+        self.fallbacks["reasoning"] = (
+            f"the answer was cut at the token limit after {reasoning} hidden reasoning tokens: "
+            "a reasoning model; sending max_completion_tokens with a reasoning budget from now on"
+        )
+        log.warning("%s (%s): %s", self.base_url, self.model, self.fallbacks["reasoning"])
+        return True
+
     def _apply_fallback(self, message: str) -> bool:
         """Adapt to a 400 that names an unsupported parameter; True if a retry is worth it."""
         text = message.lower()
@@ -397,6 +416,8 @@ class OpenAIJudge(Judge):
                     raise FatalJudgeError(f"{self.base_url} reported impossible token usage: {exc}") from exc
                 if self._meter is not None:  # billed whether or not the answer turns out usable
                     self._meter.billed(usage.prompt_tokens, usage.completion_tokens)
+                if self._detect_reasoning(response):
+                    continue  # the same request again, with room to think
                 return response
             except openai.BadRequestError as exc:
                 message = server_message(exc)

@@ -85,6 +85,11 @@ class StandinConfig(BaseModel):
     #: OpenAI Batch API: input tokens a model may have enqueued across unfinished batches; a batch
     #: over it fails with ``token_limit_exceeded`` (None: no limit).
     batch_enqueued_token_limit: int | None = None
+    #: Like an OpenAI reasoning model (platform.openai.com/docs/guides/reasoning): this many hidden
+    #: reasoning tokens are spent before the answer, counted in ``max_completion_tokens`` /
+    #: ``max_tokens`` and billed as completion tokens (``completion_tokens_details.reasoning_tokens``);
+    #: a limit below them ends in ``finish_reason: "length"`` with empty content.
+    reasoning_tokens: int = 0
     #: OpenAI Batch API: a batch expires (status ``expired``) after answering this many lines; the
     #: rest go to its error file with ``response: null`` and error code ``batch_expired``.
     batch_expire_after: int | None = None

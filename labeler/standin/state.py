@@ -192,7 +192,11 @@ class StandinState:
                 if fault and fault.get("garbage"):
                     self.faults_served["garbage"] += 1
                 finish = "stop"
-                if self._loops_on_whitespace(body):
+                limit = body.get("max_completion_tokens") or body.get("max_tokens")
+                thinking = cfg.reasoning_tokens
+                if thinking and isinstance(limit, int) and limit <= thinking:
+                    thinking, probs, tokens, content, finish = limit, None, [], "", "length"
+                elif self._loops_on_whitespace(body):
                     limit = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
                     tokens = ["{"] + ["\n"] * max(0, limit - 1)
                     probs, content, finish = None, "".join(tokens), "length"
@@ -225,6 +229,11 @@ class StandinState:
                     grammar_masked=cfg.flavour == "vllm" and bool(body.get("response_format")),
                     finish_reason=finish,
                 )
+                if thinking:
+                    usage = completion["usage"]
+                    usage["completion_tokens"] = len(tokens) + thinking
+                    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                    usage["completion_tokens_details"] = {"reasoning_tokens": thinking}
                 # latency_ms is the whole service time of a request in its slot, the stand-in's own
                 # work included, like a GPU server whose answer takes L: sleep for what is left.
                 left = cfg.latency_ms / 1000 - (time.perf_counter() - started)
