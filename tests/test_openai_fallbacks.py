@@ -4,6 +4,7 @@ layer answers with an array), and models the judge must refuse before sending an
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import openai
@@ -127,3 +128,38 @@ def test_a_reasoning_model_behind_an_alias_is_detected_from_its_first_answer():
             assert (
                 body["max_completion_tokens"] > 2000 and "temperature" not in body and "logprobs" not in body
             )
+
+
+def test_default_query_and_headers_reach_every_request():
+    """Azure OpenAI's legacy endpoint wants ?api-version=... and an api-key header."""
+    from labeler.judge_config import JudgeConfig
+
+    with StandinServer() as server:
+        seen: list[httpx.Request] = []
+        config = JudgeConfig(
+            judge="openai",
+            model="gpt-4o-mini",
+            base_url=server.base_url,
+            default_query={"api-version": "2024-10-21"},
+            default_header={"api-key": "azure-key"},
+        )
+        judge = config.build()
+        assert isinstance(judge, OpenAIJudge)
+
+        async def go():
+            client = judge._client()
+            client._client.event_hooks["request"].append(lambda r: _record(seen, r))
+            try:
+                return await judge.judge(_request())
+            finally:
+                await judge.aclose()
+
+        assert asyncio.run(go()).label in ("A", "B", "tie")
+        assert seen and all(
+            r.url.params["api-version"] == "2024-10-21" and r.headers["api-key"] == "azure-key" for r in seen
+        )
+        assert "api-version" not in json.dumps(judge.fingerprint())
+
+
+async def _record(seen: list, request: httpx.Request) -> None:
+    seen.append(request)

@@ -97,6 +97,8 @@ class OpenAIJudge(Judge):
         price: tuple[float, float] | None = None,
         input_mode: InputMode = "frames",
         show_reference: bool = False,
+        default_query: dict[str, Any] | None = None,
+        default_headers: dict[str, Any] | None = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -136,6 +138,10 @@ class OpenAIJudge(Judge):
         )
         self.answer_order = answer_order
         self.price = price
+        # Transport, not content: Azure's legacy api-version, a gateway's headers. Not in the
+        # fingerprint (the same model answers alike whatever the route).
+        self.default_query = {str(k): str(v) for k, v in (default_query or {}).items()}
+        self.default_headers = {str(k): str(v) for k, v in (default_headers or {}).items()}
         self.is_openai = urlparse(self.base_url).hostname == "api.openai.com"
         if input_mode == "video" and self.is_openai:
             raise ValueError(
@@ -337,6 +343,8 @@ class OpenAIJudge(Judge):
             max_retries=0,
             timeout=self.timeout,
             http_client=DefaultAsyncHttpxClient(timeout=self.timeout),
+            default_query=self.default_query or None,
+            default_headers=self.default_headers or None,
         )
         self._client_loop = loop
         return self._async_client
