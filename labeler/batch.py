@@ -30,6 +30,7 @@ from labeler.cli_options import (
 )
 from labeler.engine import Engine
 from labeler.ledger import Limits
+from labeler.runners.batch_lifecycle import BatchWaitOver
 from labeler.runners.local import BatchResult, run_batch
 from labeler.runners.ray.options import RayOptions
 from labeler.schemas import JudgeError
@@ -110,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and the run writes only the pairs the batches answered",
     )
     p.add_argument(
+        "--batch-max-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="--openai-batch: stop waiting after SECONDS with batches unfinished (exit 3); they go on "
+        "at the provider and a rerun of the same command collects them (default: wait until done)",
+    )
+    p.add_argument(
         "--keep-batch-files",
         action="store_true",
         help="--openai-batch: keep the uploaded input files and the output/error files on the "
@@ -147,6 +156,7 @@ class BatchApiOptions:
 
     online_rest: bool = False
     keep_files: bool = False
+    max_wait: float | None = None
 
 
 def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
@@ -223,6 +233,7 @@ async def _label(
                 max_tokens=batch_max_tokens,
                 progress=print,
                 keep_files=batch_options.keep_files,
+                max_wait=batch_options.max_wait,
             )
             if (report.left or report.capped) and not batch_options.online_rest:
                 # Nothing goes online unasked: the run labels from the cache only.
@@ -294,8 +305,12 @@ def _check_args(args: argparse.Namespace) -> None:
         from labeler.runners.batch_import import check_import_paths
 
         check_import_paths(args.batch_import)
-    if (args.batch_online_rest or args.keep_batch_files) and not args.openai_batch:
-        raise UsageError("--batch-online-rest and --keep-batch-files need --openai-batch")
+    if (args.batch_online_rest or args.keep_batch_files or args.batch_max_wait is not None) and (
+        not args.openai_batch
+    ):
+        raise UsageError("--batch-online-rest, --batch-max-wait and --keep-batch-files need --openai-batch")
+    if args.batch_max_wait is not None and not (args.batch_max_wait >= 0 and args.batch_max_wait < 1e9):
+        raise UsageError(f"--batch-max-wait must be a number of seconds >= 0, got {args.batch_max_wait}")
     if args.batch_max_tokens is not None and (args.batch_max_tokens < 1 or not args.openai_batch):
         raise UsageError("--batch-max-tokens needs --openai-batch and a positive number of tokens")
     if args.out is not None and not args.dry_run:
@@ -348,7 +363,9 @@ def _run(
                     openai_batch_poll=poll,
                     batch_max_tokens=args.batch_max_tokens,
                     batch_import=args.batch_import,
-                    batch_options=BatchApiOptions(args.batch_online_rest, args.keep_batch_files),
+                    batch_options=BatchApiOptions(
+                        args.batch_online_rest, args.keep_batch_files, args.batch_max_wait
+                    ),
                 )
             )
     except KeyboardInterrupt:
@@ -356,6 +373,9 @@ def _run(
             "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr
         )
         return 130
+    except BatchWaitOver as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except (ValueError, jobfiles.OutputInUseError, BatchApiUnavailable) as exc:  # not ours, in use...
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -371,3 +371,18 @@ def test_batch_options_need_openai_batch(manifest, tmp_path):
     with StandinServer() as server:
         proc = cli(manifest, tmp_path / "o.jsonl", server, tmp_path / "c", "--batch-online-rest")
         assert proc.returncode == 2 and "need --openai-batch" in proc.stderr
+
+
+def test_batch_max_wait_stops_and_a_rerun_collects_the_same_batches(manifest, tmp_path):
+    """A batch slower than --batch-max-wait: exit 3, state kept; the rerun pays nothing twice."""
+    with StandinServer(batch_delay_s=4.0) as server:
+        out, cache = tmp_path / "out.jsonl", tmp_path / "cache"
+        proc = cli(manifest, out, server, cache, "--openai-batch", "--batch-poll-seconds", "0.02",
+                   "--batch-max-wait", "0")  # fmt: skip
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "--batch-max-wait reached with 1 batch(es) unfinished" in proc.stderr
+        assert openai_batch.state_path_for(out).exists() and len(server.state.batches) == 1
+        proc = cli(manifest, out, server, cache, "--openai-batch", "--batch-poll-seconds", "0.05")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "resuming" in proc.stdout and len(server.state.batches) == 1  # the same batch, once
+        assert server.stats()["requests_total"] == 8

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,6 +46,7 @@ from labeler.runners.batch_api_files import (
     write_batch_files,
 )
 from labeler.runners.batch_lifecycle import (
+    BatchWaitOver,
     batch_errors,
     delete_batch_files,
     error_lines,
@@ -239,6 +241,7 @@ class _Job:
     poll_seconds: float
     progress: Progress
     backoff: float = 2.0  # first wait before retrying a failed polling/download call
+    deadline: float | None = None  # time.monotonic() after which waiting stops (--batch-max-wait)
     #: Uploaded input and output/error files of collected batches, deleted at the end.
     file_ids: list[str | None] = field(default_factory=list)
 
@@ -288,6 +291,12 @@ async def _wait_any(job: _Job, inflight: list[BatchFile]) -> list[tuple[BatchFil
                 finished.append((item, batch))
         if finished:
             return finished
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            ids = ", ".join(str(i.batch_id) for i in inflight)
+            raise BatchWaitOver(
+                f"--batch-max-wait reached with {len(inflight)} batch(es) unfinished ({ids}); they go on "
+                f"at the provider and {job.state_path} keeps them: rerun the same command to collect them"
+            )
         await asyncio.sleep(job.poll_seconds)
 
 
@@ -302,6 +311,7 @@ async def prefill_with_batch_api(
     progress: Progress = _log_progress,
     keep_files: bool = False,
     retry_backoff: float = 2.0,
+    max_wait: float | None = None,
 ) -> BatchApiReport:
     """Answer the manifest's uncached requests through the Batch API into the engine's cache;
     ``progress`` receives the lines a person watching should see."""
@@ -336,7 +346,18 @@ async def prefill_with_batch_api(
         state.save(state_path)
     report.requests += sum(item.requests for item in state.files)
     engine.ledger.submitted(sum(i.requests for i in state.files if not i.collected))
-    job = _Job(client, state, state_path, engine, report, poll_seconds, progress, backoff=retry_backoff)
+    deadline = None if max_wait is None else time.monotonic() + max_wait
+    job = _Job(
+        client,
+        state,
+        state_path,
+        engine,
+        report,
+        poll_seconds,
+        progress,
+        backoff=retry_backoff,
+        deadline=deadline,
+    )
     await _run_files(job)
     report.status = ",".join(sorted({i.status or "?" for i in state.files}))
     report.left_cost_usd = _online_cost(state.files, set(report.left), engine)

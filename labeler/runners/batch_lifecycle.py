@@ -19,10 +19,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from labeler.errors import DenseprefError
 from labeler.fileio import split_lines
 
 __all__ = [
     "RETRY_ATTEMPTS",
+    "BatchWaitOver",
     "batch_errors",
     "delete_batch_files",
     "error_lines",
@@ -32,6 +34,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class BatchWaitOver(DenseprefError):
+    """``--batch-max-wait`` passed with batches unfinished; the job's state file is kept, so a
+    rerun of the same command polls the same batches (the CLI exits 3, stopped)."""
+
 
 #: Tries of one polling or download call (5xx, 408/409/429, connection errors), waiting
 #: ``backoff * 2**k`` seconds (capped at 5 minutes) between them.
