@@ -372,3 +372,25 @@ def test_engine_with_video_and_reference_against_the_vllm_front_end(make_video):
         assert len(seen) == 3
         assert {tuple(v.metadata["frames_indices"]) for v in seen} <= indices
         assert all(v.frames.shape[0] == 3 and v.metadata["fps"] == 24.0 for v in seen)
+
+
+@pytest.mark.parametrize(("h", "w"), [(252, 448), (720, 1280), (40, 30)])
+def test_frames_mode_counts_qwen_images_by_the_processor_grid(h, w):
+    """Still images of a Qwen VL model are counted with the image processor's grid at the released
+    checkpoint's size (transformers' own Qwen2-VL image processor), not OpenAI's tiles."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from labeler.judges.video_tokens import image_tokens
+
+    processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 3136, "longest_edge": 12845056})
+    grid = processor(images=[np.zeros((h, w, 3), np.uint8)], return_tensors="np")["image_grid_thw"][0]
+    assert image_tokens(QWEN, h, w) == int(grid[1] * grid[2]) // 4 + 2
+    req = segment(k=8, h=252, w=448)
+    frames = OpenAIJudge(QWEN, base_url=VLLM_URL).estimate(req)
+    video = OpenAIJudge(QWEN, base_url=VLLM_URL, input_mode="video").estimate(req)
+    # The issue's figures: 16 images of 144 (+2 markers) against 2 videos of 576 (+2); frames mode
+    # also writes a caption per image (about 120 tokens of text for 16).
+    saved = frames.input_tokens - video.input_tokens
+    assert 16 * 146 - 2 * 578 < saved < 16 * 146 - 2 * 578 + 200
+    gpt = OpenAIJudge("gpt-4o-mini").estimate(req)
+    assert gpt.images == 16 and gpt.input_tokens != frames.input_tokens  # OpenAI keeps its own rule

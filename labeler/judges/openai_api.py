@@ -37,6 +37,7 @@ from labeler.judges.video_parts import (
     InputMode,
     media_io_kwargs,
     presentation_id,
+    qwen_image_tokens_of,
     timing_of,
     video_tokens_of,
     video_url_part,
@@ -239,9 +240,14 @@ class OpenAIJudge(Judge):
         """Images and tokens of one request before it is sent, without encoding any JPEG. Output
         tokens include the reasoning a reasoning model is assumed to spend (billed as output)."""
         rendered = self._render(request)
+        qwen_images = qwen_image_tokens_of(rendered, self.settings.model)
         input_tokens, images = chat_input_tokens(
-            without_videos(rendered), self.settings.model, default_detail=self.detail
+            without_videos(rendered, images=qwen_images is not None),
+            self.settings.model,
+            default_detail=self.detail,
         )
+        if qwen_images is not None:  # a Qwen VL family: its processor's grid, not OpenAI's tiles
+            input_tokens, images = input_tokens + qwen_images[0], qwen_images[1]
         video_tokens, videos = video_tokens_of(rendered, self.settings.model)
         input_tokens += video_tokens
         reasoning = self.settings.expected_reasoning_tokens
@@ -271,6 +277,12 @@ class OpenAIJudge(Judge):
             return (
                 f"{videos} videos a request, each {k} frames {width}x{height} as one video_url part; "
                 f"video tokens counted by the {family} processor rule"
+            )
+        rule, known = rule_for(self.settings.model)
+        if known and self.layout == "separate":
+            return (
+                f"each video's frames {width}x{height} decoded, sent as separate images; image tokens "
+                f"counted by the {rule.family} processor rule"
             )
         if self.layout == "separate":
             sent, seen = (width, height), seen_size(width, height, self.detail)

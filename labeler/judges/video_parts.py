@@ -113,6 +113,25 @@ def video_tokens_of(messages: list[dict[str, Any]], model: str) -> tuple[int, in
     return total, count
 
 
-def without_videos(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages with their ``video`` parts left out (to count the text's tokens alone)."""
-    return [{**m, "content": [p for p in m["content"] if p["type"] != "video"]} for m in messages]
+def without_videos(messages: list[dict[str, Any]], *, images: bool = False) -> list[dict[str, Any]]:
+    """The messages with their ``video`` parts (and ``image`` parts too when ``images``) left out,
+    to count the rest's tokens alone."""
+    drop = {"video", "image"} if images else {"video"}
+    return [{**m, "content": [p for p in m["content"] if p["type"] not in drop]} for m in messages]
+
+
+def qwen_image_tokens_of(messages: list[dict[str, Any]], model: str) -> tuple[int, int] | None:
+    """(prompt tokens, count) of the neutral ``image`` parts by the model family's own processor
+    rule, or None for a model of no known video family (OpenAI's rules then apply)."""
+    from labeler.judges.video_tokens import image_tokens, rule_for
+
+    if not rule_for(model)[1]:
+        return None
+    total = count = 0
+    for message in messages:
+        for part in message["content"]:
+            if part["type"] == "image":
+                h, w = part["image"].shape[:2]
+                total += image_tokens(model, h, w)
+                count += 1
+    return total, count

@@ -13,6 +13,11 @@ their default sizes:
   ``<t seconds>`` timestamp (Qwen3-VL).
 
 A model of another family falls back to the Qwen2.5-VL rule: a rough stand-in, said as such.
+
+Still images of these families (``--input frames``) follow the same grid at the image processor's
+size as the released checkpoints set it (``preprocessor_config.json``: Qwen2/2.5-VL 56² to
+12,845,056 pixels, Qwen3-VL 256² to 16,777,216), one temporal patch each, plus two markers:
+:func:`image_tokens`, so a dry run compares frames and video in the model's own tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["VIDEO_RULES", "VideoTokenRule", "rule_for", "smart_resize", "video_tokens"]
+__all__ = ["VIDEO_RULES", "VideoTokenRule", "image_tokens", "rule_for", "smart_resize", "video_tokens"]
 
 
 @dataclass(frozen=True)
@@ -37,15 +42,24 @@ class VideoTokenRule:
     tokens_per_step: int
     #: Marker tokens per video (Qwen2.x: vision start and end).
     tokens_per_video: int
+    #: Pixel bounds of one still image (the checkpoints' image processor size).
+    image_min_pixels: int
+    image_max_pixels: int
 
 
 VIDEO_RULES: dict[str, VideoTokenRule] = {
     # transformers Qwen2VLVideoProcessor: size {"shortest_edge": 128*28*28, "longest_edge": 28*28*768}.
-    "qwen2-vl": VideoTokenRule("qwen2-vl", 14, 2, 2, 128 * 28 * 28, 768 * 28 * 28, False, 0, 2),
-    "qwen2.5-vl": VideoTokenRule("qwen2.5-vl", 14, 2, 2, 128 * 28 * 28, 768 * 28 * 28, False, 0, 2),
+    "qwen2-vl": VideoTokenRule(
+        "qwen2-vl", 14, 2, 2, 128 * 28 * 28, 768 * 28 * 28, False, 0, 2, 3136, 12845056
+    ),
+    "qwen2.5-vl": VideoTokenRule(
+        "qwen2.5-vl", 14, 2, 2, 128 * 28 * 28, 768 * 28 * 28, False, 0, 2, 3136, 12845056
+    ),
     # transformers Qwen3VLVideoProcessor: size {"shortest_edge": 128*32*32, "longest_edge": 32*32*768}
     # over the whole clip; each temporal patch is "<t seconds><|vision_start|>...<|vision_end|>".
-    "qwen3-vl": VideoTokenRule("qwen3-vl", 16, 2, 2, 128 * 32 * 32, 768 * 32 * 32, True, 8, 0),
+    "qwen3-vl": VideoTokenRule(
+        "qwen3-vl", 16, 2, 2, 128 * 32 * 32, 768 * 32 * 32, True, 8, 0, 65536, 16777216
+    ),
 }
 
 
@@ -91,3 +105,13 @@ def video_tokens(model: str, frames: int, height: int, width: int) -> int:
     steps = padded // rule.temporal
     per_step = (h // rule.patch) * (w // rule.patch) // (rule.merge**2)
     return steps * (per_step + rule.tokens_per_step) + rule.tokens_per_video
+
+
+def image_tokens(model: str, height: int, width: int) -> int:
+    """Prompt tokens of one still image for ``model``'s family (its vision start/end included)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    rule, _ = rule_for(model)
+    factor = rule.patch * rule.merge
+    h, w = smart_resize(height, width, factor, rule.image_min_pixels, rule.image_max_pixels)
+    return (h // rule.patch) * (w // rule.patch) // (rule.merge**2) + 2
