@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from labeler import jobfiles
+from labeler import fingerprint, jobfiles
 from labeler.cascade.options import add_cascade_arguments, cascade_rule_from_args, cheap_engine
 from labeler.cascade.policy import EscalationRule
 from labeler.cli_options import (
@@ -30,14 +33,17 @@ from labeler.cli_options import (
 )
 from labeler.engine import Engine
 from labeler.ledger import Limits
+from labeler.preflight import PreflightError
 from labeler.runners.batch_lifecycle import BatchWaitOver
 from labeler.runners.local import BatchResult, run_batch
 from labeler.runners.ray.options import RayOptions
 from labeler.schemas import JudgeError
 
 #: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
-#: cannot be used, found before any work (or another run holds --out); 3 stopped early (budget spent,
-#: or the judge rejected FATAL_STREAK_LIMIT pairs in a row); 130 interrupted.
+#: cannot be used, found before any work (or another run holds --out, or the endpoint is down or
+#: refuses the key: labeler.preflight); 3 stopped early (budget spent, the judge rejected
+#: FATAL_STREAK_LIMIT pairs in a row, or UNREACHABLE_STREAK_LIMIT pairs in a row could not connect);
+#: 130 interrupted.
 EXIT_OK, EXIT_FAILED_PAIRS, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
 
 
@@ -138,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="--judge openai: cache the answers of Batch output files (`vllm run-batch -o`), then label",
     )
+    p.add_argument(
+        "--relabel",
+        action="store_true",
+        help="when --out holds labels made with other settings (judge, model, --tie-margin, frames per "
+        "segment...; recorded in OUT.settings.json), move it aside as OUT.before-<time>.jsonl and label "
+        "again; without it such a rerun is refused. With the same settings a rerun resumes either way",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_judge_arguments(p)
     add_engine_arguments(p)
@@ -166,7 +179,8 @@ def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
     flip = "n/a" if s["flip_rate"] is None else f"{100 * s['flip_rate']:.1f}%"
     lines = [
         f"pairs      {result.ok} labeled, {result.failed} failed, {result.skipped} already done "
-        f"(manifest: {result.manifest_pairs})",
+        f"(manifest: {result.manifest_pairs})"
+        + (f"; {result.relabelled} labelled again: prompt or videos changed" if result.relabelled else ""),
         f"segments   {result.segments}  A {_share(result.labels['A'], total)}  B {_share(result.labels['B'], total)}"
         f"  tie {_share(result.labels['tie'], total)}",
         f"time       {result.seconds:.1f} s ({rate:.1f} segment pairs/s)",
@@ -333,6 +347,8 @@ def _run(
     poll = args.batch_poll_seconds if args.openai_batch else None
     try:
         with jobfiles.lock_output(out):
+            for aside in fingerprint.settle(out, fingerprint.job_settings(engine), relabel=args.relabel):
+                print(f"relabel    kept aside -> {aside}", file=sys.stderr)
             if cascade is not None and ray_options is not None:
                 from labeler.cascade.ray import run_cascade_on_ray
                 from labeler.cascade.runner import format_cascade
@@ -381,6 +397,13 @@ def _run(
         return EXIT_USAGE
 
 
+def _sigterm_as_interrupt(_signum: int, _frame: object) -> None:
+    # SIGTERM's default ends the process without any clean-up: the judge's worker processes, its
+    # shared memory and the output's last line were left to chance. As SIGINT, it stops the run the
+    # way Ctrl-C does (asyncio cancels the work, every finally runs, exit 130).
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def _spec(args: argparse.Namespace) -> EngineSpec:
     """The engine spec of the flags, with the batch CLI's own default for --judge-processes."""
     spec = spec_from_args(args)
@@ -393,6 +416,8 @@ def _spec(args: argparse.Namespace) -> EngineSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -422,6 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.batch_export is not None:
         return _export(manifest, out, engine, args.batch_export)
+    if engine.config.max_requests != 0:  # a zero budget sends nothing: the cache alone is used
+        try:
+            engine.judge.preflight()
+        except PreflightError as exc:
+            asyncio.run(engine.aclose())
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     result = _run(args, engine, spec, manifest, out, ray_options, cascade)
     if isinstance(result, int):
         return result

@@ -121,7 +121,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="judge each segment once, in (A, B) order only (default: both orders, to cancel position bias)",
     )
     g.add_argument(
-        "--cache-dir", type=Path, default=None, help=f"judgment cache folder (default: {default_cache_dir()})"
+        "--cache-dir",
+        type=_folder_name,
+        default=None,
+        help=f"judgment cache folder (default: {default_cache_dir()})",
     )
     g.add_argument("--no-cache", action="store_true", help="do not read or write the judgment cache")
     g.add_argument(
@@ -150,6 +153,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest Retry-After (seconds) a 429/503 is honoured for; a longer one counts as a failed "
         "attempt instead of pausing every request (default: %(default)s)",
     )
+
+
+def _folder_name(text: str) -> Path:
+    """A folder option's value; an empty one (an unset shell variable) would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty name would mean the current folder; give a folder (or '.')"
+        )
+    return Path(text)
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -211,7 +223,7 @@ def spec_from_argv(argv: list[str]) -> EngineSpec:
 
 
 def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("scale out on Ray (pip install 'densepref[ray]'; see docs/scale.md)")
+    g = parser.add_argument_group("scale out on Ray (pip install -e '.[ray]'; see docs/scale.md)")
     g.add_argument(
         "--ray",
         nargs="?",
@@ -241,7 +253,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_ray_flags(args: argparse.Namespace) -> None:
     if importlib.util.find_spec("ray") is None:
-        raise ValueError("--ray needs Ray: pip install 'densepref[ray]'")
+        raise ValueError("--ray needs Ray: pip install -e '.[ray]' (in the densepref checkout)")
     if args.openai_batch:
         raise ValueError("--openai-batch and --ray do not go together (the Batch API needs no workers)")
     if not args.ray.strip():

@@ -155,6 +155,14 @@ class Engine:
             self.cache.set_meta(f"video-info:{digest}", asdict(info))
         return info, digest
 
+    def content_hashes(self, entry: ManifestEntry, reference: bool) -> dict[str, str]:
+        """The content hashes a record of ``entry`` keeps (``video_sha256``), from the memo when
+        the files are unchanged (a stat each); ``reference``: with the reference's."""
+        hashes = {"a": self.video_meta(entry.video_a)[1], "b": self.video_meta(entry.video_b)[1]}
+        if reference and entry.reference is not None:
+            hashes["ref"] = self.video_meta(entry.reference)[1]
+        return hashes
+
     def _cached_info(self, key: str, path: str) -> video.VideoInfo | None:
         meta = self.cache.get_meta(key)
         try:
@@ -371,7 +379,9 @@ class Engine:
         plan = await asyncio.to_thread(self.plan_pair, entry)
         ctx, votes = await self._judge_plan(plan, plan.segments)
         seconds = entry.segment_seconds or self.config.segment_seconds
-        return self._record(plan.segments, votes, ctx, entry, plan.fps, plan.num_frames, seconds=seconds)
+        return self._record(
+            plan.segments, votes, ctx, entry, plan.fps, plan.num_frames, seconds=seconds, content=plan.content
+        )
 
     async def label_some_segments(
         self, entry: ManifestEntry, indices: Collection[int]
@@ -447,6 +457,7 @@ class Engine:
         num_frames: int,
         *,
         seconds: float | None,
+        content: dict[str, str] | None = None,
     ) -> DensePreferenceRecord:
         """Fold each segment's votes into the dense preference record."""
         segments = self._fold(plans, votes)
@@ -459,6 +470,7 @@ class Engine:
             num_frames=num_frames,
             labeler=self.labeler_info(seconds),
             usage=Usage(**ctx.tally),
+            video_sha256=content,
         )
 
     def _fold(self, plans: list[SegmentPlan], votes: list[list[tuple[Order, Judgment]]]) -> list[Segment]:

@@ -9,7 +9,9 @@ still work; the modules that raised a class before it moved here re-export it un
 
     DenseprefError
     ├── UsageError (ValueError) ............ options that do not fit together (CLI: exit 2)
-    │   └── PromptTemplateError ............ a judge prompt template that cannot be used
+    │   ├── PromptTemplateError ............ a judge prompt template that cannot be used
+    │   ├── SettingsChanged ................ --out holds labels made with other settings
+    │   └── PreflightError ................. no key, endpoint down, key refused (before any work)
     ├── InputError (ValueError) ............ one pair or request cannot be judged (service: 400)
     │   ├── FramesTooSmallError ............ frames smaller than the judge can measure
     │   ├── CascadeMismatchError ........... a cascade's cheap and main segments do not line up
@@ -20,6 +22,7 @@ still work; the modules that raised a class before it moved here re-export it un
     ├── NotIndexable ....................... frames not countable from packets: another reader
     ├── JudgeError ......................... a judge failed (after the engine's retries)
     │   ├── TransientJudgeError ............ worth retrying: 429, 5xx, timeouts
+    │   │   └── EndpointUnreachable ........ no connection: a streak of them stops a batch run
     │   ├── JudgeParseError ................ the answer stayed unparseable
     │   └── FatalJudgeError ................ retrying cannot help: bad key, unknown model
     ├── BatchApiUnsupported (NotImplementedError)  the judge cannot build Batch API lines
@@ -58,6 +61,7 @@ __all__ = [
     "CheapLabelMissing",
     "DemoError",
     "DenseprefError",
+    "EndpointUnreachable",
     "FatalJudgeError",
     "FramesTooSmallError",
     "InputError",
@@ -65,7 +69,9 @@ __all__ = [
     "JudgeParseError",
     "NotIndexable",
     "OutputInUseError",
+    "PreflightError",
     "PromptTemplateError",
+    "SettingsChanged",
     "SharedMemoryFull",
     "TransientJudgeError",
     "UsageError",
@@ -88,6 +94,15 @@ class UsageError(DenseprefError, ValueError):
 
 class PromptTemplateError(UsageError):
     """A template that is missing, does not compile, lacks a block, or breaks the sandbox."""
+
+
+class SettingsChanged(UsageError):
+    """--out holds labels made with other settings than this run's (labeler.fingerprint)."""
+
+
+class PreflightError(UsageError):
+    """The judge cannot work as configured (no key, endpoint down, key refused); the message names
+    the flag or variable to fix (labeler.preflight)."""
 
 
 class InputError(DenseprefError, ValueError):
@@ -146,6 +161,11 @@ class TransientJudgeError(JudgeError):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status
+
+
+class EndpointUnreachable(TransientJudgeError):
+    """No connection to the judge's endpoint (refused, no route, DNS): retried like any transient
+    failure, and pairs failing with it several in a row stop a batch run (the endpoint is down)."""
 
 
 class JudgeParseError(JudgeError):

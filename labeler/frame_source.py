@@ -31,8 +31,16 @@ _Key = tuple[str, tuple[int, ...], int | None]
 _SEEN_LIMIT = 100_000
 
 
+def import_readers() -> None:
+    """Import the video reader (PyAV) now, in the thread that builds the engine. Its first import
+    inside two decode threads at once can fail one of them with ``_DeadlockError: deadlock detected
+    by _ModuleLock('av.video.reformatter')`` (#24: 6 of 10 fresh runs under load)."""
+    import av  # noqa: F401
+
+
 class FrameSource:
     def __init__(self, config: EngineConfig, stats: EngineStats):
+        import_readers()
         self.config, self.stats = config, stats
         self._decodes = asyncio.Semaphore(config.decode_workers)  # videos decoding at once
         self._decoding: dict[_Key, asyncio.Future[np.ndarray]] = {}

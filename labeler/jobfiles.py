@@ -15,10 +15,11 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -27,8 +28,10 @@ from pydantic import BaseModel, ValidationError
 
 from labeler.errors import OutputInUseError
 from labeler.fileio import JsonlWriter, atomic_write_lines, iter_jsonl, repair_jsonl_tail
+from labeler.record_paths import portable
 from labeler.schemas import (
     DensePreferenceRecord,
+    EndpointUnreachable,
     ErrorInfo,
     ErrorRecord,
     FatalJudgeError,
@@ -45,6 +48,19 @@ def check_output_path(out: Path, manifest: Path | None) -> None:
     flag = f"--out {out}"
     if out.is_dir():
         raise ValueError(f"{flag} is a directory; give a .jsonl file path")
+    try:
+        st = out.stat()
+    except OSError:
+        st = None  # not there yet (or a dangling link: the write check below says so)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # /dev/null would take OUT.lock beside it, /dev/zero reads forever, a FIFO blocks the open
+        raise ValueError(f"{flag} is not a regular file (a device, FIFO or socket); give a .jsonl file path")
+    if st is not None and st.st_nlink > 1:
+        # The lock is OUT.lock, by name: a second name of the same file would take another lock
+        raise ValueError(
+            f"{flag} has {st.st_nlink} names (hard links): a run on another name would write it at the "
+            "same time; copy it (cp) to give it a name of its own"
+        )
     folder = out.parent
     for ancestor in (folder, *folder.parents):
         if ancestor.exists():
@@ -111,7 +127,15 @@ def lock_output(out: str | Path) -> Iterator[Path]:
 _RECORD_FIELDS = frozenset(DensePreferenceRecord.model_fields)
 
 
-def _pair_id_of(path: Path, lineno: int, text: str, *, full: bool) -> str:
+@dataclass(frozen=True)
+class DonePair:
+    """What a rerun compares of a pair already in OUT: the prompt and the files' content hashes."""
+
+    prompt: str | None = None
+    video_sha256: dict[str, str] | None = None
+
+
+def _done_of(path: Path, lineno: int, text: str, *, full: bool) -> tuple[str, DonePair]:
     """The pair_id of an output line, refusing a line that is not a dense preference record.
 
     The first line is validated in full; the others by shape (an object with the record's keys,
@@ -120,7 +144,8 @@ def _pair_id_of(path: Path, lineno: int, text: str, *, full: bool) -> str:
     problem: str | None
     try:
         if full:
-            return DensePreferenceRecord.model_validate_json(text).pair_id
+            rec = DensePreferenceRecord.model_validate_json(text)
+            return rec.pair_id, DonePair(rec.prompt, rec.video_sha256)
         obj = json.loads(text)
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -130,7 +155,11 @@ def _pair_id_of(path: Path, lineno: int, text: str, *, full: bool) -> str:
     else:
         problem = _shape_problem(obj)
         if problem is None:
-            return str(obj["pair_id"])
+            prompt, hashes = obj.get("prompt"), obj.get("video_sha256")
+            return str(obj["pair_id"]), DonePair(
+                prompt if isinstance(prompt, str) else None,
+                {str(k): str(v) for k, v in hashes.items()} if isinstance(hashes, dict) else None,
+            )
     raise ValueError(
         f"{path}:{lineno} is not a dense preference record ({problem}); --out must be an output file of "
         "labeler.batch: move the file away or choose another --out"
@@ -149,20 +178,43 @@ def _shape_problem(obj: object) -> str | None:
     return None
 
 
-def prepare_output(path: str | Path) -> set[str]:
-    """Create the output's folder, repair a cut-off last line, and return the pair ids done.
+def prepare_output(path: str | Path) -> dict[str, DonePair]:
+    """Create the output's folder, repair a cut-off last line, and return the pairs done.
 
+    A pair_id written twice (a relabelled pair, when the run that relabelled it was killed before
+    it could drop the older line) keeps its last record: the older lines are removed here.
     Raises ValueError naming the first line that is not a dense preference record.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        return set()
+        return {}
     repair_jsonl_tail(path)
+    done: dict[str, DonePair] = {}
+    repeated = False
     try:
-        return {_pair_id_of(path, n, text, full=k == 0) for k, (n, text) in enumerate(iter_jsonl(path))}
+        for k, (n, text) in enumerate(iter_jsonl(path)):
+            pair_id, info = _done_of(path, n, text, full=k == 0)
+            repeated |= pair_id in done
+            done[pair_id] = info
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text ({exc.reason}): not an output of labeler.batch") from None
+    if repeated:
+        drop_records(path, set())
+    return done
+
+
+def drop_records(path: str | Path, pair_ids: set[str]) -> None:
+    """Rewrite OUT without the records of ``pair_ids`` and without all but the last record of any
+    other pair_id (atomically: a kill leaves the old file or the new one). Call it before the run's
+    writer has opened OUT (it opens on its first line)."""
+    path = Path(path)
+    last: dict[str, str] = {}
+    for _, text in iter_jsonl(path):
+        pair_id = str(json.loads(text)["pair_id"])
+        last.pop(pair_id, None)  # re-inserted at its last position
+        last[pair_id] = text
+    atomic_write_lines(path, [text for pair_id, text in last.items() if pair_id not in pair_ids])
 
 
 ErrorKey = tuple[str, int | None]
@@ -186,7 +238,9 @@ def read_errors(path: str | Path) -> dict[str, ErrorRecord]:
     return {pair_id: rec for (pair_id, _), rec in read_error_log(Path(path)).items()}
 
 
-def compact_errors(path: str | Path, done: set[str], manifest_errors: set[ErrorKey] | None = None) -> int:
+def compact_errors(
+    path: str | Path, done: Container[str], manifest_errors: set[ErrorKey] | None = None
+) -> int:
     """Rewrite the errors file with one line per failure that remains; returns how many.
 
     A failed pair leaves once it is done. A bad manifest line (it carries its line number) stays
@@ -233,14 +287,24 @@ class RecordWriter(JsonlWriter):
 #: neither counts nor resets the streak, so a run never stops on a stretch of bad pairs.
 FATAL_STREAK_LIMIT = 5
 
+#: After this many pairs in a row fail because the endpoint could not be reached (after their
+#: retries), stop: the endpoint is down, and every further pair would only spend its retries.
+UNREACHABLE_STREAK_LIMIT = 3
+
 #: What a failure says about the judge: "fatal" (it rejected us: counts toward the streak),
-#: "judge" (it answered, badly: it is reachable, the streak resets), "input" (not the judge's doing).
-FailureKind = Literal["fatal", "judge", "input"]
+#: "unreachable" (no connection, past the retries), "judge" (it answered, badly: it is reachable,
+#: both streaks reset), "input" (not the judge's doing: neither counts nor resets).
+FailureKind = Literal["fatal", "unreachable", "judge", "input"]
+
+#: The content hashes of an entry's files as its record keeps them ("a", "b", and "ref" when asked).
+ContentOf = Callable[[ManifestEntry, bool], dict[str, str]]
 
 
 def failure_kind(exc: BaseException) -> FailureKind:
     if isinstance(exc, FatalJudgeError):
         return "fatal"
+    if isinstance(exc, EndpointUnreachable):
+        return "unreachable"
     return "judge" if isinstance(exc, JudgeError) else "input"
 
 
@@ -254,6 +318,7 @@ class BatchResult:
     labels: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     stopped: str | None = None  # why the run stopped early, if it did
+    relabelled: int = 0  # pairs in OUT labelled again: their prompt or files changed
     errors_file: Path | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)  # (pair_id, "Type: message")
 
@@ -283,20 +348,46 @@ class JobFiles:
         self.progress = progress
         self.bar = None
         self.fatal_streak = 0
+        self.unreachable_streak = 0
+        self.given: dict[str, dict[str, str]] = {}  # pair_id -> video paths as the manifest wrote them
 
-    def todo(self, manifest: str | Path) -> list[ManifestEntry]:
-        """The manifest's pairs not yet in OUT (bad lines are recorded as failures); starts the bar."""
+    def todo(self, manifest: str | Path, content: ContentOf | None = None) -> list[ManifestEntry]:
+        """The manifest's pairs not yet in OUT (bad lines are recorded as failures); starts the bar.
+
+        With ``content`` (the engine's content hashes of an entry's files), a pair in OUT whose
+        prompt or files changed since it was labelled is labelled again: its old record leaves OUT
+        now, so a failure of the new attempt never leaves stale labels behind."""
         todo: list[ManifestEntry] = []
+        stale: set[str] = set()
         for item in iter_manifest(manifest):
             self.result.manifest_pairs += 1
             if isinstance(item, ManifestLineError):
                 self.fail(item.pair_id, (item.type, item.message), item.line)
-            elif item.pair_id in self.done:
+            elif item.pair_id in self.done and not self._changed(item, content):
                 self.result.skipped += 1
             else:
+                if item.pair_id in self.done:
+                    stale.add(item.pair_id)
+                    del self.done[item.pair_id]
+                self.given[item.pair_id] = item.given_paths
                 todo.append(item)
+        if stale:
+            drop_records(self.out, stale)
+            self.result.relabelled = len(stale)
         self.bar = _progress(self.result.manifest_pairs, self.result.skipped, self.progress)
         return todo
+
+    def _changed(self, entry: ManifestEntry, content: ContentOf | None) -> bool:
+        before = self.done[entry.pair_id]
+        if before.prompt is not None and before.prompt != entry.prompt:
+            return True
+        if content is None or before.video_sha256 is None:
+            return False
+        try:
+            now = content(entry, "ref" in before.video_sha256)
+        except Exception:  # a file gone or unreadable: keep its labels, the run goes on
+            return False
+        return now != before.video_sha256
 
     def fail(self, pair_id: str, exc: BaseException | tuple[str, str], line: int | None = None) -> None:
         prior = self.previous.get((pair_id, line))
@@ -312,18 +403,28 @@ class JobFiles:
         self.fail(pair_id, exc)
         if kind == "fatal":
             self.fatal_streak += 1
+        elif kind == "unreachable":
+            self.unreachable_streak += 1
         elif kind == "judge":  # the judge answered (badly): it is reachable
-            self.fatal_streak = 0
+            self.fatal_streak = self.unreachable_streak = 0
+        message = exc[1] if isinstance(exc, tuple) else exc
         if self.fatal_streak >= FATAL_STREAK_LIMIT:
-            message = exc[1] if isinstance(exc, tuple) else exc
             self.result.stopped = f"the judge rejected {self.fatal_streak} pairs in a row, last: {message}"
+            return True
+        if self.unreachable_streak >= UNREACHABLE_STREAK_LIMIT:
+            self.result.stopped = (
+                f"endpoint unreachable: {self.unreachable_streak} pairs in a row failed to connect after "
+                f"their retries, last: {message}"
+            )
             return True
         return False
 
     def pair_done(self, record: DensePreferenceRecord) -> None:
-        self.fatal_streak = 0
+        self.fatal_streak = self.unreachable_streak = 0
+        # Relative manifest paths stay relative, to OUT's folder (labeler.record_paths).
+        record = portable(record, self.given.pop(record.pair_id, {}), self.out.parent)
         self.records.write(record)
-        self.done.add(record.pair_id)
+        self.done[record.pair_id] = DonePair(record.prompt, record.video_sha256)
         self.result.ok += 1
         self.result.segments += len(record.segments)
         self.result.labels.update(record.labels)

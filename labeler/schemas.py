@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from labeler.errors import (
+    EndpointUnreachable,
     FatalJudgeError,
     FramesTooSmallError,
     InputError,
@@ -32,6 +41,7 @@ __all__ = [
     "LABEL_VALUE",
     "CheapVerdict",
     "DensePreferenceRecord",
+    "EndpointUnreachable",
     "ErrorInfo",
     "ErrorRecord",
     "FatalJudgeError",
@@ -96,19 +106,39 @@ class ManifestEntry(_Strict):
         None, gt=0, allow_inf_nan=False, description="Overrides the job's segment length."
     )
     meta: dict[str, Any] = Field(default_factory=dict)
+    _given: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("video_a", "video_b", "reference")
+    @classmethod
+    def _no_nul(cls, path: str | None) -> str | None:
+        if path is not None and "\x00" in path:
+            raise ValueError("a path cannot hold a NUL character")
+        return path
 
     def resolved(self, base_dir: str | Path) -> ManifestEntry:
         """A copy whose relative video paths are made absolute against ``base_dir``."""
         base = Path(base_dir)
 
-        def fix(p: str | None) -> str | None:
+        def fix(role: str, p: str | None) -> str | None:
             if p is None:
                 return None
             path = Path(p).expanduser()
-            return str(path if path.is_absolute() else (base / path).resolve())
+            try:
+                return str(path if path.is_absolute() else (base / path).resolve())
+            except (OSError, RuntimeError) as exc:  # a symlink loop is a RuntimeError before 3.13
+                raise ValueError(f"{role} {p!r} cannot be resolved: {exc}") from None
 
-        paths = {"video_a": fix(self.video_a), "video_b": fix(self.video_b), "reference": fix(self.reference)}
-        return self.model_copy(update=paths)
+        roles = ("video_a", "video_b", "reference")
+        paths = {role: fix(role, getattr(self, role)) for role in roles}
+        copy = self.model_copy(update=paths)
+        copy._given = {role: value for role in roles if (value := getattr(self, role)) is not None}
+        return copy
+
+    @property
+    def given_paths(self) -> dict[str, str]:
+        """The video paths as the manifest wrote them (role -> path), once :meth:`resolved`; records
+        name them relative to their own file when these are relative (labeler.record_paths)."""
+        return dict(self._given)
 
 
 @dataclass(frozen=True)
@@ -126,16 +156,44 @@ def _format_validation_error(exc: ValidationError) -> str:
     return "; ".join(f"{loc}: {err['msg']}" for loc, err in zip(where, exc.errors(), strict=True))
 
 
+def _lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where ``value`` (parsed JSON) holds a lone surrogate (``"\\ud800"`` is valid JSON but no
+    Unicode text: it cannot be written as UTF-8, so no record or error line could hold it)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"{where or '<value>'}: lone surrogate {value[exc.start]!a} at character {exc.start + 1}"
+        return None
+    if isinstance(value, dict):
+        items: Iterable[tuple[str, Any]] = value.items()
+    elif isinstance(value, list):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        name = f"{where}.{ascii(key)[1:-1]}" if where else ascii(key)[1:-1]
+        found = _lone_surrogate(key, name + " (key)") or _lone_surrogate(item, name)
+        if found:
+            return found
+    return None
+
+
 def _manifest_item(lineno: int, text: str, seen: set[str], base: Path) -> ManifestEntry | ManifestLineError:
     placeholder = f"<line {lineno}>"
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, an integer over 4300 digits, deep nesting
         return ManifestLineError(
-            lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {exc}"
+            lineno, placeholder, "ManifestJSONError", f"line {lineno}: invalid JSON: {str(exc)[:300]}"
         )
     pair_id = obj.get("pair_id") if isinstance(obj, dict) else None
-    pair_id = pair_id if isinstance(pair_id, str) and pair_id else placeholder
+    pair_id = (
+        pair_id if isinstance(pair_id, str) and pair_id and not _lone_surrogate(pair_id) else placeholder
+    )
+    surrogate = _lone_surrogate(obj)
+    if surrogate is not None:
+        return ManifestLineError(lineno, pair_id, "ManifestEncodingError", f"line {lineno}: {surrogate}")
     try:
         entry = ManifestEntry.model_validate(obj)
     except ValidationError as exc:
@@ -145,7 +203,10 @@ def _manifest_item(lineno: int, text: str, seen: set[str], base: Path) -> Manife
         message = f"line {lineno}: pair_id {entry.pair_id!r} repeats"
         return ManifestLineError(lineno, entry.pair_id, "DuplicatePairId", message)
     seen.add(entry.pair_id)
-    return entry.resolved(base)
+    try:
+        return entry.resolved(base)
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop (RuntimeError before 3.13)
+        return ManifestLineError(lineno, entry.pair_id, "ManifestPathError", f"line {lineno}: {exc}")
 
 
 def iter_manifest(path: str | Path) -> Iterator[ManifestEntry | ManifestLineError]:
@@ -300,6 +361,11 @@ class DensePreferenceRecord(BaseModel):
     labeler: LabelerInfo
     usage: Usage = Field(default_factory=Usage)
     meta: dict[str, Any] = Field(default_factory=dict)
+    video_sha256: dict[str, str] | None = Field(
+        None,
+        description="sha256 of the files labelled ('a', 'b', and 'ref' when the judge read the "
+        "reference): a rerun relabels the pair when they changed. None for inline frames and human labels.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -350,6 +416,7 @@ class DensePreferenceRecord(BaseModel):
         num_frames: int,
         labeler: LabelerInfo,
         usage: Usage | None = None,
+        video_sha256: dict[str, str] | None = None,
     ) -> DensePreferenceRecord:
         """The record of a manifest entry's labeled segments; video label and score follow §2.3."""
         video_label, video_score = video_level(segments)
@@ -367,6 +434,7 @@ class DensePreferenceRecord(BaseModel):
             labeler=labeler,
             usage=usage or Usage(),
             meta=entry.meta,
+            video_sha256=video_sha256,
         )
 
 

@@ -292,7 +292,10 @@ def test_export_writes_valid_human_records_of_finished_pairs(client: TestClient,
 
     [rec] = read_records(path, tolerate_truncated_tail=False)
     assert rec.pair_id == "p1" and rec.prompt == "prompt of p1"
-    assert (rec.video_a, rec.video_b) == ("clips/p1_a.mp4", "clips/p1_b.mp4")  # as written in the manifest
+    # relative, as the manifest wrote them, but to the export's own folder: the trainer reads it as is
+    for side, name in ((rec.video_a, "clips/p1_a.mp4"), (rec.video_b, "clips/p1_b.mp4")):
+        assert not Path(side).is_absolute() and side.endswith(name)
+        assert (path.parent / side).resolve() == (media_root / name).resolve()
     assert rec.meta == {"k": 0} and rec.fps == FPS and rec.num_frames == 60
     assert rec.labeler.judge == "human" and rec.labeler.annotator == "ann1"
     assert rec.labels == ["A", "tie", "A"]
@@ -466,3 +469,41 @@ def test_page_and_static_files(client: TestClient) -> None:
     assert client.get("/annotate/static/..%2fannotate.py").status_code == 404
     missing = client.get("/annotate")
     assert missing.status_code == 422 and "manifest" in missing.json()["error"]["message"]
+
+
+def test_long_manifest_names_get_hashed_keys_and_answers_are_kept(tmp_path: Path) -> None:
+    """~30 CJK characters made every save 500 ("File name too long") before keys were shortened."""
+    long_name = "\u4e2d" * 30 + ".jsonl"
+    other = "\u4e2d" * 30 + "x.jsonl"
+    assert manifest_key(long_name) != manifest_key(other)
+    assert len(manifest_key(long_name)) <= 120 and manifest_key("manifest.jsonl") == "manifest"
+    write_media_root(tmp_path)
+    (tmp_path / long_name).write_bytes((tmp_path / "manifest.jsonl").read_bytes())
+    with make_client(tmp_path, annotations_dir=tmp_path / "ann") as c:
+        r = post(c, manifest=long_name, annotator="\u4e2d" * 64)
+        assert r.status_code == 200, r.text
+        got = c.get("/annotate/api/pairs", params={"manifest": long_name, "annotator": "\u4e2d" * 64}).json()
+        assert sum(len(p["answers"]) for p in got["pairs"]) == 1
+    store = AnnotationStore(tmp_path / "ann")
+    assert len(store.export_path(manifest_key(long_name), "\u4e2d" * 64).name.encode()) <= 255
+
+
+def test_hostile_manifest_lines_are_problems_not_a_failed_manifest(tmp_path: Path) -> None:
+    """A Latin-1 line, a lone surrogate, a 5000-digit integer: each a listed problem, the rest served."""
+    manifest = write_media_root(tmp_path)
+    good = manifest.read_bytes()
+    bad = [
+        b'{"pair_id":"latin","prompt":"caf\xe9","video_a":"clips/p1_a.mp4","video_b":"clips/p1_b.mp4"}',
+        b'{"pair_id":"sur","prompt":"\\ud800","video_a":"clips/p1_a.mp4","video_b":"clips/p1_b.mp4"}',
+        b'{"pair_id":"big","prompt":"p","video_a":"clips/p1_a.mp4","video_b":"clips/p1_b.mp4","meta":{"n":'
+        + b"9" * 5000
+        + b"}}",
+    ]
+    manifest.write_bytes(good + b"\n".join(bad) + b"\n")
+    with make_client(tmp_path, annotations_dir=tmp_path / "ann") as c:
+        r = c.get("/annotate/api/pairs", params={"manifest": "manifest.jsonl"})
+        assert r.status_code == 200, r.text
+        data = r.json()
+    assert sorted(p["pair_id"] for p in data["pairs"]) == ["p1", "p2"]
+    types = sorted(p["type"] for p in data["problems"])
+    assert types.count("ManifestEncodingError") == 2 and "ManifestJSONError" in types

@@ -86,11 +86,15 @@ def test_error_messages_show_paths_as_the_client_gave_them(media: Path) -> None:
 def test_huge_bodies_are_counted_before_validation_and_errors_are_capped() -> None:
     with make_client(max_body_bytes=64 * 2**20) as client:
         bad = {"prompt": "p", "segments": [{"frames_a": 1}] * 500_000}
-        response = client.post("/label", content=json.dumps(bad))
+        response = client.post(
+            "/label", content=json.dumps(bad), headers={"content-type": "application/json"}
+        )
         assert "500000 over the limit" in error(response, 400, "TooManySegments")
         assert len(response.content) < 1000
         pairs = {"pairs": [{"prompt": "p", "video_a": "a", "video_b": "b"}] * 700_000}
-        response = client.post("/label/batch", content=json.dumps(pairs))
+        response = client.post(
+            "/label/batch", content=json.dumps(pairs), headers={"content-type": "application/json"}
+        )
     assert response.status_code in (400,), response.text
     with make_client(max_segments=1000) as client:
         response = client.post("/label", json={"prompt": "p", "segments": [{"frames_a": 1}] * 900})
@@ -101,11 +105,17 @@ def test_huge_bodies_are_counted_before_validation_and_errors_are_capped() -> No
 
 def test_malformed_bodies_get_422_naming_the_problem() -> None:
     with make_client() as client:
-        deep = client.post("/label", content=b"[" * 1000 + b"]" * 1000)
+        deep = client.post(
+            "/label", content=b"[" * 1000 + b"]" * 1000, headers={"content-type": "application/json"}
+        )
         assert "nested deeper" in error(deep, 422, "ValidationError")
-        latin = client.post("/label", content='{"prompt": "caf\u00e9"}'.encode("latin-1"))
+        latin = client.post(
+            "/label",
+            content='{"prompt": "caf\u00e9"}'.encode("latin-1"),
+            headers={"content-type": "application/json"},
+        )
         assert "not UTF-8" in error(latin, 422, "ValidationError")
-        broken = client.post("/label", content=b'{"prompt": ')
+        broken = client.post("/label", content=b'{"prompt": ', headers={"content-type": "application/json"})
         assert "invalid JSON" in error(broken, 422, "ValidationError")
         typed = client.post("/label", json={"prompt": 5, "video_a": "a", "video_b": "b"})
         assert "body.path.prompt" in error(typed, 422, "ValidationError")

@@ -126,7 +126,11 @@ def test_healthz_answers_while_a_huge_body_is_parsed(media: Path) -> None:
     ]
     with running_service(args) as svc, httpx.Client(base_url=svc.base_url, timeout=60) as client:
         result: dict = {}
-        posting = threading.Thread(target=lambda: result.setdefault("r", client.post("/label", content=big)))
+        posting = threading.Thread(
+            target=lambda: result.setdefault(
+                "r", client.post("/label", content=big, headers={"content-type": "application/json"})
+            )
+        )
         posting.start()
         worst = 0.0
         while posting.is_alive():

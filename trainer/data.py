@@ -177,7 +177,10 @@ def resolve_video(path: str, base_dir: Path, pair_id: str) -> Path:
     p = Path(path).expanduser()
     p = p if p.is_absolute() else base_dir / p
     if not p.is_file():
-        raise DataError(f"pair {pair_id}: video {p} not found")
+        raise DataError(
+            f"pair {pair_id}: video {p} not found (relative paths resolve against the label file's "
+            "folder; --video-root names another)"
+        )
     return p
 
 

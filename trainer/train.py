@@ -571,11 +571,32 @@ def _evaluations(s: Session) -> dict[str, Any]:
     return out
 
 
+def _after_step(
+    s: Session, cfg: TrainConfig, out_dir: Path, log: TrainLog, bar: Any, last: dict[str, Any]
+) -> None:
+    """Log, validate and save after step ``last["step"]``, each at its own interval and after the
+    last step."""
+    done, final = last["step"], last["step"] == cfg.steps
+    if done % cfg.log_every == 0 or final:
+        log.write(last)
+        s.accelerator.log({k: v for k, v in last.items() if k != "step"}, step=done)
+        bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['implicit_acc']:.2f}", lr=f"{last['lr']:.2e}")
+    every = cfg.validation_steps
+    if (every and done % every == 0) or final:
+        _validate(s, out_dir, done, log)
+    if done % cfg.save_every == 0 or final:
+        _save(s, out_dir, done)
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run the training described by ``cfg``; returns a summary (final step, last metrics, eval
     before/after, paths)."""
     from tqdm.auto import tqdm
 
+    from trainer.validation import read_validation_prompts
+
+    if cfg.validation_prompts:  # a bad prompt file is refused before any encoding
+        read_validation_prompts(cfg.validation_prompts)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     s, skipped = _start(cfg, out_dir, progress)
@@ -604,17 +625,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     for step in bar:
         tic = time.perf_counter()
         last = {"step": step + 1, **train_step(s, step), "step_time": time.perf_counter() - tic}
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            log.write(last)
-            acc.log({k: v for k, v in last.items() if k != "step"}, step=step + 1)
-            bar.set_postfix(
-                loss=f"{last['loss']:.4f}", acc=f"{last['implicit_acc']:.2f}", lr=f"{last['lr']:.2e}"
-            )
-        every = cfg.validation_steps
-        if (every and (step + 1) % every == 0) or step + 1 == cfg.steps:
-            _validate(s, out_dir, step + 1, log)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            _save(s, out_dir, step + 1)
+        _after_step(s, cfg, out_dir, log, bar, last)
     if cfg.eval_pairs or s.heldout:
         after = _evaluations(s)
         log.write({"step": cfg.steps, **after})

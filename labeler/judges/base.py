@@ -93,6 +93,11 @@ class Judge(abc.ABC):
         """Whether the judge can answer now (the service's ``/readyz``)."""
         return True
 
+    def preflight(self) -> None:  # noqa: B027 - optional hook
+        """Raise ``labeler.preflight.PreflightError`` naming the flag or variable to fix when the
+        judge cannot work as configured (no key, endpoint down); the batch CLI calls it before any
+        work, so such a run is one line, not a failure per pair."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients, models and threads."""
 

@@ -46,6 +46,7 @@ from labeler.judges.video_parts import (
 from labeler.judges.video_tokens import rule_for
 from labeler.media.images import JpegUriCache
 from labeler.schemas import (
+    EndpointUnreachable,
     FatalJudgeError,
     InputError,
     JudgeEstimate,
@@ -334,7 +335,7 @@ class OpenAIJudge(Judge):
             from openai import AsyncOpenAI, DefaultAsyncHttpxClient
         except ImportError as exc:  # pragma: no cover - openai is a declared extra
             raise FatalJudgeError(
-                "the openai judge needs the 'openai' package: pip install 'densepref[openai]'"
+                "the openai judge needs the 'openai' package: pip install -e '.[openai]' (in the densepref checkout)"
             ) from exc
         loop = asyncio.get_running_loop()
         if self._client_loop is loop and self._async_client is not None:
@@ -343,7 +344,7 @@ class OpenAIJudge(Judge):
         if not api_key:
             if self.is_openai:
                 raise FatalJudgeError(
-                    "no OpenAI API key: set OPENAI_API_KEY or pass api_key (or --base-url for a vLLM server)"
+                    "no OpenAI API key: set OPENAI_API_KEY (or give --base-url for a self-hosted server)"
                 )
             api_key = "EMPTY"  # vLLM and most self-hosted servers accept any key
         # A client made on a loop that has since finished cannot be reused; replace it. The plain
@@ -455,7 +456,7 @@ class OpenAIJudge(Judge):
             except openai.APITimeoutError as exc:
                 raise TransientJudgeError(f"no answer from {self.base_url} within {self.timeout} s") from exc
             except openai.APIConnectionError as exc:
-                raise TransientJudgeError(f"cannot reach {self.base_url}: {exc}") from exc
+                raise EndpointUnreachable(f"cannot reach {self.base_url}: {exc}") from exc
 
     async def judge(self, request: SegmentRequest) -> Judgment:
         """Ask once; re-ask with the parse error (at most ``max_parse_retries`` times) if the answer
@@ -493,6 +494,11 @@ class OpenAIJudge(Judge):
         of its request slots, so a slot is held only while the request is on the wire)."""
         if request not in self._prepared:
             self._prepared[request] = await asyncio.to_thread(self._messages, request)
+
+    def preflight(self) -> None:
+        from labeler.preflight import check_openai_endpoint
+
+        check_openai_endpoint(self.base_url, self._api_key, official=self.is_openai)
 
     async def ready(self) -> bool:
         """Whether GET /models answers (the server is up and the key is accepted)."""

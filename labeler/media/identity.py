@@ -9,6 +9,7 @@ mtime restored) is computed again and an unchanged one never is.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from typing import Generic, TypeVar
 
 from labeler.errors import VideoReadError
 
-__all__ = ["IdentityMemo", "file_identity"]
+__all__ = ["NOT_REGULAR", "IdentityMemo", "file_identity"]
+
+NOT_REGULAR = "not a regular file (a device, FIFO or socket); give a video file"
 
 T = TypeVar("T")
 
@@ -33,6 +36,8 @@ def file_identity(path: str | os.PathLike[str]) -> str:
         st = os.stat(path)
     except OSError as exc:
         raise VideoReadError(path, f"cannot stat: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: reading or probing it would never end
+        raise VideoReadError(path, NOT_REGULAR)
     return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
 
 

@@ -12,16 +12,18 @@ import hashlib
 import itertools
 import math
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from labeler.errors import VideoError, VideoMismatchError, VideoReadError
 from labeler.fileio import atomic_path
-from labeler.media.identity import IdentityMemo, file_identity
+from labeler.media.identity import NOT_REGULAR, IdentityMemo, file_identity
 from labeler.media.video_index import NotIndexable, decode_wanted
 
 __all__ = [
@@ -76,8 +78,13 @@ def _probe_av(path: str) -> VideoInfo:
             if not rate:
                 raise VideoReadError(path, "the video stream has no frame rate")
             # Count by demuxing packets: exact, and no decoding.
-            n = sum(1 for pkt in container.demux(stream) if pkt.size)
+            stamps = [pkt.pts for pkt in container.demux(stream) if pkt.size]
+            n = len(stamps)
             width, height = stream.codec_context.width, stream.codec_context.height
+            _refuse_variable_rate(path, stamps)
+            if n:
+                container.seek(0)
+                _refuse_rotation(path, next(container.decode(stream), None))
     except VideoReadError:
         raise
     except Exception as exc:  # av raises many FFmpeg error subclasses
@@ -85,6 +92,40 @@ def _probe_av(path: str) -> VideoInfo:
     if n == 0:
         raise VideoReadError(path, "the video has zero frames")
     return VideoInfo(path, float(rate), n, int(width), int(height), "av")
+
+
+#: Largest departure of one frame's duration from the median one, as a share of it, that still
+#: counts as a constant frame rate (timestamps rounded to a coarse time base jitter a little).
+VFR_TOLERANCE = 0.5
+
+
+def _refuse_variable_rate(path: str, stamps: list[int | None]) -> None:
+    """VideoReadError for a variable-frame-rate stream: segments are cut by frame count at the
+    average rate, so its frames would be given times they do not have (#24)."""
+    known = sorted(t for t in stamps if t is not None)
+    gaps = [b - a for a, b in itertools.pairwise(known)]
+    if len(gaps) < 2:
+        return
+    median = sorted(gaps)[len(gaps) // 2]
+    if median > 0 and any(abs(g - median) > VFR_TOLERANCE * median for g in gaps):
+        raise VideoReadError(
+            path,
+            f"variable frame rate (frame durations from {min(gaps)} to {max(gaps)} time-base ticks): "
+            "segments would get the wrong times; re-encode it at a constant rate "
+            "(ffmpeg -i IN -fps_mode cfr -r FPS OUT)",
+        )
+
+
+def _refuse_rotation(path: str, first: Any) -> None:
+    """VideoReadError for a video rotated by its metadata (a phone video): the frames decode
+    sideways, so the judge would see what a player does not show (#24)."""
+    rotation = int(first.rotation) if first is not None else 0
+    if rotation % 360:
+        raise VideoReadError(
+            path,
+            f"rotated {rotation} degrees by its metadata: the frames decode sideways; re-encode it "
+            "upright (ffmpeg -i IN -c:v libx264 OUT applies the rotation) and label that",
+        )
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -319,10 +360,21 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int], max_side: int |
 
 def _sha256(path: str) -> str:
     digest = hashlib.sha256()
+    # O_NONBLOCK: a FIFO swapped in since the stat must not block the open; then only a regular
+    # file is read, and no further than its size at the open (a file still growing is read once).
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise VideoReadError(path, f"cannot read: {exc.strerror}") from exc
+    try:
+        with open(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO: reading it would never end
+                raise VideoReadError(path, NOT_REGULAR)
+            left = st.st_size
+            while left > 0 and (chunk := fh.read(min(1 << 20, left))):
                 digest.update(chunk)
+                left -= len(chunk)
     except OSError as exc:
         raise VideoReadError(path, f"cannot read: {exc.strerror}") from exc
     return digest.hexdigest()

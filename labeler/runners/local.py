@@ -15,7 +15,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from labeler.engine import BudgetExceeded, Engine
-from labeler.jobfiles import FATAL_STREAK_LIMIT, BatchResult, FailureKind, JobFiles, failure_kind
+from labeler.jobfiles import (
+    FATAL_STREAK_LIMIT,
+    UNREACHABLE_STREAK_LIMIT,
+    BatchResult,
+    ContentOf,
+    FailureKind,
+    JobFiles,
+    failure_kind,
+)
 from labeler.schemas import DensePreferenceRecord, ManifestEntry
 
 #: How one pair becomes its record: ``Engine.label_pair`` unless a caller labels otherwise (the
@@ -24,7 +32,9 @@ PairLabeler = Callable[[ManifestEntry], Awaitable[DensePreferenceRecord]]
 
 __all__ = [
     "FATAL_STREAK_LIMIT",
+    "UNREACHABLE_STREAK_LIMIT",
     "BatchResult",
+    "ContentOf",
     "FailureKind",
     "JobFiles",
     "PairLabeler",
@@ -46,7 +56,8 @@ async def run_batch(
     ``engine.label_pair`` (``engine`` still owns the budget and the counters)."""
     label_pair = label or engine.label_pair
     job = JobFiles(out, progress=progress)
-    queue = iter(job.todo(manifest))
+    todo = job.todo(manifest, engine.content_hashes)
+    queue = iter(todo)
     stop = asyncio.Event()
 
     async def worker() -> None:
@@ -69,7 +80,8 @@ async def run_batch(
             job.tick(engine.stats.cache_hits)
 
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, workers))))
+        # More workers than pairs would only idle (and --concurrency 1e8 would make 5e7 of them).
+        await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(todo))))))
     finally:
         job.close()
     return job.result

@@ -4,6 +4,12 @@ The token comes only from ``$DENSEPREF_API_TOKEN`` (never the command line, so `
 it). Browsers cannot send a bearer header when they navigate, so the annotation page trades a
 ``?token=`` for an HttpOnly session cookie once (:func:`session_value`); the cookie holds a value
 derived from the token, never the token itself.
+
+The cookie opens only what the page uses (its API, ``/media``: :func:`require_token_or_session`);
+labeling, ``/metrics`` and the API documents need the bearer header (:func:`require_token`), which
+a browser never adds by itself, so another page on the same host cannot spend the judge's budget
+through a user's cookie. Bodies that change state must also say ``Content-Type: application/json``
+(:func:`require_json`): an HTML form can send only form types and ``text/plain``.
 """
 
 from __future__ import annotations
@@ -15,7 +21,15 @@ from fastapi import Request
 
 from labeler.service.errors import ServiceError
 
-__all__ = ["SESSION_COOKIE", "check_bearer", "check_session", "require_token", "session_value"]
+__all__ = [
+    "SESSION_COOKIE",
+    "check_bearer",
+    "check_session",
+    "require_json",
+    "require_token",
+    "require_token_or_session",
+    "session_value",
+]
 
 SESSION_COOKIE = "densepref_session"
 
@@ -54,8 +68,28 @@ def check_session(request: Request, token: str) -> bool:
 
 
 async def require_token(request: Request) -> None:
-    """FastAPI dependency: a valid bearer token or session cookie, when the service has a token."""
+    """FastAPI dependency: a valid bearer token, when the service has a token (the session cookie
+    does not count: see the module doc)."""
+    check_bearer(request.headers.get("authorization"), request.app.state.settings.token())
+
+
+async def require_token_or_session(request: Request) -> None:
+    """FastAPI dependency of the annotation page's API: a bearer token or its session cookie."""
     token = request.app.state.settings.token()
     if token is None or check_session(request, token):
         return
     check_bearer(request.headers.get("authorization"), token)
+
+
+async def require_json(request: Request) -> None:
+    """FastAPI dependency: 415 unless the body is declared JSON (``application/json`` or a
+    ``+json`` type), which no HTML form can send without the page's own script."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise ServiceError(
+            415,
+            "UnsupportedMediaType",
+            f"the body must be sent as 'Content-Type: application/json', got {media_type or 'none'!r}",
+        )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from typing import Any, Literal
 
 from fastapi import Request
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 
+from labeler.orphan_guard import exit_with_parent
 from labeler.service.errors import ServiceError, format_validation_errors
 from labeler.service.models import LABEL_BATCH_REQUEST, LABEL_REQUEST
 
@@ -138,11 +141,19 @@ class BodyParser:
             self._pool = None
         if self._pool is None:
             context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-            self._pool = ProcessPoolExecutor(1, mp_context=context)
+            # initializer: the worker ends with the service, even one killed without clean-up
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+            )
         return self._pool
 
     async def parse(self, request: Request, kind: BodyKind) -> BaseModel:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:  # it left mid-body: its own failure (499), not the service's (500)
+            raise ServiceError(
+                499, "ClientClosedRequest", "the client disconnected before its body arrived"
+            ) from None
         if len(raw) < PROCESS_BODY_BYTES:
             outcome = await asyncio.to_thread(parse_body, raw, kind, self.counts)
         else:

@@ -146,6 +146,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "A path that does not exist under the media root.",
         408: "The request body did not arrive within the body timeout.",
         413: "Request body over the size limit.",
+        415: "A body not declared as 'Content-Type: application/json'.",
         422: "Malformed JSON, wrong types or unknown fields (the message names the field).",
         502: "The judge failed after the engine's retries (the upstream reason is in the message).",
         503: "Overloaded (see Retry-After), shutting down, or the judge budget is spent.",

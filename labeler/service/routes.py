@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from labeler.schemas import DensePreferenceRecord
-from labeler.service.auth import require_token
+from labeler.service.auth import require_json, require_token
 from labeler.service.body import body_schema
 from labeler.service.errors import ERROR_RESPONSES
 from labeler.service.lifecycle import label_until_disconnect, ndjson_lines
@@ -81,7 +81,9 @@ async def prometheus_metrics(request: Request) -> Response:
 
 # --------------------------------------------------------------------------- labeling
 
-label_router = APIRouter(dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
+label_router = APIRouter(
+    dependencies=[Depends(require_token), Depends(require_json)], responses=ERROR_RESPONSES
+)
 
 
 @label_router.post(

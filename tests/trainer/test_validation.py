@@ -74,3 +74,4 @@ def test_validation_options_are_checked(label_files, tmp_path, capsys):
             "--validation-prompts", str(empty)]  # fmt: skip
     assert main(argv) == 2
     assert "no prompt in the file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was encoded or written

@@ -25,6 +25,7 @@ import asyncio
 import json
 import math
 import multiprocessing
+import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -33,8 +34,15 @@ import numpy as np
 
 from labeler.judges.base import Judge
 from labeler.judges.metrics.features import FAMILIES, Evidence, measure
-from labeler.judges.metrics.transport import SharedFrames, SharedSlots, call_with_frames, shareable
-from labeler.judges.metrics.worker import keep_freed_memory
+from labeler.judges.metrics.transport import (
+    NAME_PREFIX,
+    SHM_DIR,
+    SharedFrames,
+    SharedSlots,
+    call_with_frames,
+    shareable,
+)
+from labeler.judges.metrics.worker import set_up_worker
 from labeler.schemas import (
     FatalJudgeError,
     FramesTooSmallError,
@@ -226,8 +234,12 @@ class MetricsJudge(Judge):
     def _start_pool(self) -> None:
         # Start the workers now: each spends about a second importing numpy and scipy, which
         # then overlaps with probing and decoding instead of delaying the first answer.
+        # The workers end with this process, and remove its blocks, if it dies without aclose().
         self._pool = ProcessPoolExecutor(
-            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=keep_freed_memory
+            self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=set_up_worker,
+            initargs=(os.getpid(), os.path.join(SHM_DIR, f"{NAME_PREFIX}{os.getpid()}_*")),
         )
         self._warming = [self._pool.submit(_warm_up) for _ in range(self.processes)]
 

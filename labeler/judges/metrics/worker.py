@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
-__all__ = ["KEEP_BELOW", "keep_freed_memory"]
+__all__ = ["KEEP_BELOW", "keep_freed_memory", "set_up_worker"]
 
 #: Allocations below this size come from the heap, and the heap keeps up to this much free memory.
 KEEP_BELOW = 32 << 20  # glibc's largest allowed mmap threshold on 64-bit systems
@@ -36,3 +36,12 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success; musl and others without these parameters return 0.
     return bool(mallopt(_M_MMAP_THRESHOLD, KEEP_BELOW)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * KEEP_BELOW))
+
+
+def set_up_worker(parent_pid: int, shared_memory_glob: str) -> None:
+    """A metrics worker's initializer: keep freed memory, and end with the parent, removing the
+    parent's shared memory blocks (``labeler.orphan_guard``)."""
+    from labeler.orphan_guard import exit_with_parent
+
+    keep_freed_memory()
+    exit_with_parent(parent_pid, shared_memory_glob)

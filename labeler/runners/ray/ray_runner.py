@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from labeler.engine import Engine, EngineStats
 from labeler.engine_spec import EngineSpec
-from labeler.jobfiles import BatchResult, FailureKind, JobFiles
+from labeler.jobfiles import BatchResult, ContentOf, FailureKind, JobFiles
 from labeler.ledger import Ledger
 from labeler.runners.ray.options import RayOptions
 from labeler.runners.ray.worker import PairLabeler
@@ -144,10 +144,12 @@ def run_batch_on_ray(
     options: RayOptions,
     *,
     progress: bool = True,
+    content: ContentOf | None = None,
     ledger: Ledger | None = None,
     cascade_job: CascadeJob | None = None,
 ) -> RayRun:
     """Label every pair of ``manifest`` not yet in ``out`` on Ray; returns what happened.
+    ``content``: the driver engine's content hashes, to relabel pairs whose files changed.
 
     Every actor builds its own engine from ``spec`` (``EngineSpec.build``), on its own node. The
     actors' counters are summed into ``ledger`` (the driver engine's; by default a new one with
@@ -162,7 +164,7 @@ def run_batch_on_ray(
     run = RayRun(job.result, ledger)
     started = False
     try:
-        todo = job.todo(manifest)
+        todo = job.todo(manifest, content)
         if todo:
             started = connect(options)
             batches = build_dataset(todo, spec, options, cascade_job).iter_batches(batch_size=None)
@@ -184,7 +186,15 @@ def label_on_ray(
     """The batch CLI's --ray path: ``engine`` is the driver's (it never asks the judge); the
     actors' counters are summed into its ledger, so the summary reads them from ``engine.stats``."""
     try:
-        return run_batch_on_ray(manifest, out, spec, options, progress=not quiet, ledger=engine.ledger)
+        return run_batch_on_ray(
+            manifest,
+            out,
+            spec,
+            options,
+            progress=not quiet,
+            ledger=engine.ledger,
+            content=engine.content_hashes,
+        )
     finally:
         asyncio.run(engine.aclose())
 

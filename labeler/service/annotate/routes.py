@@ -49,15 +49,24 @@ from labeler.service.annotate.store import (
     manifest_key,
     plan_manifest,
 )
-from labeler.service.auth import SESSION_COOKIE, check_bearer, check_session, require_token, session_value
-from labeler.service.errors import ServiceError
+from labeler.service.auth import (
+    SESSION_COOKIE,
+    check_bearer,
+    check_session,
+    require_json,
+    require_token_or_session,
+    session_value,
+)
+from labeler.service.errors import ERROR_RESPONSES, ServiceError
 from labeler.service.media_stream import media_url
 from labeler.service.paths import private_paths, require_media_root, resolve_media_path
 
 __all__ = ["AnnotationIn", "ExportIn", "blind_swapped", "router"]
 
-router = APIRouter(tags=["annotation"])
-_AUTH = [Depends(require_token)]
+# Every route documents the statuses it can answer (400 bad manifest name, 404 no such manifest...).
+router = APIRouter(tags=["annotation"], responses=ERROR_RESPONSES)
+_AUTH = [Depends(require_token_or_session)]
+_AUTH_JSON = [Depends(require_token_or_session), Depends(require_json)]
 
 STATIC_DIR = Path(__file__).with_name("static")
 _STATIC_FILES = {
@@ -259,6 +268,7 @@ def annotate_static(name: str) -> FileResponse:
 @router.get("/annotate/api/pairs", dependencies=_AUTH)
 def annotate_pairs(
     request: Request,
+    response: Response,
     manifest: Annotated[str, Query(min_length=1)],
     annotator: str = "",
     blind: bool = False,
@@ -271,6 +281,8 @@ def annotate_pairs(
     """Everything the page needs: pairs with segments, media URLs, the annotator's saved answers
     (true A/B terms) and, in blind mode, each pair's side order. The review queue's options
     (``labels``, ``order``, ``preannotations``, ``team``/``overlap``): labeler.service.annotate.queue."""
+    # It holds signed media URLs and the annotator's answers: no cache may keep or share it.
+    response.headers["Cache-Control"] = "no-store"
     name = _annotator(annotator) if annotator.strip() else ""
     plan = _plan(request, manifest)
     root, token = _media_root(request), _settings(request).token()
@@ -312,7 +324,7 @@ def annotate_pairs(
     }
 
 
-@router.post("/annotations", dependencies=_AUTH)
+@router.post("/annotations", dependencies=_AUTH_JSON)
 def post_annotation(request: Request, body: AnnotationIn) -> dict[str, Any]:
     """Save one answer (the last answer per annotator, pair and segment wins)."""
     annotator = _annotator(body.annotator)
@@ -347,7 +359,7 @@ def post_annotation(request: Request, body: AnnotationIn) -> dict[str, Any]:
     }
 
 
-@router.post("/annotations/export", dependencies=_AUTH)
+@router.post("/annotations/export", dependencies=_AUTH_JSON)
 def export(request: Request, body: ExportIn) -> dict[str, Any]:
     """Write the annotator's fully answered pairs as dense preference JSONL
     (``<annotations dir>/<manifest>.<annotator>.human.jsonl``); incomplete pairs are listed."""

@@ -13,6 +13,7 @@ writer spoils at most its own last line (skipped on reading, and terminated befo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -28,9 +29,10 @@ from urllib.parse import quote
 from labeler import __version__
 from labeler.engine import EngineConfig
 from labeler.errors import AnnotationError
-from labeler.fileio import atomic_write_lines, read_lines
+from labeler.fileio import atomic_write_lines
 from labeler.media.identity import IdentityMemo
 from labeler.media.video import VideoError, VideoInfo, check_aligned, probe, segment_spans
+from labeler.record_paths import ROLES, portable
 from labeler.schemas import (
     LABELS,
     DensePreferenceRecord,
@@ -95,8 +97,22 @@ def manifest_key(name: str) -> str:
     ending in ``.jsonl`` keeps its suffix and gets ``%00`` (which no encoded name contains)."""
     posix = PurePosixPath(name).as_posix()  # "./a//m.jsonl" and "a/m.jsonl" are one file, one key
     if posix.endswith(".jsonl"):
-        return quote(posix.removesuffix(".jsonl"), safe="")
-    return quote(posix, safe="") + "%00"
+        key = quote(posix.removesuffix(".jsonl"), safe="")
+    else:
+        key = quote(posix, safe="") + "%00"
+    return key if len(key) <= KEY_MAX_CHARS else shortened_key(key)
+
+
+#: Longest key kept as is: with ``.answers.jsonl``, or an annotator name and ``.human.jsonl``, a
+#: file name stays under the 255 bytes of common file systems (30 CJK characters encode to 270).
+KEY_MAX_CHARS = 120
+
+
+def shortened_key(key: str) -> str:
+    """A long key as its first characters, ``%h`` and the sha256 of the whole: ``quote`` never
+    writes ``%h`` (a percent sign is always followed by two hex digits), so a shortened key meets
+    no other key, and the hash keeps two long names apart."""
+    return key[:24] + "%h" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 # --------------------------------------------------------------------------- manifest plan
@@ -161,9 +177,10 @@ _probe: IdentityMemo[VideoInfo] = IdentityMemo(probe)
 def _raw_entries(path: Path) -> dict[str, ManifestEntry]:
     """Entries with their paths exactly as written (iter_manifest resolves them), by pair_id."""
     raw: dict[str, ManifestEntry] = {}
-    for line in read_lines(path):  # "\n" only: a prompt may hold U+2028
-        with contextlib.suppress(ValueError):  # bad lines are reported by iter_manifest
-            entry = ManifestEntry.model_validate_json(line)
+    for line in path.read_bytes().split(b"\n"):  # "\n" only: a prompt may hold U+2028
+        # Bad lines (not UTF-8, bad JSON or fields) are reported by iter_manifest, one by one.
+        with contextlib.suppress(ValueError):
+            entry = ManifestEntry.model_validate_json(line.decode("utf-8"))
             raw.setdefault(entry.pair_id, entry)
     return raw
 
@@ -285,7 +302,10 @@ class AnnotationStore:
         return self.directory / f"{key}.answers.jsonl"
 
     def export_path(self, key: str, annotator: str) -> Path:
-        return self.directory / f"{key}.{annotator}.human.jsonl"
+        name = f"{key}.{annotator}.human.jsonl"
+        if len(name.encode()) > 250:  # a long key beside a long non-ASCII annotator name: both hashed
+            name = f"{shortened_key(key + '/' + annotator)}.human.jsonl"
+        return self.directory / name
 
     @contextlib.contextmanager
     def _locked(self, fh: Any) -> Iterator[None]:
@@ -391,6 +411,7 @@ def export_annotations(plan: ManifestPlan, store: AnnotationStore, annotator: st
     for (pair_id, index), answer in latest.items():
         by_pair.setdefault(pair_id, {})[index] = answer
     lines, written, incomplete = [], [], []
+    out = store.export_path(key, annotator)
     for pair in plan.pairs:
         answered = {i: a for i, a in by_pair.get(pair.pair_id, {}).items() if i < len(pair.segments)}
         if len(answered) < len(pair.segments):
@@ -399,8 +420,16 @@ def export_annotations(plan: ManifestPlan, store: AnnotationStore, annotator: st
             )
             continue
         record = human_record(pair, answered, annotator)
+        # Relative manifest paths become relative to the export's own folder, so the trainer and
+        # the agreement tools read the export as it is (labeler.record_paths).
+        given = {role: value for role in ROLES if (value := getattr(pair.entry, role)) is not None}
+        resolved = {"video_a": str(pair.video_a), "video_b": str(pair.video_b)}
+        if pair.entry.reference is not None:
+            resolved["reference"] = str(
+                (plan.path.parent / Path(pair.entry.reference).expanduser()).resolve()
+            )
+        record = portable(record.model_copy(update=resolved), given, out.parent)
         lines.append(record.model_dump_json(exclude_none=True))
         written.append(pair.pair_id)
-    out = store.export_path(key, annotator)
     atomic_write_lines(out, lines)  # a unique temporary per writer: concurrent exports never collide
     return ExportResult(out, written, incomplete)
