@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from labeler import fingerprint, jobfiles
@@ -32,7 +32,9 @@ from labeler.cli_options import (
     spec_from_args,
 )
 from labeler.engine import Engine
+from labeler.ledger import Limits
 from labeler.preflight import PreflightError
+from labeler.runners.batch_lifecycle import BatchWaitOver
 from labeler.runners.local import BatchResult, run_batch
 from labeler.runners.ray.options import RayOptions
 from labeler.schemas import JudgeError
@@ -108,6 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
         "enqueued-token limit for your tier); later files are submitted as earlier ones finish",
     )
     p.add_argument(
+        "--batch-online-rest",
+        action="store_true",
+        help="--openai-batch: send the requests no batch answered (failed, expired, cancelled lines, "
+        "after the resubmission rounds) online at full price; without it they are left for a rerun "
+        "and the run writes only the pairs the batches answered",
+    )
+    p.add_argument(
+        "--batch-max-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="--openai-batch: stop waiting after SECONDS with batches unfinished (exit 3); they go on "
+        "at the provider and a rerun of the same command collects them (default: wait until done)",
+    )
+    p.add_argument(
+        "--keep-batch-files",
+        action="store_true",
+        help="--openai-batch: keep the uploaded input files and the output/error files on the "
+        "provider (default: delete them once collected)",
+    )
+    p.add_argument(
         "--batch-export",
         type=Path,
         metavar="DIR",
@@ -140,6 +163,15 @@ def _share(n: int, total: int) -> str:
     return f"{n} ({100 * n / total:.0f}%)" if total else "0"
 
 
+@dataclass(frozen=True)
+class BatchApiOptions:
+    """``--batch-online-rest`` and ``--keep-batch-files``."""
+
+    online_rest: bool = False
+    keep_files: bool = False
+    max_wait: float | None = None
+
+
 def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
     s = engine.stats.as_dict()
     total = sum(result.labels.values())
@@ -158,6 +190,10 @@ def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
         f"tokens     in {s['input_tokens']}, out {s['output_tokens']}, estimated cost ${s['cost_usd']:.4f}",
         f"labels  -> {out}",
     ]
+    if fallbacks := engine.judge.endpoint_fallbacks():
+        lines.insert(
+            -1, f"fallbacks  the endpoint refused {', '.join(fallbacks)}: sent without (docs/endpoints.md)"
+        )
     if result.failed:
         lines.append(f"errors  -> {result.errors_file}")
         lines += [f"  {pid}: {msg[:200]}" for pid, msg in result.failures[:5]]
@@ -190,27 +226,39 @@ async def _label(
     openai_batch_poll: float | None = None,
     batch_max_tokens: int | None = None,
     batch_import: list[Path] | None = None,
+    batch_options: BatchApiOptions = BatchApiOptions(),
 ) -> BatchResult:
     """One event loop for the whole job (the engine's semaphores and HTTP clients belong to it)."""
     try:
         if batch_import:
-            from labeler.runners.batch_api import import_batch_outputs
+            from labeler.runners.batch_import import import_batch_outputs, planned_keys
 
-            report = import_batch_outputs(batch_import, engine)
-            print(
-                f"batch import: {report.answered} answers cached, {report.unusable} left for the online run"
-            )
+            expected = await planned_keys(manifest, out, engine)
+            imported = await asyncio.to_thread(import_batch_outputs, batch_import, engine, expected)
+            print(imported.summary(len(expected)))
         if openai_batch_poll is not None:
             from labeler.runners.batch_api import prefill_with_batch_api
 
-            await prefill_with_batch_api(
+            report = await prefill_with_batch_api(
                 manifest,
                 out,
                 engine,
                 poll_seconds=openai_batch_poll,
                 max_tokens=batch_max_tokens,
                 progress=print,
+                keep_files=batch_options.keep_files,
+                max_wait=batch_options.max_wait,
             )
+            if (report.left or report.capped) and not batch_options.online_rest:
+                # Nothing goes online unasked: the run labels from the cache only.
+                engine.ledger.budget = Limits(
+                    max_requests=engine.stats.requests, max_cost=engine.config.max_cost
+                )
+                print(
+                    f"openai batch: {len(report.left) + report.capped} requests have no answer; they are "
+                    "not sent online (full price) without --batch-online-rest. Rerun with --openai-batch "
+                    "to submit them again."
+                )
         return await run_batch(manifest, out, engine, workers=workers, progress=not quiet)
     finally:
         await engine.aclose()
@@ -267,6 +315,16 @@ def _check_args(args: argparse.Namespace) -> None:
         _check_manifest(args.manifest)
     if (args.openai_batch or args.batch_export or args.batch_import) and args.judge != "openai":
         raise UsageError("--openai-batch, --batch-export and --batch-import need --judge openai")
+    if args.batch_import:
+        from labeler.runners.batch_import import check_import_paths
+
+        check_import_paths(args.batch_import)
+    if (args.batch_online_rest or args.keep_batch_files or args.batch_max_wait is not None) and (
+        not args.openai_batch
+    ):
+        raise UsageError("--batch-online-rest, --batch-max-wait and --keep-batch-files need --openai-batch")
+    if args.batch_max_wait is not None and not (args.batch_max_wait >= 0 and args.batch_max_wait < 1e9):
+        raise UsageError(f"--batch-max-wait must be a number of seconds >= 0, got {args.batch_max_wait}")
     if args.batch_max_tokens is not None and (args.batch_max_tokens < 1 or not args.openai_batch):
         raise UsageError("--batch-max-tokens needs --openai-batch and a positive number of tokens")
     if args.out is not None and not args.dry_run:
@@ -321,6 +379,9 @@ def _run(
                     openai_batch_poll=poll,
                     batch_max_tokens=args.batch_max_tokens,
                     batch_import=args.batch_import,
+                    batch_options=BatchApiOptions(
+                        args.batch_online_rest, args.keep_batch_files, args.batch_max_wait
+                    ),
                 )
             )
     except KeyboardInterrupt:
@@ -328,6 +389,9 @@ def _run(
             "\ninterrupted: every finished pair is saved; rerun the same command to resume", file=sys.stderr
         )
         return 130
+    except BatchWaitOver as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_STOPPED
     except (ValueError, jobfiles.OutputInUseError, BatchApiUnavailable) as exc:  # not ours, in use...
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -507,6 +507,8 @@ class Engine:
             extra["answer_order"] = self.judge.answer_order
         if segment_seconds is not None:
             extra["segment_seconds"] = segment_seconds
+        if fallbacks := self.judge.endpoint_fallbacks():
+            extra["fallbacks"] = fallbacks
         if self.config.align_to_latent is not None:
             extra["align_to_latent"] = self.config.align_to_latent
         return LabelerInfo(

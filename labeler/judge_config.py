@@ -162,10 +162,25 @@ class JudgeConfig:
     )
     extra_body: dict[str, Any] | None = option(
         "server-specific fields merged into every request body, e.g. vLLM's "
-        '\'{"structured_outputs": {"disable_any_whitespace": true}}\'',
+        '\'{"top_k": 20, "repetition_penalty": 1.05}\' (they enter the cache key)',
         judges=OPENAI,
         type=_json_object,
         metavar="JSON",
+    )
+    default_query: dict[str, Any] | None = option(
+        "query parameters added to every request, e.g. Azure OpenAI's legacy endpoint: "
+        '\'{"api-version": "2024-10-21"}\' (docs/endpoints.md, providers)',
+        judges=OPENAI,
+        type=_json_object,
+        metavar="JSON",
+    )
+    default_header: dict[str, Any] | None = option(
+        "HTTP headers added to every request, e.g. Azure's '{\"api-key\": \"...\"}' or a gateway's "
+        "routing header (never part of the cache key)",
+        judges=OPENAI,
+        type=_json_object,
+        metavar="JSON",
+        kwarg="default_headers",
     )
     price: tuple[float, float] | None = option(
         "USD per 1M input and output tokens, for a model the price table does not list "

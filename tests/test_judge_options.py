@@ -24,6 +24,8 @@ SAMPLE = {
     "no_strict": ["--no-strict"],
     "reasoning_effort": ["--reasoning-effort", "low"],
     "extra_body": ["--extra-body", '{"top_k": 1}'],
+    "default_query": ["--default-query", '{"api-version": "2024-10-21"}'],
+    "default_header": ["--default-header", '{"api-key": "k"}'],
     "price": ["--price", "1,2"],
     "answer_order": ["--answer-order", "rationale-first"],
     "input": ["--input", "video"],

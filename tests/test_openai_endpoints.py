@@ -1,7 +1,7 @@
 """The openai judge against stand-ins that behave like the real servers (issue 14):
 
-- like ``vllm serve``: no Files or Batch API (its router answers 404), grammar-masked logprobs, and
-  the whitespace loop of xgrammar's default JSON grammar unless ``disable_any_whitespace``;
+- like ``vllm serve``: no Files or Batch API (its router answers 404), grammar-masked logprobs
+  (the whitespace loop and vLLM's own checks: tests/test_vllm_real.py);
 - like OpenAI's Batch API: an enqueued-token limit, and half price.
 """
 
@@ -120,11 +120,57 @@ def test_vllm_run_batch_path_exports_and_imports_the_same_jsonl(manifest, tmp_pa
                     + "\n"
                 )
         assert server.stats()["requests_total"] == 8
-        proc = cli(manifest, out, server, cache, "--batch-import", str(outputs), model=model)
+        good = outputs.read_text().splitlines()
+        hostile = tmp_path / "jobs" / "hostile.jsonl"
+        first = json.loads(good[0])
+        other_model = json.loads(good[1])
+        other_model["response"]["body"]["model"] = "someone-else/7B"
+        negative = json.loads(good[2])
+        negative["response"]["body"]["usage"]["prompt_tokens"] = -(10**9)
+        hostile.write_text(
+            "\n".join(
+                [
+                    "{not json",
+                    json.dumps({**first, "custom_id": "foreign-key"}),
+                    json.dumps({**first, "custom_id": 12345}),
+                    json.dumps(other_model),
+                    json.dumps(negative),
+                    "[1, 2]",
+                    good[3],
+                ]
+            )
+            + "\n"
+        )
+        # The hostile file first: its lines are each rejected and counted, none cached or billed.
+        proc = cli(manifest, out, server, cache, "--batch-import", str(hostile), str(outputs), model=model)
         assert proc.returncode == 0, proc.stderr
-        assert "8 answers cached" in proc.stdout
+        assert (
+            "15 lines, 11 match the current plan (8 requests planned), 8 answers cached, not billed"
+            in proc.stdout
+        )
+        for reason in ("1 not JSON", "1 custom_id not in the current plan", "2 no custom_id string",
+                       "1 answered by another model", "1 unusable answer", "1 duplicate custom_id"):  # fmt: skip
+            assert reason in proc.stdout, (reason, proc.stdout)
+        assert "hostile.jsonl:1: not JSON" in proc.stdout and "impossible" in proc.stdout
         assert server.stats()["requests_total"] == 8  # nothing went online
         assert all(r.usage.cache_hits == 4 for r in read_records(out))
+        assert "estimated cost $0.0000" in proc.stdout  # self-hosted answers are not billed
+
+
+def test_batch_import_of_a_missing_file_or_a_folder_is_a_clear_exit_2(manifest, tmp_path):
+    with StandinServer(flavour="vllm") as server:
+        for path, words in ((tmp_path / "nope.jsonl", "does not exist"), (tmp_path, "is a directory")):
+            proc = cli(manifest, tmp_path / "o.jsonl", server, tmp_path / "c", "--batch-import", str(path))
+            assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batch_import_bounds_each_line(tmp_path):
+    from labeler.runners.batch_import import _bounded_lines
+
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b"x" * 5000 + b"\n" + b'{"b": 2}\n')
+    lines = list(_bounded_lines(path, max_bytes=100))
+    assert lines == [(1, b'{"a": 1}\n'), (2, None), (3, b'{"b": 2}\n')]
 
 
 def _request() -> SegmentRequest:
@@ -150,22 +196,6 @@ def test_grammar_masked_logprobs_give_the_label_distribution(order):
         assert j.prob_source == "logprobs" and j.p_a == pytest.approx(0.9) and j.p_tie == pytest.approx(0.08)
         raw = json.loads(j.raw)
         assert next(iter(raw)) == order.split("-")[0]  # the stand-in answered in schema order
-
-
-def test_whitespace_loop_is_avoided_with_extra_body():
-    with StandinServer(flavour="vllm", whitespace_loop=True) as server:
-        looping = OpenAIJudge(
-            "Qwen/Qwen2.5-VL-7B", base_url=server.base_url, max_parse_retries=0, max_tokens=40
-        )
-        with pytest.raises(JudgeParseError, match="cut off at the token limit"):
-            asyncio.run(_ask(looping, _request()))
-        fixed = OpenAIJudge(
-            "Qwen/Qwen2.5-VL-7B",
-            base_url=server.base_url,
-            extra_body={"structured_outputs": {"disable_any_whitespace": True}},
-        )
-        assert asyncio.run(_ask(fixed, _request())).label in ("A", "B", "tie")
-        assert server.state.log[-1]["body"]["structured_outputs"] == {"disable_any_whitespace": True}
 
 
 # --------------------------------------------------------------------------- cost accounting
@@ -295,3 +325,64 @@ def test_split_submission_resumes_after_a_kill(manifest, tmp_path, monkeypatch):
         )
         assert report.answered == 4 and len(server.state.batches) == 2  # nothing submitted twice
         assert not server.stats()["answered_twice"]
+
+
+# --------------------------------------------------------------------------- Batch API lifecycle
+
+
+def test_server_errors_while_polling_and_downloading_are_retried(manifest, tmp_path):
+    """One 500 while polling or a 502 on the download must not end a 24-hour job."""
+    with StandinServer(batch_route_faults=[500, 502, 503, 500]) as server:
+        engine = engine_for(server, tmp_path / "c")
+        report = _batch(manifest, tmp_path / "o.jsonl", engine, retry_backoff=0.0)
+        assert report.answered == 8 and not report.left
+        assert server.stats()["faults_served"] == 4 and not server.state.config.batch_route_faults
+
+
+def test_expired_lines_are_resubmitted_in_bounded_rounds_and_never_sent_online_unasked(manifest, tmp_path):
+    """Each batch expires after 2 lines (max_concurrency 1: one line at a time): round 0 answers 2
+    of 8, rounds 1 and 2 answer 2 more each, and the last 2 are left. Without --batch-online-rest
+    nothing goes online and the rest is stated with its full-price cost; with it, they go online."""
+    with StandinServer(batch_expire_after=2, max_concurrency=1) as server:
+        out = tmp_path / "out.jsonl"
+        proc = cli(
+            manifest, out, server, tmp_path / "cache", "--openai-batch", "--batch-poll-seconds", "0.02"
+        )
+        assert "batch_expired" in proc.stdout, proc.stdout
+        assert "submitting the 6 requests again as a new batch (round 1 of 2)" in proc.stdout
+        assert "submitting the 4 requests again as a new batch (round 2 of 2)" in proc.stdout
+        assert "6 answers cached, 2 requests without an answer (online at full price: ~$" in proc.stdout
+        assert "not sent online (full price) without --batch-online-rest" in proc.stdout
+        assert server.stats()["requests_total"] == 6  # batch lines only: nothing online
+        assert proc.returncode == 3, proc.stdout + proc.stderr  # the pair left unanswered is not written
+        assert not server.state.files  # uploaded inputs and result files deleted after collecting
+
+    with StandinServer(batch_expire_after=2, max_concurrency=1) as server:
+        out = tmp_path / "out2.jsonl"
+        proc = cli(manifest, out, server, tmp_path / "cache2", "--openai-batch", "--batch-poll-seconds", "0.02",
+                   "--batch-online-rest", "--keep-batch-files")  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert server.stats()["requests_total"] == 8  # 6 batch lines + the 2 left, online
+        assert len(read_records(out)) == 2
+        assert len(server.state.files) == 3 * 3  # kept: input, output and error file of each round
+
+
+def test_batch_options_need_openai_batch(manifest, tmp_path):
+    with StandinServer() as server:
+        proc = cli(manifest, tmp_path / "o.jsonl", server, tmp_path / "c", "--batch-online-rest")
+        assert proc.returncode == 2 and "need --openai-batch" in proc.stderr
+
+
+def test_batch_max_wait_stops_and_a_rerun_collects_the_same_batches(manifest, tmp_path):
+    """A batch slower than --batch-max-wait: exit 3, state kept; the rerun pays nothing twice."""
+    with StandinServer(batch_delay_s=4.0) as server:
+        out, cache = tmp_path / "out.jsonl", tmp_path / "cache"
+        proc = cli(manifest, out, server, cache, "--openai-batch", "--batch-poll-seconds", "0.02",
+                   "--batch-max-wait", "0")  # fmt: skip
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "--batch-max-wait reached with 1 batch(es) unfinished" in proc.stderr
+        assert openai_batch.state_path_for(out).exists() and len(server.state.batches) == 1
+        proc = cli(manifest, out, server, cache, "--openai-batch", "--batch-poll-seconds", "0.05")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "resuming" in proc.stdout and len(server.state.batches) == 1  # the same batch, once
+        assert server.stats()["requests_total"] == 8

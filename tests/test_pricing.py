@@ -38,10 +38,12 @@ from labeler.media.images import jpeg_data_uri
         (904, 252, "high", "o3", 75 + 2 * 150),
         # "auto" is counted as "high" (an upper bound).
         (448, 252, "auto", "gpt-4o", 85 + 170),
-        # Dated snapshots use their family's rule; unknown (self-hosted) models the gpt-4o rule.
+        # Dated snapshots use their family's rule; unknown (self-hosted) models the gpt-4o rule,
+        # Qwen-VL models their processor's (tests/test_vlm_tokens.py).
         (448, 252, "low", "gpt-4o-mini-2024-07-18", 2833),
         (448, 252, "low", "gpt-4o-2024-08-06", 85),
-        (448, 252, "high", "Qwen/Qwen2.5-VL-7B-Instruct", 85 + 170),
+        (448, 252, "high", "llava-hf/llava-onevision-qwen2-7b-ov-hf", 85 + 170),
+        (448, 252, "high", "Qwen/Qwen2.5-VL-7B-Instruct", 16 * 9 + 2),
         # Patch models: 32 px patches x multiplier, detail ignored. 1024x1024 = 32*32 patches.
         (1024, 1024, "low", "gpt-4.1-mini", math.ceil(1024 * 1.62)),
         (448, 252, "high", "o4-mini", math.ceil(14 * 8 * 1.72)),

@@ -101,6 +101,12 @@ class Judge(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release clients, models and threads."""
 
+    def endpoint_fallbacks(self) -> list[str]:
+        """Parameters the endpoint refused and the judge stopped sending (``logprobs``,
+        ``response_format``...), for each record's labeler block and the run summary: they change
+        how ``p_*`` were obtained. Empty for judges without an endpoint."""
+        return []
+
     def attach_meter(self, meter: UsageMeter) -> None:  # noqa: B027 - optional hook
         """Receive the engine's meter (used only when ``meters_usage`` is True)."""
 

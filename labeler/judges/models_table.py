@@ -27,6 +27,7 @@ __all__ = [
     "EXPECTED_REASONING_TOKENS",
     "MODELS",
     "REASONING_BUDGET",
+    "RESPONSES_ONLY",
     "TABLE_AS_OF",
     "TABLE_SOURCES",
     "ModelInfo",
@@ -40,6 +41,9 @@ TABLE_SOURCES = (
     "https://platform.openai.com/docs/guides/latest-model",
 )
 BATCH_DISCOUNT = 0.5
+#: Families OpenAI serves through the Responses API only (their model pages: "available in the
+#: Responses API only"); ``/chat/completions`` can only fail for them, so the judge refuses them.
+RESPONSES_ONLY = frozenset({"o1-pro", "o3-pro", "gpt-5-pro", "gpt-5.2-pro"})
 
 _O_EFFORTS = ("low", "medium", "high")
 _GPT5_EFFORTS = ("minimal", "low", "medium", "high")

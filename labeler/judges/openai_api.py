@@ -31,6 +31,7 @@ from labeler.judges.openai_errors import server_message, status_error
 from labeler.judges.openai_request import AnswerOrder, RequestSettings
 from labeler.judges.pricing import chat_input_tokens, estimate_cost
 from labeler.judges.prompts import LAYOUTS, load_prompt
+from labeler.judges.usage import ImpossibleUsage, read_usage
 from labeler.judges.video_parts import (
     INPUT_MODES,
     InputMode,
@@ -60,6 +61,9 @@ __all__ = ["OpenAIJudge"]
 log = logging.getLogger(__name__)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+#: How endpoints name the structured-output parameter in a refusal: OpenAI's and vLLM's names, and
+#: Gemini's OpenAI layer, which reports the field it maps it to (``generation_config.response_schema``).
+SCHEMA_PARAMETER_NAMES = ("response_format", "json_schema", "response_schema", "response_mime_type")
 #: A typical answer: one or two sentences of rationale plus the label, in tokens.
 EXPECTED_ANSWER_TOKENS = 60
 
@@ -95,6 +99,8 @@ class OpenAIJudge(Judge):
         price: tuple[float, float] | None = None,
         input_mode: InputMode = "frames",
         show_reference: bool = False,
+        default_query: dict[str, Any] | None = None,
+        default_headers: dict[str, Any] | None = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -134,6 +140,10 @@ class OpenAIJudge(Judge):
         )
         self.answer_order = answer_order
         self.price = price
+        # Transport, not content: Azure's legacy api-version, a gateway's headers. Not in the
+        # fingerprint (the same model answers alike whatever the route).
+        self.default_query = {str(k): str(v) for k, v in (default_query or {}).items()}
+        self.default_headers = {str(k): str(v) for k, v in (default_headers or {}).items()}
         self.is_openai = urlparse(self.base_url).hostname == "api.openai.com"
         if input_mode == "video" and self.is_openai:
             raise ValueError(
@@ -292,6 +302,9 @@ class OpenAIJudge(Judge):
     def cost_usd(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
         return estimate_cost(self.settings.model, input_tokens, output_tokens, batch=batch, price=self.price)
 
+    def endpoint_fallbacks(self) -> list[str]:
+        return sorted(self.fallbacks)
+
     def attach_meter(self, meter: UsageMeter) -> None:
         self._meter = meter
 
@@ -343,9 +356,30 @@ class OpenAIJudge(Judge):
             max_retries=0,
             timeout=self.timeout,
             http_client=DefaultAsyncHttpxClient(timeout=self.timeout),
+            default_query=self.default_query or None,
+            default_headers=self.default_headers or None,
         )
         self._client_loop = loop
         return self._async_client
+
+    def _detect_reasoning(self, response: dict[str, Any]) -> bool:
+        """True (once) when an answer shows a reasoning model the settings did not expect: cut at
+        the token limit after hidden reasoning tokens. From then on every request gets a reasoning
+        budget and no temperature/logprobs, instead of each paying for fallbacks and a cut-off."""
+        if self.settings.reasoning_model or "reasoning" in self.fallbacks:
+            return False
+        choices = response.get("choices") or [{}]
+        details = (response.get("usage") or {}).get("completion_tokens_details") or {}
+        first = choices[0] if isinstance(choices[0], dict) else {}
+        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
+        if first.get("finish_reason") != "length" or not isinstance(reasoning, int) or reasoning <= 0:
+            return False
+        self.fallbacks["reasoning"] = (
+            f"the answer was cut at the token limit after {reasoning} hidden reasoning tokens: "
+            "a reasoning model; sending max_completion_tokens with a reasoning budget from now on"
+        )
+        log.warning("%s (%s): %s", self.base_url, self.model, self.fallbacks["reasoning"])
+        return True
 
     def _apply_fallback(self, message: str) -> bool:
         """Adapt to a 400 that names an unsupported parameter; True if a retry is worth it."""
@@ -353,7 +387,7 @@ class OpenAIJudge(Judge):
         settings = self.settings
         if "logprobs" in text and settings.logprobs and "logprobs" not in self.fallbacks:
             self.fallbacks["logprobs"] = message
-        elif ("response_format" in text or "json_schema" in text) and (
+        elif any(name in text for name in SCHEMA_PARAMETER_NAMES) and (
             "response_format" not in self.fallbacks
         ):
             if settings.strict and "strict" not in self.fallbacks:
@@ -381,7 +415,8 @@ class OpenAIJudge(Judge):
 
         client = self._client()
         while True:
-            body = {"model": self.model, "messages": messages, **self._params(), **(fields or {})}
+            params = self._params()
+            body = {"model": self.model, "messages": messages, **params, **(fields or {})}
             if self._meter is not None:
                 self._meter.before_request()  # every HTTP request counts against --max-requests
             try:
@@ -395,15 +430,23 @@ class OpenAIJudge(Judge):
                     raise TransientJudgeError(
                         f"{self.base_url} answered with something other than a JSON object: {str(response)[:200]!r}"
                     )
-                usage = response.get("usage") or {}
+                try:
+                    usage = read_usage(response.get("usage"))
+                except ImpossibleUsage as exc:
+                    # Counting it would corrupt the budgets (a negative count lowers the spend).
+                    raise FatalJudgeError(f"{self.base_url} reported impossible token usage: {exc}") from exc
                 if self._meter is not None:  # billed whether or not the answer turns out usable
-                    self._meter.billed(
-                        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                    )
+                    self._meter.billed(usage.prompt_tokens, usage.completion_tokens)
+                if self._detect_reasoning(response):
+                    continue  # the same request again, with room to think
                 return response
             except openai.BadRequestError as exc:
                 message = server_message(exc)
                 if self._apply_fallback(message):
+                    continue
+                if self._params() != params:
+                    # Refused for a parameter another request has dropped since this body was
+                    # built (concurrent requests meet the same refusal): resend without it.
                     continue
                 raise FatalJudgeError(
                     f"{self.model} at {self.base_url} rejected the request (400): {message}"
@@ -428,9 +471,9 @@ class OpenAIJudge(Judge):
         for _ in range(self.max_parse_retries + 1):
             response = await self._create(messages, fields)
             judgment, raw, error = self._read(response)
-            usage = response.get("usage") or {}
-            in_total += int(usage.get("prompt_tokens") or 0)
-            out_total += int(usage.get("completion_tokens") or 0)
+            usage = read_usage(response.get("usage"))  # checked by _create
+            in_total += usage.prompt_tokens
+            out_total += usage.completion_tokens
             if judgment is not None:
                 return judgment.model_copy(update={"input_tokens": in_total, "output_tokens": out_total})
             assert error is not None

@@ -9,6 +9,7 @@ Pure functions over the SDK's exception attributes (``body``, ``message``, ``sta
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from typing import Any
 
@@ -43,13 +44,51 @@ def retry_after(headers: Any) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
-def server_message(exc: Any) -> str:
-    """The server's own error message (``{"error": {"message": ...}}``), else the exception's."""
-    body = getattr(exc, "body", None)
+def _body_message(body: Any, depth: int = 0) -> str | None:
+    """The message of an error body in any of the shapes endpoints use: OpenAI's
+    ``{"error": {"message": ...}}``, a bare ``{"message": ...}``, Gemini's OpenAI layer's array
+    ``[{"error": {...}}]``, an ``error`` that is itself a string, and a message that is itself JSON
+    text of one of these (proxies wrap the upstream's answer)."""
+    if depth > 4:
+        return None
+    if isinstance(body, list):
+        found = [m for m in (_body_message(item, depth + 1) for item in body) if m]
+        return "; ".join(found) or None
+    if isinstance(body, str):
+        text = body.strip()
+        if text[:1] in "[{":
+            try:
+                return _body_message(json.loads(text), depth + 1) or text
+            except ValueError:
+                return text
+        return text or None
     if isinstance(body, dict):
         inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
+        if isinstance(inner, (dict, list)) and inner is not body:
+            return _body_message(inner, depth + 1)
+        if isinstance(inner, str) and inner is not body:
+            return _body_message(inner, depth + 1)
+        message = body.get("message") or body.get("detail")
+        if message:
+            nested = _body_message(message, depth + 1) if isinstance(message, str) else None
+            return nested or str(message)
+    return None
+
+
+def server_message(exc: Any) -> str:
+    """The server's own error message (see :func:`_body_message`), else the exception's."""
+    found = _body_message(getattr(exc, "body", None))
+    if found:
+        return found
+    response = getattr(exc, "response", None)
+    if response is not None:
+        # The SDK reads only a dict body; an array body leaves it a bare "Error code: 400".
+        try:
+            found = _body_message(response.json())
+        except (ValueError, AttributeError, TypeError):
+            found = None
+        if found:
+            return found
     return str(getattr(exc, "message", None) or exc)
 
 

@@ -15,7 +15,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from labeler.judges.models_table import EXPECTED_REASONING_TOKENS, REASONING_BUDGET, lookup
+from labeler.judges.models_table import (
+    EXPECTED_REASONING_TOKENS,
+    REASONING_BUDGET,
+    RESPONSES_ONLY,
+    lookup,
+)
 from labeler.judges.parsing import answer_json_schema
 
 __all__ = ["ANSWER_ORDERS", "AnswerOrder", "RequestSettings", "parse_price"]
@@ -63,6 +68,12 @@ class RequestSettings:
         if self.reasoning_budget is not None and self.reasoning_budget < 0:
             raise ValueError(f"reasoning_budget must be >= 0, got {self.reasoning_budget}")
         info = lookup(self.model)
+        if info is not None and info.family in RESPONSES_ONLY:
+            raise ValueError(
+                f"{self.model} is served by OpenAI's Responses API only, and the openai judge speaks "
+                "chat.completions: every request would fail. Choose another model (e.g. "
+                f"{info.family.removesuffix('-pro')})"
+            )
         effort = self.reasoning_effort
         if effort is not None and effort not in EFFORTS:
             raise ValueError(f"reasoning effort must be one of {', '.join(EFFORTS)}, got {effort!r}")
@@ -100,15 +111,19 @@ class RequestSettings:
     def params(self, fallbacks: dict[str, str]) -> dict[str, Any]:
         """Body parameters besides model and messages, after the endpoint's fallbacks."""
         params: dict[str, Any] = {}
-        if self.reasoning_model or "max_tokens" in fallbacks:
-            params["max_completion_tokens"] = self.max_tokens + self.thinking_tokens
+        # "reasoning": the endpoint's first answer showed a reasoning model behind a name the table
+        # does not know (an Azure deployment, a gateway alias): room to think, no sampling params.
+        detected = "reasoning" in fallbacks and not self.reasoning_model
+        if self.reasoning_model or detected or "max_tokens" in fallbacks:
+            thinking = REASONING_BUDGET["medium"] if detected else self.thinking_tokens
+            params["max_completion_tokens"] = self.max_tokens + thinking
         else:
             params["max_tokens"] = self.max_tokens
         if self.reasoning_model and self.effort is not None:
             params["reasoning_effort"] = self.effort
-        if self.sampling and "temperature" not in fallbacks:
+        if self.sampling and not detected and "temperature" not in fallbacks:
             params["temperature"] = self.temperature
-        if self.logprobs and "logprobs" not in fallbacks:
+        if self.logprobs and not detected and "logprobs" not in fallbacks:
             params["logprobs"] = True
             if self.top_logprobs:
                 params["top_logprobs"] = self.top_logprobs

@@ -16,8 +16,9 @@ budgeting real money:
   * The 768 px step only shrinks: measured bills show a 128x64 image at ``high`` costs one tile on
     gpt-4o (https://community.openai.com/t/vision-more-than-one-way-to-send-a-request-undocumented-and-different-pricing-realized/1262691),
     so small images are not upscaled.
-- Self-hosted models (vLLM) have no price here (``estimate_cost`` returns None), and their image
-  token counts follow their own processor; the gpt-4o tile rule is used as a rough stand-in.
+- Self-hosted models (vLLM) have no price here (``estimate_cost`` returns None). Their image tokens
+  follow their own processor: Qwen2-VL/2.5-VL/3-VL by labeler.judges.vlm_tokens; any other model
+  falls back to the gpt-4o tile rule as a rough stand-in.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from labeler.judges.models_table import BATCH_DISCOUNT, MODELS, TABLE_AS_OF, lookup
+from labeler.judges.vlm_tokens import qwen_image_tokens, self_hosted_rule
 
 __all__ = [
     "BATCH_DISCOUNT",
@@ -119,6 +121,8 @@ def image_tokens(width: int, height: int, detail: str = "auto", model: str = "gp
         raise ValueError(f"image size must be positive, got {width}x{height}")
     if detail not in ("low", "high", "auto"):
         raise ValueError(f"detail must be 'low', 'high' or 'auto', got {detail!r}")
+    if (qwen := self_hosted_rule(model)) is not None:
+        return qwen_image_tokens(width, height, qwen)  # the model's processor, not OpenAI's rule
     family = _family(model, _IMAGE_RULES)
     rule = _IMAGE_RULES[family] if family else _DEFAULT_RULE
     if isinstance(rule, _PatchRule):

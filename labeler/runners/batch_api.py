@@ -14,7 +14,7 @@ every answer cached and writes the records; whatever the batch could not answer 
   so a run killed while polling resumes the same batches instead of paying for them again.
 - A server without the Files API (plain ``vllm serve``) is detected before anything is written:
   :class:`BatchApiUnavailable`, and nothing is left behind. Self-hosted models take the same JSONL
-  offline with ``vllm run-batch`` (:func:`export_batch_files`, :func:`import_batch_outputs`).
+  offline with ``vllm run-batch`` (:func:`export_batch_files`; labeler.runners.batch_import reads the answers back).
 
 The runner talks to the engine through its public API only: ``Engine.pending_requests`` for the
 lines, ``Engine.record`` for each answer (cached and billed at the Batch API's price), and the
@@ -27,20 +27,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from labeler import jobfiles
 from labeler.engine import Engine
 from labeler.errors import BatchApiUnavailable
-from labeler.fileio import atomic_write_json, read_lines, split_lines
+from labeler.fileio import atomic_write_json, split_lines
 from labeler.runners.batch_api_files import (
     MAX_LINES_PER_BATCH,
     BatchFile,
     SubmissionBudget,
+    line_tokens,
     write_batch_files,
+)
+from labeler.runners.batch_lifecycle import (
+    BatchWaitOver,
+    batch_errors,
+    delete_batch_files,
+    error_lines,
+    with_retries,
+    write_resubmission,
 )
 from labeler.schemas import JudgeError, ManifestEntry, iter_manifest
 
@@ -48,6 +59,10 @@ log = logging.getLogger(__name__)
 DONE_STATES = {"completed", "failed", "expired", "cancelled"}
 #: Times a batch refused for the enqueued-token limit is submitted again before its lines go online.
 MAX_RESUBMITS = 5
+
+
+#: Rounds of resubmission for lines a batch did not answer (failed, expired or cancelled lines).
+MAX_ROUNDS = 2
 
 
 @dataclass
@@ -58,6 +73,11 @@ class BatchApiReport:
     capped: int = 0  # lines a budget kept out of the batch (left for the online run)
     batch_ids: list[str] = field(default_factory=list)
     status: str | None = None
+    #: Requests no batch answered after every round: cache key -> the last reason.
+    left: dict[str, str] = field(default_factory=dict)
+    #: What ``left`` would cost online at full price (None: unknown price).
+    left_cost_usd: float | None = 0.0
+    files_deleted: int = 0
 
 
 #: Where the runner tells a person what it is doing (the CLI passes ``print``).
@@ -104,8 +124,10 @@ async def _submit(client: Any, item: BatchFile) -> str:
 
 def _cache_output_lines(
     lines: Iterable[str], engine: Engine, report: BatchApiReport, *, billed: bool
-) -> None:
-    """Batch output lines (OpenAI's or ``vllm run-batch``'s, same format) into the cache."""
+) -> dict[str, str]:
+    """Batch output lines into the cache, billed at Batch API price; custom_id -> reason for each
+    line that gave no usable answer."""
+    unusable: dict[str, str] = {}
     for raw in lines:
         if not raw.strip():
             continue
@@ -118,20 +140,67 @@ def _cache_output_lines(
             judgment = engine.judge.parse_body(response["body"])
         except (ValueError, KeyError, TypeError, JudgeError) as exc:
             report.unusable += 1
-            log.info("batch line left for the online run: %s", exc)
+            if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
+                unusable[line["custom_id"]] = f"unusable answer: {exc}"[:300]
+            log.info("batch line without a usable answer: %s", exc)
             continue
         if billed:
             engine.record(key, judgment, batch=True)  # the Batch API bills half price
         else:
             engine.cache.set(key, judgment)
         report.answered += 1
+    return unusable
 
 
-async def _collect(client: Any, batch: Any, engine: Engine, report: BatchApiReport) -> None:
-    if not batch.output_file_id:
+async def _download(job: _Job, file_id: str) -> str:
+    content = await with_retries(
+        partial(job.client.files.content, file_id), f"downloading {file_id}", backoff=job.backoff
+    )
+    return str(content.text)
+
+
+def _input_keys(path: Path) -> list[str]:
+    return [
+        json.loads(raw)["custom_id"] for raw in split_lines(path.read_text(encoding="utf-8")) if raw.strip()
+    ]
+
+
+async def _collect(job: _Job, item: BatchFile, batch: Any) -> None:
+    """Cache a finished batch's answers, read why the other lines got none (errors.data, the
+    error file), and queue those lines as a new batch while rounds are left."""
+    reasons: dict[str, str] = {}
+    for message in batch_errors(batch):
+        job.progress(f"batch {batch.id} failed: {message}")
+        reasons.setdefault("*", f"batch failed: {message}")
+    if batch.output_file_id:
+        text = await _download(job, batch.output_file_id)
+        reasons.update(_cache_output_lines(split_lines(text), job.engine, job.report, billed=True))
+    if batch.error_file_id:
+        reasons.update(error_lines(await _download(job, batch.error_file_id)))
+    job.file_ids += [batch.input_file_id, batch.output_file_id, batch.error_file_id]
+    keys = _input_keys(Path(item.path))
+    missing = [k for k in keys if k not in job.engine.cache]
+    if not missing:
         return
-    content = await client.files.content(batch.output_file_id)
-    _cache_output_lines(split_lines(content.text), engine, report, billed=True)
+    why = {k: reasons.get(k) or reasons.get("*") or f"no answer (batch {batch.status})" for k in missing}
+    shown = list(why.items())[:5]
+    job.progress(
+        f"batch {batch.id} ({batch.status}): {len(missing)} of {len(keys)} requests without an answer"
+        + "".join(f"\n  {k[:16]}: {r[:200]}" for k, r in shown)
+    )
+    if batch.status == "failed" or item.round + 1 > MAX_ROUNDS:
+        # A batch that failed validation fails the same way again; the rounds are spent.
+        job.report.left.update(why)
+        return
+    path = Path(item.path).with_name(f"{Path(item.path).stem}.r{item.round + 1}.jsonl")
+    lines, size = write_resubmission(Path(item.path), set(missing), path)
+    tokens = round(item.tokens * lines / max(1, item.requests))
+    job.state.files.append(BatchFile(str(path), lines, size, tokens, round=item.round + 1))
+    job.engine.ledger.submitted(lines)
+    job.report.requests += lines
+    job.progress(
+        f"submitting the {lines} requests again as a new batch (round {item.round + 1} of {MAX_ROUNDS})"
+    )
 
 
 def _token_limited(batch: Any) -> bool:
@@ -171,6 +240,10 @@ class _Job:
     report: BatchApiReport
     poll_seconds: float
     progress: Progress
+    backoff: float = 2.0  # first wait before retrying a failed polling/download call
+    deadline: float | None = None  # time.monotonic() after which waiting stops (--batch-max-wait)
+    #: Uploaded input and output/error files of collected batches, deleted at the end.
+    file_ids: list[str | None] = field(default_factory=list)
 
 
 async def _run_files(job: _Job) -> None:
@@ -192,31 +265,39 @@ async def _run_files(job: _Job) -> None:
             enqueued += item.tokens
         if not inflight:
             return
-        for item, batch in await _wait_any(job.client, inflight, job.poll_seconds):
+        for item, batch in await _wait_any(job, inflight):
             if _token_limited(batch) and item.resubmits < MAX_RESUBMITS:
                 job.progress(f"batch {batch.id} hit the enqueued-token limit; submitting it again later")
                 item.batch_id, item.resubmits = None, item.resubmits + 1
                 await asyncio.sleep(job.poll_seconds)
             else:
-                await _collect(job.client, batch, job.engine, job.report)
+                await _collect(job, item, batch)
                 job.report.batch_ids.append(batch.id)
                 item.collected, item.status = True, batch.status
             job.state.save(job.state_path)
 
 
-async def _wait_any(
-    client: Any, inflight: list[BatchFile], poll_seconds: float
-) -> list[tuple[BatchFile, Any]]:
-    """The in-flight items whose batch has finished, polling every ``poll_seconds``."""
+async def _wait_any(job: _Job, inflight: list[BatchFile]) -> list[tuple[BatchFile, Any]]:
+    """The in-flight items whose batch has finished, polling every ``poll_seconds`` (a transient
+    failure of a poll is retried with backoff: a 24-hour batch must not end on one 500)."""
     while True:
         finished = []
         for item in inflight:
-            batch = await client.batches.retrieve(item.batch_id)
+            batch_id = str(item.batch_id)
+            batch = await with_retries(
+                partial(job.client.batches.retrieve, batch_id), f"polling {batch_id}", backoff=job.backoff
+            )
             if batch.status in DONE_STATES:
                 finished.append((item, batch))
         if finished:
             return finished
-        await asyncio.sleep(poll_seconds)
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            ids = ", ".join(str(i.batch_id) for i in inflight)
+            raise BatchWaitOver(
+                f"--batch-max-wait reached with {len(inflight)} batch(es) unfinished ({ids}); they go on "
+                f"at the provider and {job.state_path} keeps them: rerun the same command to collect them"
+            )
+        await asyncio.sleep(job.poll_seconds)
 
 
 async def prefill_with_batch_api(
@@ -228,6 +309,9 @@ async def prefill_with_batch_api(
     max_lines: int = MAX_LINES_PER_BATCH,
     max_tokens: int | None = None,
     progress: Progress = _log_progress,
+    keep_files: bool = False,
+    retry_backoff: float = 2.0,
+    max_wait: float | None = None,
 ) -> BatchApiReport:
     """Answer the manifest's uncached requests through the Batch API into the engine's cache;
     ``progress`` receives the lines a person watching should see."""
@@ -262,16 +346,50 @@ async def prefill_with_batch_api(
         state.save(state_path)
     report.requests += sum(item.requests for item in state.files)
     engine.ledger.submitted(sum(i.requests for i in state.files if not i.collected))
-    await _run_files(_Job(client, state, state_path, engine, report, poll_seconds, progress))
+    deadline = None if max_wait is None else time.monotonic() + max_wait
+    job = _Job(
+        client,
+        state,
+        state_path,
+        engine,
+        report,
+        poll_seconds,
+        progress,
+        backoff=retry_backoff,
+        deadline=deadline,
+    )
+    await _run_files(job)
     report.status = ",".join(sorted({i.status or "?" for i in state.files}))
+    report.left_cost_usd = _online_cost(state.files, set(report.left), engine)
+    if not keep_files:
+        report.files_deleted = await delete_batch_files(client, job.file_ids, retry_backoff)
     for item in state.files:
         Path(item.path).unlink(missing_ok=True)
     state_path.unlink(missing_ok=True)
+    cost = "unknown" if report.left_cost_usd is None else f"${report.left_cost_usd:.4f}"
     progress(
-        f"openai batch: {report.status}; {report.answered} answers cached, "
-        f"{report.unusable} left for the online run"
+        f"openai batch: {report.status}; {report.answered} answers cached, {len(report.left)} requests "
+        f"without an answer (online at full price: ~{cost}), {report.capped} kept out by the budget"
+        + ("" if keep_files else f"; {report.files_deleted} uploaded/result files deleted")
     )
     return report
+
+
+def _online_cost(files: list[BatchFile], keys: set[str], engine: Engine) -> float | None:
+    """Full-price USD of sending the ``keys`` lines online (their worst case: whole completion budget)."""
+    total = 0.0
+    for item in files:
+        for raw in split_lines(Path(item.path).read_text(encoding="utf-8")) if keys else []:
+            if not raw.strip():
+                continue
+            line = json.loads(raw)
+            if line["custom_id"] in keys:
+                keys = keys - {line["custom_id"]}
+                cost = engine.judge.cost_usd(*line_tokens(line["body"]))
+                if cost is None:
+                    return None
+                total += cost
+    return total
 
 
 async def export_batch_files(
@@ -284,11 +402,3 @@ async def export_batch_files(
     budget = SubmissionBudget.of(engine)
     files = await write_batch_files(entries, engine, directory / "requests", budget=budget)
     return [Path(f.path) for f in files]
-
-
-def import_batch_outputs(paths: Iterable[Path], engine: Engine) -> BatchApiReport:
-    """Cache the answers of Batch output files (``vllm run-batch -o``); self-hosted: nothing billed."""
-    report = BatchApiReport()
-    for path in paths:
-        _cache_output_lines(read_lines(path), engine, report, billed=True)
-    return report

@@ -35,6 +35,7 @@ class BatchFile:
     collected: bool = False  # its answers are in the cache
     status: str | None = None  # the batch's final status, once collected
     resubmits: int = 0  # times refused for the enqueued-token limit and submitted again
+    round: int = 0  # 0: the first submission; k: lines of an earlier batch that got no answer
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -73,6 +73,16 @@ def _add_chat_routes(app: FastAPI, state: StandinState) -> None:
         )
 
 
+def _route_fault(state: StandinState) -> JSONResponse | None:
+    """The next injected status of the polling/download routes (StandinConfig.batch_route_faults)."""
+    faults = state.config.batch_route_faults
+    if not faults:
+        return None
+    status = faults.pop(0)
+    state.faults_served[f"route {status}"] += 1
+    return _err(status, f"injected fault {status}")
+
+
 def _add_file_routes(app: FastAPI, state: StandinState) -> None:
     @app.get("/v1/files")
     async def list_files(request: Request) -> JSONResponse:
@@ -112,10 +122,21 @@ def _add_file_read_routes(app: FastAPI, state: StandinState) -> None:
     async def get_file_content(file_id: str) -> Response:
         if (missing := _no_batch_api(state)) is not None:
             return missing
+        if (fault := _route_fault(state)) is not None:
+            return fault
         record = state.files.get(file_id)
         if record is None:
             return _err(404, f"No such File object: {file_id}")
         return Response(record["content"], media_type="application/octet-stream")
+
+    @app.delete("/v1/files/{file_id}")
+    async def delete_file(file_id: str) -> JSONResponse:
+        """OpenAI's DeleteFileResponse: ``{"id", "object": "file", "deleted": true}``."""
+        if (missing := _no_batch_api(state)) is not None:
+            return missing
+        if state.files.pop(file_id, None) is None:
+            return _err(404, f"No such File object: {file_id}")
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 
 def _new_batch(body: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +178,8 @@ def _add_batch_read_routes(app: FastAPI, state: StandinState) -> None:
     async def get_batch(batch_id: str) -> JSONResponse:
         if (missing := _no_batch_api(state)) is not None:
             return missing
+        if (fault := _route_fault(state)) is not None:
+            return fault
         batch = state.batches.get(batch_id)
         return JSONResponse(batch) if batch else _err(404, f"No such batch: {batch_id}")
 

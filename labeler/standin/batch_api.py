@@ -144,7 +144,11 @@ async def run_batch(state: StandinState, batch_id: str) -> None:
 
     async def worker() -> None:
         # A pool of max_concurrency workers, each checking for a cancel before its next line.
-        while pending and batch["status"] != "cancelling":
+        limit = state.config.batch_expire_after
+        while pending and batch["status"] not in ("cancelling", "expiring"):
+            if limit is not None and sum(batch["request_counts"].values()) - len(lines) >= limit:
+                batch["status"] = "expiring"  # the 24 h window ran out (internal, never shown)
+                break
             line = pending.popleft()
             status, payload, _ = await state.complete(
                 line["body"], f"Bearer {state.config.api_key}", batch=True
@@ -160,6 +164,14 @@ async def run_batch(state: StandinState, batch_id: str) -> None:
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(state.config.max_concurrency, len(lines))))))
     cancelled = batch["status"] == "cancelling"
+    expired = batch["status"] == "expiring"
+    # OpenAI's BatchRequestOutput for lines never run: response null, the reason in ``error``.
+    code = "batch_cancelled" if cancelled else "batch_expired"
+    for line in pending:
+        error = {"code": code, "message": f"This line was not executed because the batch was {code[6:]}."}
+        failures.append(json.dumps({"id": "batch_req_" + uuid.uuid4().hex[:24], "custom_id": line["custom_id"],
+                                    "response": None, "error": error}))  # fmt: skip
+        batch["request_counts"]["failed"] += 1
     batch.update(status="cancelling" if cancelled else "finalizing", finalizing_at=_now())
     if outputs:
         batch["output_file_id"] = _store_file(
@@ -171,5 +183,7 @@ async def run_batch(state: StandinState, batch_id: str) -> None:
         )["id"]
     if cancelled:
         batch.update(status="cancelled", cancelled_at=_now())
+    elif expired:
+        batch.update(status="expired", expired_at=_now())
     else:
         batch.update(status="completed", completed_at=_now())

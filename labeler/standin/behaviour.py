@@ -12,7 +12,7 @@ import uuid
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 Policy = Literal["hash", "first", "second", "tie", "garbage", "sharpness"]
 Flavour = Literal["openai", "vllm"]
@@ -20,6 +20,41 @@ Flavour = Literal["openai", "vllm"]
 VLLM_MASKED_LOGPROB = -9999.0
 GARBAGE = "Both clips look rather nice to me; it is hard to say which one I would pick, honestly."
 _LABELS = ("A", "B", "tie")
+
+
+#: vLLM's structured-output backends (``StructuredOutputsBackend``) and the constraint fields of
+#: ``StructuredOutputsParams`` (vllm/sampling_params.py), of which a request must set exactly one.
+VLLM_BACKENDS = ("auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer")
+VLLM_CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+def vllm_structured_outputs_error(options: Any, response_format: Any = None) -> str | None:
+    """What vLLM 0.34 answers (400) for a request's ``structured_outputs`` object, or None if it
+    takes it: ``ChatCompletionRequest.check_structured_outputs_count`` and
+    ``StructuredOutputsParams.__post_init__`` want exactly one constraint. A judge body
+    always carries ``response_format``, but vLLM builds the params from ``structured_outputs`` alone
+    when it parses the body, before ``response_format`` is merged in."""
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        return "structured_outputs must be an object"
+    # ChatCompletionRequest.check_structured_outputs_count runs first, over three of the kinds.
+    if sum(options.get(k) is not None for k in ("json", "regex", "choice")) > 1:
+        return (
+            "You can only use one kind of constraints for structured outputs ('json', 'regex' or 'choice')."
+        )
+    count = sum(options.get(k) is not None for k in VLLM_CONSTRAINTS)
+    if count < 1:
+        return "You must use one kind of structured outputs constraint but none are specified"
+    # to_sampling_params then sets the response_format's constraint on top of the request's own
+    # (structured_outputs_from_response_format): a second kind is refused.
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    added = {"json_schema": "json", "json_object": "json_object"}.get(str(kind))
+    if added is not None:
+        count = sum(options.get(k) is not None for k in VLLM_CONSTRAINTS if k != added) + 1
+    if count > 1:
+        return "You can only use one kind of structured outputs constraint but multiple are specified"
+    return None
 
 
 class StandinConfig(BaseModel):
@@ -42,12 +77,36 @@ class StandinConfig(BaseModel):
     #: "vllm": like ``vllm serve`` — no Files or Batch API (404 from its router), ``strict`` ignored,
     #: logprobs after the structured-output grammar (masked alternatives at -9999.0).
     flavour: Flavour = "openai"
-    #: vllm flavour: under a json_schema without ``structured_outputs.disable_any_whitespace`` the
-    #: model emits whitespace until max_tokens (xgrammar issue 212, seen with Qwen models).
+    #: vllm flavour: under a json_schema the model emits whitespace until max_tokens (xgrammar
+    #: issue 212, seen with Qwen models) unless the server runs with ``disable_any_whitespace``.
     whitespace_loop: bool = False
+    #: vllm flavour: ``vllm serve --structured-outputs-config JSON`` (vllm/config/structured_outputs.py).
+    structured_outputs_config: dict[str, Any] = {}
     #: OpenAI Batch API: input tokens a model may have enqueued across unfinished batches; a batch
     #: over it fails with ``token_limit_exceeded`` (None: no limit).
     batch_enqueued_token_limit: int | None = None
+    #: Like an OpenAI reasoning model (platform.openai.com/docs/guides/reasoning): this many hidden
+    #: reasoning tokens are spent before the answer, counted in ``max_completion_tokens`` /
+    #: ``max_tokens`` and billed as completion tokens (``completion_tokens_details.reasoning_tokens``);
+    #: a limit below them ends in ``finish_reason: "length"`` with empty content.
+    reasoning_tokens: int = 0
+    #: OpenAI Batch API: a batch expires (status ``expired``) after answering this many lines; the
+    #: rest go to its error file with ``response: null`` and error code ``batch_expired``.
+    batch_expire_after: int | None = None
+    #: Statuses served, one per call and in order, to the Batch API's polling and download routes
+    #: (``GET /v1/batches/{id}``, ``GET /v1/files/{id}/content``), e.g. ``[500, 502]``.
+    batch_route_faults: list[int] = []
+
+    @model_validator(mode="after")
+    def _vllm_server_flags(self) -> StandinConfig:
+        """``vllm serve`` refuses to start on these (``StructuredOutputsConfig`` validator)."""
+        cfg = self.structured_outputs_config
+        backend = cfg.get("backend", "auto")
+        if backend not in VLLM_BACKENDS:
+            raise ValueError(f"structured_outputs_config.backend must be one of {VLLM_BACKENDS}")
+        if cfg.get("disable_any_whitespace") and backend not in ("xgrammar", "guidance"):
+            raise ValueError("disable_any_whitespace is only supported for xgrammar and guidance backends.")
+        return self
 
 
 # --------------------------------------------------------------------------- request analysis

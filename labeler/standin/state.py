@@ -20,6 +20,7 @@ from labeler.standin.behaviour import (
     decide,
     image_digest,
     schema_label_first,
+    vllm_structured_outputs_error,
 )
 
 # --------------------------------------------------------------------------- server state
@@ -139,12 +140,13 @@ class StandinState:
         self.billed_usd["batch" if batch else "online"] += cost or 0.0
 
     def _loops_on_whitespace(self, body: dict[str, Any]) -> bool:
-        """vLLM's default grammar lets some models emit whitespace forever (StandinConfig)."""
+        """vLLM's default grammar lets some models emit whitespace forever (StandinConfig). Only the
+        server flag stops it: vLLM's grammar backends read ``disable_any_whitespace`` from the
+        server's StructuredOutputsConfig, never from a request."""
         cfg = self.config
         if cfg.flavour != "vllm" or not cfg.whitespace_loop or not body.get("response_format"):
             return False
-        options = body.get("structured_outputs")
-        return not (isinstance(options, dict) and options.get("disable_any_whitespace"))
+        return not cfg.structured_outputs_config.get("disable_any_whitespace")
 
     async def _complete(
         self, body: Any, authorization: str | None
@@ -161,6 +163,12 @@ class StandinState:
             return 400, _error(400, "logprobs are not supported by this model"), {}
         if not cfg.supports_response_format and body.get("response_format"):
             return 400, _error(400, "response_format of type json_schema is not supported"), {}
+        if cfg.flavour == "vllm" and (
+            problem := vllm_structured_outputs_error(
+                body.get("structured_outputs"), body.get("response_format")
+            )
+        ):
+            return 400, _error(400, problem, kind="BadRequestError"), {}
         texts, images = _parts(body)
         fault = self.next_fault("\n".join(texts), image_digest(images))
         if fault and "status" in fault:
@@ -184,7 +192,11 @@ class StandinState:
                 if fault and fault.get("garbage"):
                     self.faults_served["garbage"] += 1
                 finish = "stop"
-                if self._loops_on_whitespace(body):
+                limit = body.get("max_completion_tokens") or body.get("max_tokens")
+                thinking = cfg.reasoning_tokens
+                if thinking and isinstance(limit, int) and limit <= thinking:
+                    thinking, probs, tokens, content, finish = limit, None, [], "", "length"
+                elif self._loops_on_whitespace(body):
                     limit = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
                     tokens = ["{"] + ["\n"] * max(0, limit - 1)
                     probs, content, finish = None, "".join(tokens), "length"
@@ -217,6 +229,11 @@ class StandinState:
                     grammar_masked=cfg.flavour == "vllm" and bool(body.get("response_format")),
                     finish_reason=finish,
                 )
+                if thinking:
+                    usage = completion["usage"]
+                    usage["completion_tokens"] = len(tokens) + thinking
+                    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                    usage["completion_tokens_details"] = {"reasoning_tokens": thinking}
                 # latency_ms is the whole service time of a request in its slot, the stand-in's own
                 # work included, like a GPU server whose answer takes L: sleep for what is left.
                 left = cfg.latency_ms / 1000 - (time.perf_counter() - started)
