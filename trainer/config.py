@@ -153,6 +153,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.tiny and not self.model:
             self.model = "tiny"
+        self._check_counts()
+        self._check_optional_settings()
+        for name, typ in get_type_hints(TrainConfig).items():
+            choices = _literal_choices(typ)
+            if choices and getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    def _check_counts(self) -> None:
+        """Counts that must be positive, or at least zero."""
         positive = (
             "steps",
             "batch_size",
@@ -172,6 +181,9 @@ class TrainConfig:
             raise ConfigError(
                 f"validation_inference_steps must be positive, got {self.validation_inference_steps}"
             )
+
+    def _check_optional_settings(self) -> None:
+        """Settings that only make sense with another one, or only in a range."""
         for name in ("validation_steps", "validation_inference_steps"):
             if getattr(self, name) and not self.validation_prompts:
                 raise ConfigError(f"{name} needs validation_prompts")
@@ -186,10 +198,6 @@ class TrainConfig:
                 raise ConfigError("timestep_shift has no effect with timestep_sampling 'uniform'")
         if not 0.0 <= self.min_nontie_fraction < 1.0:
             raise ConfigError(f"min_nontie_fraction must be in [0, 1), got {self.min_nontie_fraction}")
-        for name, typ in get_type_hints(TrainConfig).items():
-            choices = _literal_choices(typ)
-            if choices and getattr(self, name) not in choices:
-                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -160,14 +160,7 @@ class JudgePrompt:
         reference's frames or clip come first, after the reference note; the request must hold
         them (ValueError otherwise).
         """
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-        if input_mode not in INPUTS:
-            raise ValueError(f"unknown input {input_mode!r}; choose one of {', '.join(INPUTS)}")
-        if input_mode == "video" and layout != "separate":
-            raise ValueError("video input shows each video as one clip: it needs the separate layout")
-        if show_reference and request.reference is None:
-            raise ValueError("the reference is to be shown, but the request holds no reference frames")
+        _check_presentation(request, layout, input_mode, show_reference)
         base = self.variables(
             request,
             layout,
@@ -176,7 +169,6 @@ class JudgePrompt:
             input_mode=input_mode,
             show_reference=show_reference,
         )
-        times = base["frame_times"]
         parts: list[dict[str, Any]] = [{"type": "text", "text": self._block("user", base)}]
         videos: list[tuple[str, np.ndarray]] = [("A", request.frames_first), ("B", request.frames_second)]
         if show_reference:
@@ -185,11 +177,23 @@ class JudgePrompt:
             parts.append({"type": "text", "text": note})
             videos.insert(0, ("reference", request.reference))
         if input_mode == "video":
-            for video, frames in videos:
-                caption = self._block("video_caption", {**base, "video": video}) or _video_caption(video)
-                parts.append({"type": "text", "text": caption})
-                parts.append({"type": "video", "video": video, "frames": frames})
-            return self._finish(parts, base)
+            return self._finish(parts + self._clip_parts(videos, base), base)
+
+        parts += self._frame_parts(request, videos, base, layout, composite_fit, show_reference)
+        return self._finish(parts, base)
+
+    def _frame_parts(
+        self,
+        request: SegmentRequest,
+        videos: list[tuple[str, np.ndarray]],
+        base: dict[str, Any],
+        layout: Layout,
+        composite_fit: int | None,
+        show_reference: bool,
+    ) -> list[dict[str, Any]]:
+        """Every frame as a captioned image: per video ('separate') or one composite per time step."""
+        times = base["frame_times"]
+        parts: list[dict[str, Any]] = []
 
         def add(image: np.ndarray, video: str | None, i: int) -> None:
             caption = self._block(
@@ -212,7 +216,16 @@ class JudgePrompt:
                 zip(request.frames_first, request.frames_second, strict=True)
             ):
                 add(compose_pair(first, second, composite_fit)[0], None, i)
-        return self._finish(parts, base)
+        return parts
+
+    def _clip_parts(self, videos: list[tuple[str, np.ndarray]], base: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each video as one caption and one clip part (``input="video"``)."""
+        parts: list[dict[str, Any]] = []
+        for video, frames in videos:
+            caption = self._block("video_caption", {**base, "video": video}) or _video_caption(video)
+            parts.append({"type": "text", "text": caption})
+            parts.append({"type": "video", "video": video, "frames": frames})
+        return parts
 
     def _finish(self, parts: list[dict[str, Any]], base: dict[str, Any]) -> list[dict[str, Any]]:
         closing = self._block("closing", base)
@@ -333,3 +346,15 @@ def load_prompt(name_or_path: str = "conservative") -> JudgePrompt:
             f"unknown prompt {name_or_path!r}; available: {', '.join(available_prompts())} (or a path to a .j2 file)"
         )
     return _compile(name_or_path, resource.read_bytes(), f"{name_or_path}.j2")
+
+
+def _check_presentation(request: SegmentRequest, layout: str, input_mode: str, show_reference: bool) -> None:
+    """Refuse a presentation the template cannot render (ValueError: a caller's mistake)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if input_mode not in INPUTS:
+        raise ValueError(f"unknown input {input_mode!r}; choose one of {', '.join(INPUTS)}")
+    if input_mode == "video" and layout != "separate":
+        raise ValueError("video input shows each video as one clip: it needs the separate layout")
+    if show_reference and request.reference is None:
+        raise ValueError("the reference is to be shown, but the request holds no reference frames")
