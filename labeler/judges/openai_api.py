@@ -498,7 +498,7 @@ class OpenAIJudge(Judge):
     def preflight(self) -> None:
         from labeler.preflight import check_openai_endpoint
 
-        check_openai_endpoint(self.base_url, self._api_key, official=self.is_openai)
+        check_openai_endpoint(self.base_url, self._api_key, official=self.is_openai, model=self.model)
 
     async def ready(self) -> bool:
         """Whether GET /models answers (the server is up and the key is accepted)."""
