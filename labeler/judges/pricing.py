@@ -159,15 +159,28 @@ def estimate_cost(
     *,
     batch: bool = False,
     price: tuple[float, float] | None = None,
+    cached_tokens: int = 0,
 ) -> float | None:
     """USD for a request, or None for a model without a listed price (e.g. a self-hosted VLM).
-    ``price`` (input, output USD per 1M tokens) overrides the table."""
+    ``cached_tokens`` (part of ``input_tokens``, ``usage.prompt_tokens_details.cached_tokens``) are
+    billed at the model's cached-input rate, or at its input rate where it has none. ``price``
+    (input, output USD per 1M tokens) overrides the table; it names no cached rate, so cached
+    tokens are then billed as input."""
+    if not 0 <= cached_tokens <= input_tokens:
+        raise ValueError(
+            f"cached_tokens must be within 0..input_tokens ({input_tokens}), got {cached_tokens}"
+        )
+    cached_rate = None
     if price is None:
         info = lookup(model)
         if info is None:
             return None
-        price = (info.input_usd, info.output_usd)
-    cost = (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+        price, cached_rate = (info.input_usd, info.output_usd), info.cached_input_usd
+    if cached_rate is None:
+        cached_rate = price[0]
+    cost = (
+        (input_tokens - cached_tokens) * price[0] + cached_tokens * cached_rate + output_tokens * price[1]
+    ) / 1_000_000
     return cost * BATCH_DISCOUNT if batch else cost
 
 

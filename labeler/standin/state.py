@@ -154,6 +154,7 @@ class StandinState:
             usage.get("prompt_tokens", 0),
             usage.get("completion_tokens", 0),
             batch=batch,
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
         )
         self.billed_usd["batch" if batch else "online"] += cost or 0.0
 
@@ -252,6 +253,9 @@ class StandinState:
                     usage["completion_tokens"] = len(tokens) + thinking
                     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                     usage["completion_tokens_details"] = {"reasoning_tokens": thinking}
+                if cfg.cached_prompt_tokens:
+                    cached = min(cfg.cached_prompt_tokens, prompt_tokens)
+                    completion["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
                 # latency_ms is the whole service time of a request in its slot, the stand-in's own
                 # work included, like a GPU server whose answer takes L: sleep for what is left.
                 left = cfg.latency_ms / 1000 - (time.perf_counter() - started)
