@@ -17,6 +17,7 @@ import sys
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from labeler import fingerprint, jobfiles
 from labeler.cascade.options import add_cascade_arguments, cascade_rule_from_args, cheap_engine
@@ -38,6 +39,9 @@ from labeler.runners.batch_lifecycle import BatchWaitOver
 from labeler.runners.local import BatchResult, run_batch
 from labeler.runners.ray.options import RayOptions
 from labeler.schemas import JudgeError
+
+if TYPE_CHECKING:  # the demo package loads only with --demo
+    from labeler.demo.build import DemoSet
 
 #: 0 every pair labeled; 1 some pairs failed (see OUT.errors.jsonl); 2 usage error or a file that
 #: cannot be used, found before any work (or another run holds --out, or the endpoint is down or
@@ -416,6 +420,32 @@ def _spec(args: argparse.Namespace) -> EngineSpec:
     return spec
 
 
+def _inputs(args: argparse.Namespace) -> tuple[Path, Path, DemoSet | None]:
+    """MANIFEST and --out, or the demo set's (built into --demo DIR if missing) and the demo."""
+    if args.demo is None:
+        return args.manifest, args.out, None
+    from labeler.demo.build import build_demo
+    from labeler.demo.generated import build_generated
+
+    demo = build_generated(args.demo) if args.demo_set == "generated" else build_demo(args.demo)
+    print(f"demo set   {demo.pairs} pairs, {demo.segments} segments -> {demo.manifest}", file=sys.stderr)
+    return demo.manifest, args.out or Path(args.demo) / "labels.jsonl", demo
+
+
+def _preflight(engine: Engine) -> bool:
+    """The judge's check before any work (a zero budget sends nothing: the cache alone is used);
+    False, said on stderr, when it fails."""
+    if engine.config.max_requests == 0:
+        return True
+    try:
+        engine.judge.preflight()
+    except PreflightError as exc:
+        asyncio.run(engine.aclose())
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
@@ -433,14 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_options = ray_options_from_args(args, workers)
     except ValueError as exc:
         parser.error(str(exc))
-    manifest, out, demo = args.manifest, args.out, None
-    if args.demo is not None:
-        from labeler.demo.build import build_demo
-        from labeler.demo.generated import build_generated
-
-        demo = build_generated(args.demo) if args.demo_set == "generated" else build_demo(args.demo)
-        manifest, out = demo.manifest, args.out or Path(args.demo) / "labels.jsonl"
-        print(f"demo set   {demo.pairs} pairs, {demo.segments} segments -> {demo.manifest}", file=sys.stderr)
+    manifest, out, demo = _inputs(args)
     if args.dry_run:
         from labeler.dryrun import dry_run
 
@@ -448,13 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.batch_export is not None:
         return _export(manifest, out, engine, args.batch_export)
-    if engine.config.max_requests != 0:  # a zero budget sends nothing: the cache alone is used
-        try:
-            engine.judge.preflight()
-        except PreflightError as exc:
-            asyncio.run(engine.aclose())
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    if not _preflight(engine):
+        return EXIT_USAGE
     result = _run(args, engine, spec, manifest, out, ray_options, cascade)
     if isinstance(result, int):
         return result

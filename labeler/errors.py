@@ -25,6 +25,7 @@ still work; the modules that raised a class before it moved here re-export it un
     │   │   └── EndpointUnreachable ........ no connection: a streak of them stops a batch run
     │   ├── JudgeParseError ................ the answer stayed unparseable
     │   └── FatalJudgeError ................ retrying cannot help: bad key, unknown model
+    ├── ImpossibleUsage (ValueError) ....... an endpoint's token counts that cannot be real
     ├── BatchApiUnsupported (NotImplementedError)  the judge cannot build Batch API lines
     ├── BatchApiUnavailable (RuntimeError) . the endpoint has no Files/Batch API
     ├── BudgetExceeded (RuntimeError) ...... --max-requests / --max-cost spent
@@ -64,6 +65,7 @@ __all__ = [
     "EndpointUnreachable",
     "FatalJudgeError",
     "FramesTooSmallError",
+    "ImpossibleUsage",
     "InputError",
     "JudgeError",
     "JudgeParseError",
@@ -174,6 +176,10 @@ class JudgeParseError(JudgeError):
 
 class FatalJudgeError(JudgeError):
     """Retrying cannot help: bad credentials, unknown model, a request the server rejects."""
+
+
+class ImpossibleUsage(DenseprefError, ValueError):
+    """A ``usage`` object whose counts cannot be real (negative, fractional, absurd, not numbers)."""
 
 
 class BatchApiUnsupported(DenseprefError, NotImplementedError):

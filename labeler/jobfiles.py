@@ -42,25 +42,30 @@ from labeler.schemas import (
 )
 
 
-def check_output_path(out: Path, manifest: Path | None) -> None:
-    """Raise ValueError (one line) unless a job can write ``out`` and its errors and lock files:
-    checked before any work, so a bad --out never costs a judged pair."""
-    flag = f"--out {out}"
+def _check_existing_output(out: Path, flag: str) -> None:
+    """ValueError unless ``out`` is missing or one regular file with one name."""
     if out.is_dir():
         raise ValueError(f"{flag} is a directory; give a .jsonl file path")
     try:
         st = out.stat()
     except OSError:
-        st = None  # not there yet (or a dangling link: the write check below says so)
-    if st is not None and not stat.S_ISREG(st.st_mode):
+        return  # not there yet (or a dangling link: the write check says so)
+    if not stat.S_ISREG(st.st_mode):
         # /dev/null would take OUT.lock beside it, /dev/zero reads forever, a FIFO blocks the open
         raise ValueError(f"{flag} is not a regular file (a device, FIFO or socket); give a .jsonl file path")
-    if st is not None and st.st_nlink > 1:
+    if st.st_nlink > 1:
         # The lock is OUT.lock, by name: a second name of the same file would take another lock
         raise ValueError(
             f"{flag} has {st.st_nlink} names (hard links): a run on another name would write it at the "
             "same time; copy it (cp) to give it a name of its own"
         )
+
+
+def check_output_path(out: Path, manifest: Path | None) -> None:
+    """Raise ValueError (one line) unless a job can write ``out`` and its errors and lock files:
+    checked before any work, so a bad --out never costs a judged pair."""
+    flag = f"--out {out}"
+    _check_existing_output(out, flag)
     folder = out.parent
     for ancestor in (folder, *folder.parents):
         if ancestor.exists():

@@ -125,16 +125,16 @@ class JudgeConfig:
     input: str | None = option(
         "what the VLM sees of each segment: frames = the sampled frames as still images; video = "
         "each video's frames as one video_url clip with their real timing (vLLM/SGLang serving "
-        "Qwen2.5-VL or Qwen3-VL; not OpenAI). --frames-per-segment sets the frame count either way "
-        "(default: frames)",
-        judges=OPENAI,
+        "Qwen2.5-VL or Qwen3-VL; not OpenAI; --judge hf: Qwen2-VL/Qwen2.5-VL checkpoints, each video as the "
+        "model's video input). --frames-per-segment sets the frame count either way (default: frames)",
+        judges=("openai", "hf"),
         choices=("frames", "video"),
         kwarg="input_mode",
     )
     show_reference: bool = option(
         "show each pair's reference (the real video both were generated from) beside A and B; "
         "a pair without a reference, or whose reference does not match it, fails",
-        judges=APIS,
+        judges=(*APIS, "hf"),
         flag_only=True,
         to=lambda given: True if given else None,
     )

@@ -131,7 +131,8 @@ class ManifestEntry(_Strict):
         roles = ("video_a", "video_b", "reference")
         paths = {role: fix(role, getattr(self, role)) for role in roles}
         copy = self.model_copy(update=paths)
-        copy._given = {role: value for role in roles if (value := getattr(self, role)) is not None}
+        # The class's own private attribute, on its own copy (model_copy cannot set private fields).
+        copy._given = {role: value for role in roles if (value := getattr(self, role)) is not None}  # noqa: SLF001
         return copy
 
     @property

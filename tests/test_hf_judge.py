@@ -134,8 +134,8 @@ def test_model_sees_one_bos_and_all_images(judge: HFJudge, monkeypatch: pytest.M
     seen: list[tuple[list[int], int]] = []
     original = judge._inputs
 
-    def spy(text, images):
-        inputs = original(text, images)
+    def spy(text, images, videos):
+        inputs = original(text, images, videos)
         seen.append((inputs["input_ids"][0].tolist(), len(images)))
         return inputs
 
@@ -154,7 +154,9 @@ def test_both_layouts(tiny_dir: Path, layout: str, n_images: int, monkeypatch: p
     counts: list[int] = []
     original = j._inputs
     monkeypatch.setattr(
-        j, "_inputs", lambda text, images: (counts.append(len(images)), original(text, images))[1]
+        j,
+        "_inputs",
+        lambda text, images, videos: (counts.append(len(images)), original(text, images, videos))[1],
     )
     result = asyncio.run(j.judge(make_request(k=4)))
     assert counts == [n_images]
@@ -255,7 +257,7 @@ def test_template_without_system_role_gets_the_system_text_in_the_user_turn(tmp_
     )
     j = HFJudge(str(build_tiny_vlm(tmp_path / "nosys", chat_template=no_system)))
     j.load()
-    messages, _ = j._chat(make_request(k=2))
+    messages, _, _ = j._chat(make_request(k=2))
     rendered = j._template(messages)
     assert "<|im_start|>system" not in rendered
     assert "meticulous video quality rater" in rendered  # the conservative prompt's system text
@@ -352,8 +354,8 @@ def test_prompt_not_ending_at_the_answer_is_refused(judge: HFJudge, monkeypatch:
 
     original = judge._inputs
 
-    def with_eos(text, images):
-        inputs = original(text, images)
+    def with_eos(text, images, videos):
+        inputs = original(text, images, videos)
         eos = torch.tensor([[judge._processor.tokenizer.eos_token_id]])
         inputs["input_ids"] = torch.cat([inputs["input_ids"], eos], dim=1)
         inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])

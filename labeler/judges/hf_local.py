@@ -41,8 +41,10 @@ from labeler.judges.hf_helpers import (
     json_unescape,
     resolve_label_tokens,
 )
+from labeler.judges.hf_qwen import VIDEO_FAMILIES, Clip, QwenVLInputs, sampled_fps
 from labeler.judges.prompts import Layout, load_prompt
-from labeler.schemas import FatalJudgeError, JudgeError, Judgment, Label, SegmentRequest
+from labeler.judges.video_parts import INPUT_MODES, InputMode, presentation_id, timing_of
+from labeler.schemas import FatalJudgeError, InputError, JudgeError, Judgment, Label, SegmentRequest
 
 __all__ = ["HFJudge"]
 
@@ -60,6 +62,9 @@ class HFJudge(Judge):
     ``dtype``: "auto" (the checkpoint's), "float32", "bfloat16", "float16". ``max_side`` shrinks
     the images further before the processor sees them. ``rationale_tokens``: 0 scores the label
     straight away; N > 0 lets the model write up to N rationale tokens first.
+    ``input_mode``: "frames" (each sampled frame an image) or "video" (each segment of A and B one
+    clip; Qwen2-VL-family checkpoints only, see labeler.judges.hf_qwen). ``show_reference``: the
+    pair's reference goes first, as frames or a clip, with the prompt's note on what it is.
     """
 
     name = "hf"
@@ -76,6 +81,8 @@ class HFJudge(Judge):
         max_side: int | None = None,
         rationale_tokens: int = 0,
         trust_remote_code: bool = False,
+        input_mode: InputMode = "frames",
+        show_reference: bool = False,
     ) -> None:
         model = str(model)
         if not model.strip():
@@ -90,9 +97,16 @@ class HFJudge(Judge):
             raise ValueError(f"max_side must be a positive number of pixels, got {max_side}")
         if rationale_tokens < 0:
             raise ValueError(f"rationale_tokens must be >= 0, got {rationale_tokens}")
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"unknown input {input_mode!r}; choose one of {', '.join(INPUT_MODES)}")
+        if input_mode == "video" and layout != "separate":
+            raise ValueError("--input video shows each video as one clip: it needs --layout separate")
         self.model = model
         self._prompt = load_prompt(prompt)
-        self.prompt_id = self._prompt.prompt_id
+        self.input_mode: InputMode = input_mode
+        self.show_reference = show_reference
+        self.uses_reference = show_reference
+        self.prompt_id = presentation_id(self._prompt.prompt_id, input_mode, show_reference)
         self.layout = layout
         self.device = device
         self.dtype = dtype
@@ -136,7 +150,7 @@ class HFJudge(Judge):
                 device_type = "cuda" if torch.cuda.is_available() else "cpu"
             except ImportError:  # loading will say what to install; the key stays well-defined
                 pass
-        return {
+        fp: dict[str, Any] = {
             "judge": self.name,
             "model": self.model,
             "weights": self._weights_identity(),
@@ -147,6 +161,9 @@ class HFJudge(Judge):
             "device": device_type,  # float results differ slightly between CPU and GPU kernels
             "max_side": self.max_side,
         }
+        if self.input_mode != "frames" or self.show_reference:  # the default's keys stay as they were
+            fp.update(input=self.input_mode, show_reference=self.show_reference)
+        return fp
 
     # ------------------------------------------------------------------ loading
 
@@ -174,7 +191,7 @@ class HFJudge(Judge):
     def _load_model(self) -> tuple[Any, Any]:
         try:
             import torch
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+            from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
         except ImportError as exc:
             raise FatalJudgeError(f"{_INSTALL_HINT} ({exc})") from exc
         if is_local_path(self.model) and not Path(self.model).expanduser().is_dir():
@@ -185,7 +202,24 @@ class HFJudge(Judge):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype: Any = self.dtype if self.dtype == "auto" else getattr(torch, self.dtype)
         try:
-            processor = AutoProcessor.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+            config = AutoConfig.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+        except Exception as exc:
+            raise FatalJudgeError(
+                f"could not load hf judge model {self.model!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        family = str(config.model_type)
+        if self.input_mode == "video" and family not in VIDEO_FAMILIES:
+            raise FatalJudgeError(
+                f"--judge hf --input video needs a Qwen2-VL-family model ({', '.join(VIDEO_FAMILIES)}); "
+                f"{self.model!r} is {family!r}: use --input frames"
+            )
+        try:
+            # Qwen2-VL's own processor needs torchvision (its video processor); hf_qwen does without.
+            processor: Any = (
+                QwenVLInputs.from_pretrained(source, config)
+                if family in VIDEO_FAMILIES
+                else AutoProcessor.from_pretrained(source, trust_remote_code=self.trust_remote_code)
+            )
             net: Any = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=dtype, trust_remote_code=self.trust_remote_code
             )
@@ -246,17 +280,33 @@ class HFJudge(Judge):
             self._load_locked()
             try:
                 return self._judge_locked(request)
-            except JudgeError:
+            except (JudgeError, InputError):  # InputError: this pair cannot be judged (no reference)
                 raise
             except Exception as exc:  # e.g. out of memory on a big segment: this request fails, not the run
                 raise JudgeError(f"hf judge {self.model!r} failed: {type(exc).__name__}: {exc}") from exc
 
-    def _chat(self, request: SegmentRequest) -> tuple[list[dict[str, Any]], list[Any]]:
-        """The prompt's neutral messages in chat-template form, and their images (PIL) in order."""
+    def _chat(self, request: SegmentRequest) -> tuple[list[dict[str, Any]], list[Any], list[Clip]]:
+        """The prompt's neutral messages in chat-template form, their images (PIL) in order, and
+        their videos (PIL frames + sampled rate; only with ``input_mode="video"``) in order."""
         from PIL import Image
 
-        messages, images = [], []
-        for message in self._prompt.render(request, layout=self.layout):
+        if self.show_reference and request.reference is None:
+            raise InputError("--show-reference: this pair has no reference video in the manifest")
+
+        def picture(frame: np.ndarray) -> Any:
+            image = Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
+            if self.max_side is not None and max(image.size) > self.max_side:
+                image.thumbnail((self.max_side, self.max_side), Image.Resampling.BICUBIC)
+            return image
+
+        messages: list[dict[str, Any]] = []
+        images: list[Any] = []
+        videos: list[Clip] = []
+        fps = sampled_fps(timing_of(request)) if self.input_mode == "video" else 0.0
+        rendered = self._prompt.render(
+            request, layout=self.layout, input_mode=self.input_mode, show_reference=self.show_reference
+        )
+        for message in rendered:
             content = message["content"]
             if isinstance(content, str):
                 messages.append({"role": message["role"], "content": content})
@@ -264,15 +314,15 @@ class HFJudge(Judge):
             parts = []
             for part in content:
                 if part["type"] == "image":
-                    image = Image.fromarray(np.ascontiguousarray(part["image"]), mode="RGB")
-                    if self.max_side is not None and max(image.size) > self.max_side:
-                        image.thumbnail((self.max_side, self.max_side), Image.Resampling.BICUBIC)
-                    images.append(image)
+                    images.append(picture(part["image"]))
                     parts.append({"type": "image"})
+                elif part["type"] == "video":
+                    videos.append(Clip([picture(frame) for frame in part["frames"]], fps))
+                    parts.append({"type": "video"})
                 else:
                     parts.append({"type": "text", "text": part["text"]})
             messages.append({"role": message["role"], "content": parts})
-        return messages, images
+        return messages, images, videos
 
     def _template(self, messages: list[dict[str, Any]]) -> str:
         """The rendered conversation up to the assistant's turn. Templates that reject a system
@@ -306,15 +356,17 @@ class HFJudge(Judge):
         except Exception as exc:
             raise FatalJudgeError(f"the chat template of {self.model!r} failed: {exc}") from exc
 
-    def _inputs(self, text: str, images: list[Any]) -> Any:
-        """Token ids + pixels for ``text`` on the model's device (image placeholders expanded)."""
+    def _inputs(self, text: str, images: list[Any], videos: list[Clip]) -> Any:
+        """Token ids + pixels for ``text`` on the model's device (image and video placeholders
+        expanded). Videos only reach a Qwen2-VL-family processor (the load refuses others)."""
         tokenizer = self._processor.tokenizer
         bos = getattr(tokenizer, "bos_token", None)
         # The template usually writes BOS itself; then the tokenizer must not add a second one.
         add_special = not (bos and text.startswith(bos))
-        batch = self._processor(
-            text=[text], images=images or None, return_tensors="pt", add_special_tokens=add_special
-        )
+        media: dict[str, Any] = {"images": images or None}
+        if videos:
+            media["videos"] = videos
+        batch = self._processor(text=[text], **media, return_tensors="pt", add_special_tokens=add_special)
         net = self._net
         return {
             key: value.to(net.device, dtype=net.dtype) if value.is_floating_point() else value.to(net.device)
@@ -322,11 +374,13 @@ class HFJudge(Judge):
             if hasattr(value, "to")
         }
 
-    def _generate_rationale(self, prompt_text: str, images: list[Any]) -> tuple[str, int, int]:
+    def _generate_rationale(
+        self, prompt_text: str, images: list[Any], videos: list[Clip]
+    ) -> tuple[str, int, int]:
         """Greedy rationale after ``{"rationale": "``: (JSON string body, prompt tokens, new tokens)."""
         import torch
 
-        inputs = self._inputs(prompt_text + RATIONALE_PREFIX, images)
+        inputs = self._inputs(prompt_text + RATIONALE_PREFIX, images, videos)
         n_prompt = int(inputs["input_ids"].shape[1])
         tokenizer = self._processor.tokenizer
         with torch.inference_mode():
@@ -347,16 +401,16 @@ class HFJudge(Judge):
     def _judge_locked(self, request: SegmentRequest) -> Judgment:
         import torch
 
-        messages, images = self._chat(request)
+        messages, images, videos = self._chat(request)
         prompt_text = self._template(messages)
         rationale_body, n_prompt, n_generated = "", 0, 0
         if self.rationale_tokens > 0:
-            rationale_body, n_prompt, n_generated = self._generate_rationale(prompt_text, images)
+            rationale_body, n_prompt, n_generated = self._generate_rationale(prompt_text, images, videos)
             scoring_text = prompt_text + RATIONALE_PREFIX + rationale_body + AFTER_RATIONALE
         else:
             scoring_text = prompt_text + LABEL_PREFIX
         labels = resolve_label_tokens(self._processor.tokenizer, scoring_text)
-        inputs = self._inputs(labels.text, images)
+        inputs = self._inputs(labels.text, images, videos)
         if int(inputs["input_ids"][0, -1]) != labels.last_id:
             # e.g. a tokenizer that appends EOS: scoring after it would read the wrong position.
             raise FatalJudgeError(

@@ -11,15 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from labeler.errors import ImpossibleUsage
+
 __all__ = ["MAX_TOKENS_PER_REQUEST", "ImpossibleUsage", "TokenUsage", "read_usage"]
 
 #: More tokens than any one chat request can use (the largest context windows are ~2M tokens,
 #: reasoning output included); a count above this is an endpoint's error, not a bill.
 MAX_TOKENS_PER_REQUEST = 4_000_000
-
-
-class ImpossibleUsage(ValueError):
-    """A ``usage`` object whose counts cannot be real (negative, fractional, absurd, not numbers)."""
 
 
 @dataclass(frozen=True)

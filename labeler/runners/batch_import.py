@@ -121,6 +121,21 @@ async def planned_keys(manifest: str | Path, out: str | Path, engine: Engine) ->
     return keys
 
 
+def _line_for_plan(raw: bytes, expected: set[str]) -> tuple[dict, str] | tuple[str, str]:
+    """(the line, its custom_id) when the line is JSON whose custom_id is in the current plan;
+    else (why it is rejected, the detail)."""
+    try:
+        line = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return "not JSON", str(exc)[:120]
+    key = line.get("custom_id") if isinstance(line, dict) else None
+    if not isinstance(key, str):
+        return "no custom_id string", repr(key)[:80]
+    if key not in expected:
+        return "custom_id not in the current plan", key[:80]
+    return line, key
+
+
 def import_batch_outputs(
     paths: Iterable[Path], engine: Engine, expected: set[str], *, max_line_bytes: int = MAX_LINE_BYTES
 ) -> ImportReport:
@@ -138,18 +153,11 @@ def import_batch_outputs(
             if not raw.strip():
                 continue
             report.lines += 1
-            try:
-                line = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                report.reject(where, "not JSON", str(exc)[:120])
+            parsed = _line_for_plan(raw, expected)
+            if not isinstance(parsed[0], dict):
+                report.reject(where, parsed[0], parsed[1])
                 continue
-            key = line.get("custom_id") if isinstance(line, dict) else None
-            if not isinstance(key, str):
-                report.reject(where, "no custom_id string", repr(key)[:80])
-                continue
-            if key not in expected:
-                report.reject(where, "custom_id not in the current plan", key[:80])
-                continue
+            line, key = parsed
             report.matched += 1
             if key in answered:
                 report.reject(where, "duplicate custom_id", f"{key[:80]} (already answered above)")

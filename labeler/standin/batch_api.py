@@ -121,6 +121,13 @@ def _parse_input(raw: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return lines, errors
 
 
+def _fail_validation(batch: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+    """The batch fails validation with these errors (an empty input file is one too)."""
+    if not errors:
+        errors = [{"code": "empty_file", "message": "the input file holds no requests", "line": None}]
+    batch.update(status="failed", failed_at=_now(), errors={"object": "list", "data": errors})
+
+
 async def run_batch(state: StandinState, batch_id: str) -> None:
     """validating -> in_progress -> finalizing -> completed (or failed / cancelled)."""
     batch = state.batches[batch_id]
@@ -130,10 +137,7 @@ async def run_batch(state: StandinState, batch_id: str) -> None:
     if not errors and lines:
         errors = _token_limit_errors(state, batch_id, lines)
     if errors or not lines:
-        errors = errors or [
-            {"code": "empty_file", "message": "the input file holds no requests", "line": None}
-        ]
-        batch.update(status="failed", failed_at=_now(), errors={"object": "list", "data": errors})
+        _fail_validation(batch, errors)
         return
     batch.update(status="in_progress", in_progress_at=_now())
     batch["request_counts"]["total"] = len(lines)
