@@ -191,7 +191,8 @@ def format_summary(result: BatchResult, engine: Engine, out: Path) -> str:
         f"judge      {engine.judge.name}"
         + (f" {engine.judge.model}" if engine.judge.model else "")
         + f"; requests {s['requests']}, cache hits {s['cache_hits']}, retries {s['retries']}, order flips {flip}",
-        f"tokens     in {s['input_tokens']}, out {s['output_tokens']}, estimated cost ${s['cost_usd']:.4f}",
+        f"tokens     in {s['input_tokens']} ({s['cached_input_tokens']} cached), out {s['output_tokens']}, "
+        f"estimated cost ${s['cost_usd']:.4f}",
         f"labels  -> {out}",
     ]
     if fallbacks := engine.judge.endpoint_fallbacks():

@@ -108,7 +108,7 @@ class Engine:
         self.ledger = Ledger(
             self.stats,
             budget=self.config,
-            price=lambda i, o, batch: judge.cost_usd(i, o, batch=batch),
+            price=lambda i, o, batch, cached: judge.cost_usd(i, o, batch=batch, cached_tokens=cached),
         )
         self._requests = asyncio.Semaphore(self.config.concurrency)
         self.frames = FrameSource(self.config, self.stats)

@@ -95,6 +95,7 @@ class EngineStats:
     cache_hits: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0  # of input_tokens, served from the provider's prompt cache
     cost_usd: float = 0.0
     swapped_segments: int = 0
     flips: int = 0  # swapped segments whose two votes disagreed

@@ -20,8 +20,9 @@ from labeler.schemas import Judgment
 
 __all__ = ["COUNTED_FIELDS", "Budget", "Ledger", "Limits", "Price"]
 
-#: USD for (input tokens, output tokens, at Batch API price?), or None when the price is unknown.
-Price = Callable[[int, int, bool], "float | None"]
+#: USD for (input tokens, output tokens, at Batch API price?, cached input tokens among the input),
+#: or None when the price is unknown.
+Price = Callable[[int, int, bool, int], "float | None"]
 
 #: The counters of EngineStats; every one of them is a sum, so two engines' counters add up.
 COUNTED_FIELDS = tuple(f.name for f in fields(EngineStats))
@@ -45,7 +46,7 @@ class Limits:
     max_cost: float | None = None
 
 
-def _free(_input_tokens: int, _output_tokens: int, _batch: bool) -> float:
+def _free(_input_tokens: int, _output_tokens: int, _batch: bool, _cached: int) -> float:
     return 0.0
 
 
@@ -94,9 +95,12 @@ class Ledger:
             None if self.max_cost is None else self.max_cost - s.cost_usd,
         )
 
-    def price(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
-        """USD these tokens would cost (``batch``: at Batch API price); None when unknown."""
-        return self._price(input_tokens, output_tokens, batch)
+    def price(
+        self, input_tokens: int, output_tokens: int, *, batch: bool = False, cached_tokens: int = 0
+    ) -> float | None:
+        """USD these tokens would cost (``batch``: at Batch API price; ``cached_tokens`` of the
+        input at the cached-input rate); None when unknown."""
+        return self._price(input_tokens, output_tokens, batch, cached_tokens)
 
     # ------------------------------------------------------------------ recording
 
@@ -105,15 +109,25 @@ class Ledger:
         self.check()
         self.stats.requests += 1
 
-    def billed(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> None:
-        """UsageMeter: tokens the endpoint billed, usable answer or not (``batch``: half price)."""
+    def billed(
+        self, input_tokens: int, output_tokens: int, *, batch: bool = False, cached_tokens: int = 0
+    ) -> None:
+        """UsageMeter: tokens the endpoint billed, usable answer or not (``batch``: half price;
+        ``cached_tokens``: of the input, those served from the prompt cache, at its rate)."""
         self.stats.input_tokens += input_tokens
         self.stats.output_tokens += output_tokens
-        self.stats.cost_usd += self.price(input_tokens, output_tokens, batch=batch) or 0.0
+        self.stats.cached_input_tokens += cached_tokens
+        price = self.price(input_tokens, output_tokens, batch=batch, cached_tokens=cached_tokens)
+        self.stats.cost_usd += price or 0.0
 
     def bill(self, judgment: Judgment, *, batch: bool = False) -> None:
         """The tokens of one judgment."""
-        self.billed(judgment.input_tokens, judgment.output_tokens, batch=batch)
+        self.billed(
+            judgment.input_tokens,
+            judgment.output_tokens,
+            batch=batch,
+            cached_tokens=judgment.cached_input_tokens,
+        )
 
     def submitted(self, requests: int) -> None:
         """Requests sent outside the engine's own calls (the Batch API's lines)."""

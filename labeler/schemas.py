@@ -551,6 +551,8 @@ class Judgment(BaseModel):
     raw: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
+    #: Of ``input_tokens``, those served from the provider's prompt cache (billed at its cached rate).
+    cached_input_tokens: int = 0
     model: str | None = None
     prob_source: Literal["logprobs", "logits", "score", "vote"] = "vote"
 

@@ -68,8 +68,10 @@ def test_pending_requests_skip_cached_keys_and_unplannable_pairs(pair, tmp_path)
 class _PricedJudge(BrightnessJudge):
     name = "test-priced"
 
-    def cost_usd(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
-        return (input_tokens + output_tokens) * (0.5 if batch else 1.0)
+    def cost_usd(
+        self, input_tokens: int, output_tokens: int, *, batch: bool = False, cached_tokens: int = 0
+    ) -> float | None:
+        return (input_tokens - cached_tokens / 2 + output_tokens) * (0.5 if batch else 1.0)
 
 
 def test_record_bills_at_batch_price_and_the_ledger_enforces_the_budget():

@@ -294,11 +294,33 @@ def test_enqueued_token_limit_splits_and_submits_in_turn(manifest, tmp_path):
         assert all(b["status"] == "completed" for b in batches) and len(batches) == 3
         assert not server.stats()["answered_twice"]
     with StandinServer(batch_enqueued_token_limit=limit, batch_delay_s=0.01) as server:
-        # Without the split, one file over the limit fails every time and goes online afterwards.
-        report = _batch(manifest, tmp_path / "o2.jsonl", engine_for(server, tmp_path / "c2"))
-        failed = [b for b in server.state.batches.values() if b["status"] == "failed"]
-        assert report.answered == 0 and len(failed) == openai_batch.MAX_RESUBMITS + 1
-        assert failed[0]["errors"]["data"][0]["code"] == "token_limit_exceeded"
+        # Without --batch-max-tokens: the one 8-line file is over the limit on its own. It is never
+        # sent whole again: halved (4 + 4, still over), halved again (2-line parts), all answered.
+        report = _batch(manifest, tmp_path / "o2.jsonl", engine_for(server, tmp_path / "c2"), keep_files=True)
+        batches = list(server.state.batches.values())
+        whole = [b for b in batches if _lines_of(server, b) == 8]
+        assert len(whole) == 1 and whole[0]["status"] == "failed"
+        assert whole[0]["errors"]["data"][0]["code"] == "token_limit_exceeded"
+        assert report.answered == 8 and report.left == {}
+        assert max(_lines_of(server, b) for b in batches if b["status"] == "completed") <= 3
+        assert server.stats()["billed_usd"]["online"] == 0 and not server.stats()["answered_twice"]
+
+
+def test_a_line_over_the_token_limit_alone_is_left_with_the_reason_after_bounded_splits(manifest, tmp_path):
+    with StandinServer(batch_enqueued_token_limit=_line_tokens() // 2, batch_delay_s=0.01) as server:
+        report = _batch(manifest, tmp_path / "o.jsonl", engine_for(server, tmp_path / "c"), keep_files=True)
+        batches = list(server.state.batches.values())
+        assert report.answered == 0 and len(report.left) == 8
+        assert all("token_limit_exceeded" in reason for reason in report.left.values())
+        assert all(b["status"] == "failed" for b in batches)
+        assert sum(_lines_of(server, b) == 8 for b in batches) == 1  # the whole file once
+        assert sum(_lines_of(server, b) == 1 for b in batches) >= 8  # split down to single lines
+        assert server.stats()["requests_total"] == 0  # nothing ran, nothing went online
+
+
+def _lines_of(server: StandinServer, batch: dict) -> int:
+    content = server.state.files[batch["input_file_id"]]["content"]
+    return sum(1 for raw in content.splitlines() if raw.strip())
 
 
 def test_split_submission_resumes_after_a_kill(manifest, tmp_path, monkeypatch):

@@ -74,14 +74,33 @@ def test_estimate_cost_from_the_price_table():
     assert estimate_cost("Qwen/Qwen2.5-VL-7B-Instruct", 1000, 10) is None
 
 
-def test_text_tokens_rough_estimate():
-    try:
-        import tiktoken  # noqa: F401
-    except ImportError:
-        assert text_tokens("x" * 400) == 100
-        assert text_tokens("abc") == 1
+def test_text_tokens_rough_estimate_without_the_tokens_extra(monkeypatch):
+    from labeler.judges import pricing
+
+    monkeypatch.setattr(pricing, "_o200k_encoding", lambda: None)
+    assert text_tokens("x" * 400) == 100
+    assert text_tokens("abc") == 1
     assert text_tokens("") == 0
-    assert 5 <= text_tokens("Compare the visual quality of two videos.") <= 12
+
+
+#: SHA-256 of OpenAI's o200k_base.tiktoken, as tiktoken pins it (tiktoken_ext/openai_public.py).
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+
+
+def test_text_tokens_are_exact_o200k_offline():
+    pytest.importorskip(
+        "bpe_openai", reason="exact text tokens need the tokens extra (pip install -e '.[tokens]')"
+    )
+    import gzip
+    import hashlib
+    import importlib.resources
+
+    ranks = importlib.resources.files("bpe_openai.data").joinpath("o200k_base.tiktoken.gz").read_bytes()
+    assert hashlib.sha256(gzip.decompress(ranks)).hexdigest() == O200K_SHA256  # OpenAI's own ranks
+    assert text_tokens("Hello, world!") == 4  # [13225, 11, 2375, 0] in o200k_base
+    assert text_tokens("") == 0
+    prompt = "Compare the visual quality of two videos. Answer with JSON only."
+    assert text_tokens(prompt) != math.ceil(len(prompt) / 4)  # not the characters/4 fallback
 
 
 def test_chat_input_tokens_counts_text_images_and_framing_alike_for_both_part_shapes():

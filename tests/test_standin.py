@@ -71,6 +71,24 @@ def test_fault_queue_serves_the_next_requests_in_order(standin):
     assert stats["answered"] == 2  # only 200s count as answered
 
 
+def test_a_hang_until_released_answers_only_after_the_release():
+    """No clock: the hung request is not done however long the loop runs, and answers once released."""
+    from labeler.standin import StandinConfig, StandinState
+
+    async def scenario() -> None:
+        state = StandinState(StandinConfig(faults=[{"hang": "until_released"}]))
+        hung = asyncio.create_task(state.complete(_body(), None))
+        for _ in range(200):  # let it reach the hang, then give it many more turns of the loop
+            await asyncio.sleep(0)
+        assert state.in_flight == 1 and not hung.done()
+        state.control({"release_hangs": True})
+        status, payload, _ = await hung
+        assert status == 200 and payload["choices"][0]["finish_reason"] == "stop"
+        assert state.faults_served["hang"] == 1 and state.in_flight == 0
+
+    asyncio.run(scenario())
+
+
 def test_rules_fail_matching_requests_every_time(standin):
     standin.control(rules=[{"match": "FAILME", "status": 500, "message": "pair is cursed"}])
     for _ in range(3):

@@ -23,8 +23,9 @@ class UsageMeter(Protocol):
     def before_request(self) -> None:
         """Called before every HTTP request; raises when a budget is spent (nothing is sent)."""
 
-    def billed(self, input_tokens: int, output_tokens: int) -> None:
-        """Tokens of one answered HTTP request, usable or not."""
+    def billed(self, input_tokens: int, output_tokens: int, *, cached_tokens: int = 0) -> None:
+        """Tokens of one answered HTTP request, usable or not (``cached_tokens``: of the input,
+        those served from the prompt cache)."""
 
 
 class Judge(abc.ABC):
@@ -110,9 +111,12 @@ class Judge(abc.ABC):
     def attach_meter(self, meter: UsageMeter) -> None:  # noqa: B027 - optional hook
         """Receive the engine's meter (used only when ``meters_usage`` is True)."""
 
-    def cost_usd(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
-        """USD billed for these tokens (``batch``: through the Batch API), or None when the price
-        is unknown (then ``--max-cost`` cannot limit the judge)."""
+    def cost_usd(
+        self, input_tokens: int, output_tokens: int, *, batch: bool = False, cached_tokens: int = 0
+    ) -> float | None:
+        """USD billed for these tokens (``batch``: through the Batch API; ``cached_tokens``: of the
+        input, those served from the prompt cache), or None when the price is unknown (then
+        ``--max-cost`` cannot limit the judge)."""
         return 0.0
 
     def estimate(self, request: SegmentRequest) -> JudgeEstimate:

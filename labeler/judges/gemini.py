@@ -188,7 +188,10 @@ class GeminiJudge(Judge):
             },
         )
 
-    def cost_usd(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
+    def cost_usd(
+        self, input_tokens: int, output_tokens: int, *, batch: bool = False, cached_tokens: int = 0
+    ) -> float | None:
+        # No cached rate in gemini's price table: cached tokens are billed as input (an upper bound).
         price = self.price or gemini_price(self._model)
         if price is None:
             return None

@@ -9,8 +9,11 @@ it needs ``--price IN,OUT``.
 
 Sources, checked on :data:`TABLE_AS_OF` (edit both when OpenAI changes them):
 
-- prices, USD per 1M tokens, standard tier: https://platform.openai.com/docs/pricing
-  (the Batch API bills 50 % of these: https://platform.openai.com/docs/guides/batch);
+- prices, USD per 1M tokens, standard tier, with the cached-input rate the pricing page lists
+  (none for the pro models and the 2024-05-13 / chatgpt-4o-latest gpt-4o: their cached tokens are
+  billed as input): https://platform.openai.com/docs/pricing and
+  https://platform.openai.com/docs/guides/prompt-caching (the Batch API bills 50 % of these:
+  https://platform.openai.com/docs/guides/batch);
 - reasoning efforts and which parameters reasoning models refuse:
   https://platform.openai.com/docs/guides/reasoning and
   https://platform.openai.com/docs/guides/latest-model ("gpt-5.1 and later default to
@@ -59,6 +62,9 @@ class ModelInfo:
     family: str
     input_usd: float  # per 1M input tokens
     output_usd: float  # per 1M output tokens (reasoning tokens are billed as output)
+    #: per 1M input tokens served from the prompt cache (``prompt_tokens_details.cached_tokens``);
+    #: None where the pricing page lists none (billed at ``input_usd``)
+    cached_input_usd: float | None = None
     default_effort: str | None = None
     efforts: tuple[str, ...] = ()
     sampling_at: tuple[str, ...] = ()
@@ -68,40 +74,47 @@ class ModelInfo:
         return self.default_effort is not None
 
 
-def _chat(family: str, price_in: float, price_out: float) -> ModelInfo:
-    return ModelInfo(family, price_in, price_out)
+def _chat(family: str, price_in: float, price_out: float, cached: float | None = None) -> ModelInfo:
+    return ModelInfo(family, price_in, price_out, cached)
 
 
 def _reasoning(
-    family: str, price_in: float, price_out: float, default: str, efforts: tuple[str, ...]
+    family: str,
+    price_in: float,
+    price_out: float,
+    default: str,
+    efforts: tuple[str, ...],
+    cached: float | None = None,
 ) -> ModelInfo:
     # Sampling parameters only where the model does not reason at all (effort "none").
-    return ModelInfo(family, price_in, price_out, default, efforts, tuple(e for e in efforts if e == "none"))
+    return ModelInfo(
+        family, price_in, price_out, cached, default, efforts, tuple(e for e in efforts if e == "none")
+    )
 
 
 MODELS: dict[str, ModelInfo] = {
     m.family: m
     for m in (
-        _chat("gpt-4o", 2.50, 10.00),
+        _chat("gpt-4o", 2.50, 10.00, 1.25),
         _chat("gpt-4o-2024-05-13", 5.00, 15.00),  # the first gpt-4o snapshot kept its launch price
         _chat("chatgpt-4o-latest", 5.00, 15.00),
-        _chat("gpt-4o-mini", 0.15, 0.60),
-        _chat("gpt-4.1", 2.00, 8.00),
-        _chat("gpt-4.1-mini", 0.40, 1.60),
-        _chat("gpt-4.1-nano", 0.10, 0.40),
-        _chat("gpt-4.5-preview", 75.00, 150.00),
-        _chat("gpt-5-chat-latest", 1.25, 10.00),
-        _reasoning("o1", 15.00, 60.00, "medium", _O_EFFORTS),
+        _chat("gpt-4o-mini", 0.15, 0.60, 0.075),
+        _chat("gpt-4.1", 2.00, 8.00, 0.50),
+        _chat("gpt-4.1-mini", 0.40, 1.60, 0.10),
+        _chat("gpt-4.1-nano", 0.10, 0.40, 0.025),
+        _chat("gpt-4.5-preview", 75.00, 150.00, 37.50),
+        _chat("gpt-5-chat-latest", 1.25, 10.00, 0.125),
+        _reasoning("o1", 15.00, 60.00, "medium", _O_EFFORTS, 7.50),
         _reasoning("o1-pro", 150.00, 600.00, "medium", _O_EFFORTS),
-        _reasoning("o3", 2.00, 8.00, "medium", _O_EFFORTS),
+        _reasoning("o3", 2.00, 8.00, "medium", _O_EFFORTS, 0.50),
         _reasoning("o3-pro", 20.00, 80.00, "medium", _O_EFFORTS),
-        _reasoning("o4-mini", 1.10, 4.40, "medium", _O_EFFORTS),
-        _reasoning("gpt-5", 1.25, 10.00, "medium", _GPT5_EFFORTS),
-        _reasoning("gpt-5-mini", 0.25, 2.00, "medium", _GPT5_EFFORTS),
-        _reasoning("gpt-5-nano", 0.05, 0.40, "medium", _GPT5_EFFORTS),
+        _reasoning("o4-mini", 1.10, 4.40, "medium", _O_EFFORTS, 0.275),
+        _reasoning("gpt-5", 1.25, 10.00, "medium", _GPT5_EFFORTS, 0.125),
+        _reasoning("gpt-5-mini", 0.25, 2.00, "medium", _GPT5_EFFORTS, 0.025),
+        _reasoning("gpt-5-nano", 0.05, 0.40, "medium", _GPT5_EFFORTS, 0.005),
         _reasoning("gpt-5-pro", 15.00, 120.00, "high", ("high",)),
-        _reasoning("gpt-5.1", 1.25, 10.00, "none", _GPT51_EFFORTS),
-        _reasoning("gpt-5.2", 1.75, 14.00, "none", _GPT52_EFFORTS),
+        _reasoning("gpt-5.1", 1.25, 10.00, "none", _GPT51_EFFORTS, 0.125),
+        _reasoning("gpt-5.2", 1.75, 14.00, "none", _GPT52_EFFORTS, 0.175),
         _reasoning("gpt-5.2-pro", 21.00, 168.00, "medium", ("medium", "high", "xhigh")),
     )
 }

@@ -71,6 +71,7 @@ def read_completion(
         raw=raw,
         input_tokens=in_tok,
         output_tokens=out_tok,
+        cached_input_tokens=counts.cached_tokens,
         model=response.get("model") or model,
         prob_source=source,
     )

@@ -299,8 +299,17 @@ class OpenAIJudge(Judge):
             f"{seen[0]}x{seen[1]} seen by OpenAI at detail {self.detail}"
         )
 
-    def cost_usd(self, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float | None:
-        return estimate_cost(self.settings.model, input_tokens, output_tokens, batch=batch, price=self.price)
+    def cost_usd(
+        self, input_tokens: int, output_tokens: int, *, batch: bool = False, cached_tokens: int = 0
+    ) -> float | None:
+        return estimate_cost(
+            self.settings.model,
+            input_tokens,
+            output_tokens,
+            batch=batch,
+            price=self.price,
+            cached_tokens=cached_tokens,
+        )
 
     def endpoint_fallbacks(self) -> list[str]:
         return sorted(self.fallbacks)
@@ -436,7 +445,9 @@ class OpenAIJudge(Judge):
                     # Counting it would corrupt the budgets (a negative count lowers the spend).
                     raise FatalJudgeError(f"{self.base_url} reported impossible token usage: {exc}") from exc
                 if self._meter is not None:  # billed whether or not the answer turns out usable
-                    self._meter.billed(usage.prompt_tokens, usage.completion_tokens)
+                    self._meter.billed(
+                        usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.cached_tokens
+                    )
                 if self._detect_reasoning(response):
                     continue  # the same request again, with room to think
                 return response
@@ -464,7 +475,7 @@ class OpenAIJudge(Judge):
         messages = self._prepared.pop(request, None)
         if messages is None:
             messages = await asyncio.to_thread(self._messages, request)  # JPEG encoding off the event loop
-        in_total = out_total = 0
+        in_total = out_total = cached_total = 0
         error: JudgeParseError | None = None
         raw = ""
         fields = self._request_fields(request)
@@ -474,8 +485,14 @@ class OpenAIJudge(Judge):
             usage = read_usage(response.get("usage"))  # checked by _create
             in_total += usage.prompt_tokens
             out_total += usage.completion_tokens
+            cached_total += usage.cached_tokens
             if judgment is not None:
-                return judgment.model_copy(update={"input_tokens": in_total, "output_tokens": out_total})
+                totals = {
+                    "input_tokens": in_total,
+                    "output_tokens": out_total,
+                    "cached_input_tokens": cached_total,
+                }
+                return judgment.model_copy(update=totals)
             assert error is not None
             messages = [
                 *messages,

@@ -133,20 +133,25 @@ def image_tokens(width: int, height: int, detail: str = "auto", model: str = "gp
 
 
 @functools.lru_cache(maxsize=1)
-def _tiktoken_encoding() -> Any:
-    """tiktoken's o200k_base, or None without tiktoken. Looked up once: Python does not remember a
+def _o200k_encoding() -> Any:
+    """OpenAI's o200k_base encoding (gpt-4o, gpt-4.1, o-series, gpt-5.x) from ``bpe-openai`` (the
+    ``tokens`` extra), or None without it. Not tiktoken: tiktoken downloads the encoding's ranks
+    file at first use, which fails offline; bpe-openai's wheel ships that file
+    (bpe_openai/data/o200k_base.tiktoken.gz, the same bytes as OpenAI's: tests/test_pricing.py
+    checks its SHA-256 against the digest tiktoken pins). Looked up once: Python does not remember a
     failed import, so trying it on every call searched sys.path each time (~76 file lookups per
     16-image request on the stand-in server; benchmarks/throughput.py)."""
     try:
-        import tiktoken
+        import bpe_openai
     except ImportError:
         return None
-    return tiktoken.get_encoding("o200k_base")
+    return bpe_openai.get_encoding("o200k_base")
 
 
 def text_tokens(text: str) -> int:
-    """Tokens of ``text``: exact with tiktoken (o200k_base) when installed, else ~4 characters per token."""
-    encoding = _tiktoken_encoding()
+    """Tokens of ``text``: exact (o200k_base) with the ``tokens`` extra installed, else ~4
+    characters per token (about 5 % short on this project's prompts)."""
+    encoding = _o200k_encoding()
     if encoding is None:
         return math.ceil(len(text) / 4)
     return len(encoding.encode(text))
@@ -159,15 +164,28 @@ def estimate_cost(
     *,
     batch: bool = False,
     price: tuple[float, float] | None = None,
+    cached_tokens: int = 0,
 ) -> float | None:
     """USD for a request, or None for a model without a listed price (e.g. a self-hosted VLM).
-    ``price`` (input, output USD per 1M tokens) overrides the table."""
+    ``cached_tokens`` (part of ``input_tokens``, ``usage.prompt_tokens_details.cached_tokens``) are
+    billed at the model's cached-input rate, or at its input rate where it has none. ``price``
+    (input, output USD per 1M tokens) overrides the table; it names no cached rate, so cached
+    tokens are then billed as input."""
+    if not 0 <= cached_tokens <= input_tokens:
+        raise ValueError(
+            f"cached_tokens must be within 0..input_tokens ({input_tokens}), got {cached_tokens}"
+        )
+    cached_rate = None
     if price is None:
         info = lookup(model)
         if info is None:
             return None
-        price = (info.input_usd, info.output_usd)
-    cost = (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+        price, cached_rate = (info.input_usd, info.output_usd), info.cached_input_usd
+    if cached_rate is None:
+        cached_rate = price[0]
+    cost = (
+        (input_tokens - cached_tokens) * price[0] + cached_tokens * cached_rate + output_tokens * price[1]
+    ) / 1_000_000
     return cost * BATCH_DISCOUNT if batch else cost
 
 

@@ -8,8 +8,10 @@ every answer cached and writes the records; whatever the batch could not answer 
 - Budgets cap what is submitted (openai_batch_files.SubmissionBudget): ``--max-requests`` lines,
   ``--max-cost`` at each line's worst case.
 - ``--batch-max-tokens`` splits the files by enqueued input tokens (OpenAI limits the tokens a
-  model may have enqueued) and submits the next file only when the unfinished ones leave room; a
-  batch failed with ``token_limit_exceeded`` is submitted again later.
+  model may have enqueued) and submits the next file only when the unfinished ones leave room. A
+  batch failed with ``token_limit_exceeded`` while others were in flight is submitted again once
+  nothing else is; one refused with nothing else in flight is over the limit on its own, so it is
+  split in halves (at most MAX_SPLITS times) instead of being sent whole again.
 - Each batch id is saved beside the output as soon as it exists, and each collected file is marked,
   so a run killed while polling resumes the same batches instead of paying for them again.
 - A server without the Files API (plain ``vllm serve``) is detected before anything is written:
@@ -46,10 +48,13 @@ from labeler.runners.batch_api_files import (
     write_batch_files,
 )
 from labeler.runners.batch_lifecycle import (
+    MAX_SPLITS,
     BatchWaitOver,
     batch_errors,
     delete_batch_files,
     error_lines,
+    split_in_halves,
+    token_limited,
     with_retries,
     write_resubmission,
 )
@@ -203,13 +208,6 @@ async def _collect(job: _Job, item: BatchFile, batch: Any) -> None:
     )
 
 
-def _token_limited(batch: Any) -> bool:
-    errors = getattr(getattr(batch, "errors", None), "data", None) or []
-    return batch.status == "failed" and any(
-        getattr(e, "code", None) == "token_limit_exceeded" for e in errors
-    )
-
-
 async def _check_files_api(client: Any, base_url: str) -> None:
     import openai
 
@@ -247,14 +245,17 @@ class _Job:
 
 
 async def _run_files(job: _Job) -> None:
-    """Submit files while the enqueued-token budget allows, collect each as it finishes."""
+    """Submit files while the enqueued-token budget allows, collect each as it finishes. A file
+    once refused for the token limit goes in only alone, so it either fits or is too big on its
+    own (then it is split): whether it fails never depends on what else happens to be running."""
     max_tokens = job.state.max_tokens
     items = job.state.files
     while True:
         inflight = [i for i in items if i.batch_id and not i.collected]
         enqueued = sum(i.tokens for i in inflight)
         for item in (i for i in items if not i.batch_id and not i.collected):
-            if inflight and max_tokens is not None and enqueued + item.tokens > max_tokens:
+            alone_first = item.resubmits or any(i.resubmits for i in inflight)
+            if inflight and (alone_first or (max_tokens is not None and enqueued + item.tokens > max_tokens)):
                 break
             item.batch_id = await _submit(job.client, item)
             job.state.save(job.state_path)  # saved at once: a restart polls it instead of paying again
@@ -263,18 +264,40 @@ async def _run_files(job: _Job) -> None:
             )
             inflight.append(item)
             enqueued += item.tokens
+            if item.resubmits:
+                break  # alone
         if not inflight:
             return
-        for item, batch in await _wait_any(job, inflight):
-            if _token_limited(batch) and item.resubmits < MAX_RESUBMITS:
-                job.progress(f"batch {batch.id} hit the enqueued-token limit; submitting it again later")
-                item.batch_id, item.resubmits = None, item.resubmits + 1
-                await asyncio.sleep(job.poll_seconds)
-            else:
+        finished = await _wait_any(job, inflight)
+        running = [i for i in inflight if all(i is not done for done, _ in finished)]
+        for item, batch in finished:
+            if token_limited(batch):
+                _settle(job, item, batch, alone=not running)
+            if not item.collected and item.batch_id is not None:
                 await _collect(job, item, batch)
                 job.report.batch_ids.append(batch.id)
                 item.collected, item.status = True, batch.status
             job.state.save(job.state_path)
+
+
+def _settle(job: _Job, item: BatchFile, batch: Any, *, alone: bool) -> None:
+    """A batch refused for the enqueued-token limit: submitted again once nothing else is in flight,
+    or, refused alone, split in halves. Left as it is (collected as failed) when neither is allowed."""
+    if not alone and item.resubmits < MAX_RESUBMITS:
+        job.progress(
+            f"batch {batch.id} hit the enqueued-token limit; submitting it again when it can go alone"
+        )
+        item.batch_id, item.resubmits = None, item.resubmits + 1
+    elif alone and item.requests > 1 and item.splits < MAX_SPLITS:
+        parts = split_in_halves(item)
+        job.progress(
+            f"batch {batch.id} is over the enqueued-token limit on its own: submitting its {item.requests} "
+            f"requests as two batches of {parts[0].requests} and {parts[1].requests}"
+        )
+        job.state.files.extend(parts)
+        job.report.batch_ids.append(batch.id)
+        job.file_ids.append(batch.input_file_id)
+        item.collected, item.status = True, "split"
 
 
 async def _wait_any(job: _Job, inflight: list[BatchFile]) -> list[tuple[BatchFile, Any]]:

@@ -36,6 +36,7 @@ class BatchFile:
     status: str | None = None  # the batch's final status, once collected
     resubmits: int = 0  # times refused for the enqueued-token limit and submitted again
     round: int = 0  # 0: the first submission; k: lines of an earlier batch that got no answer
+    splits: int = 0  # times halved: a part of a file over the enqueued-token limit on its own
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,13 +21,17 @@ from typing import Any, TypeVar
 
 from labeler.errors import DenseprefError
 from labeler.fileio import split_lines
+from labeler.runners.batch_api_files import BatchFile
 
 __all__ = [
+    "MAX_SPLITS",
     "RETRY_ATTEMPTS",
     "BatchWaitOver",
     "batch_errors",
     "delete_batch_files",
     "error_lines",
+    "split_in_halves",
+    "token_limited",
     "with_retries",
     "write_resubmission",
 ]
@@ -85,6 +89,38 @@ def batch_errors(batch: Any) -> list[str]:
         line = f" (line {error.line})" if getattr(error, "line", None) else ""
         out.append(f"{getattr(error, 'code', None) or 'error'}{line}: {getattr(error, 'message', '')}")
     return out
+
+
+def token_limited(batch: Any) -> bool:
+    """The batch failed for OpenAI's enqueued-token limit (``errors.data[].code`` is
+    ``token_limit_exceeded``; platform.openai.com/docs/guides/batch#rate-limits): none of its lines ran."""
+    errors = getattr(getattr(batch, "errors", None), "data", None) or []
+    return batch.status == "failed" and any(
+        getattr(e, "code", None) == "token_limit_exceeded" for e in errors
+    )
+
+
+#: Times a file refused for the enqueued-token limit on its own is halved (a part is then 1/64 of it
+#: at the smallest); a single line over the limit can only fail.
+MAX_SPLITS = 6
+
+
+def split_in_halves(item: BatchFile) -> list[BatchFile]:
+    """Two files holding the first and second half of ``item``'s lines (tokens shared in
+    proportion), for a file the enqueued-token limit refuses even with nothing else in flight:
+    submitting it whole again can only fail the same way."""
+    source = Path(item.path)
+    keys = [
+        json.loads(raw)["custom_id"] for raw in split_lines(source.read_text(encoding="utf-8")) if raw.strip()
+    ]
+    half = len(keys) // 2
+    parts = []
+    for name, chosen in (("a", keys[:half]), ("b", keys[half:])):
+        target = source.with_name(f"{source.stem}.{name}.jsonl")
+        lines, size = write_resubmission(source, set(chosen), target)
+        tokens = round(item.tokens * lines / max(1, item.requests))
+        parts.append(BatchFile(str(target), lines, size, tokens, round=item.round, splits=item.splits + 1))
+    return parts
 
 
 def error_lines(text: str) -> dict[str, str]:

@@ -12,7 +12,9 @@ It speaks enough of the API for the official ``openai`` client: ``POST /v1/chat/
   centre (labeler.media.images.side_by_side's gap) is 'side-by-side' and each image is split at the stripe
   into first | second; otherwise it is 'separate' and the first half of the images is the first video.
 - ``faults`` — a queue applied to the next requests, one each: ``{"status": 429, "retry_after": 0.05}``,
-  ``{"status": 500}``, ``{"hang": 5.0}`` (sleep before answering), ``{"garbage": true}``; ``rules`` —
+  ``{"status": 500}``, ``{"hang": 5.0}`` (sleep before answering), ``{"hang": "until_released"}``
+  (answer only after ``/_control {"release_hangs": true}`` or a reset: a client timeout that fires
+  whatever the machine's load), ``{"garbage": true}``; ``rules`` —
   per-content faults applied every time: ``{"match": "text in the prompt", "status": 500}`` or
   ``{"image_hash": image_digest(urls), "status": 500}`` (one segment's images; the log shows the hash).
 - ``latency_ms`` per request and ``max_concurrency`` (requests beyond it queue, like a GPU server).

@@ -90,6 +90,10 @@ class StandinConfig(BaseModel):
     #: ``max_tokens`` and billed as completion tokens (``completion_tokens_details.reasoning_tokens``);
     #: a limit below them ends in ``finish_reason: "length"`` with empty content.
     reasoning_tokens: int = 0
+    #: Like OpenAI's prompt caching (platform.openai.com/docs/guides/prompt-caching): this many of
+    #: each prompt's tokens (at most all of them) are reported as
+    #: ``usage.prompt_tokens_details.cached_tokens`` (CompletionUsage in OpenAI's OpenAPI document).
+    cached_prompt_tokens: int = 0
     #: OpenAI Batch API: a batch expires (status ``expired``) after answering this many lines; the
     #: rest go to its error file with ``response: null`` and error code ``batch_expired``.
     batch_expire_after: int | None = None

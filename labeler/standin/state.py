@@ -37,6 +37,9 @@ class StandinState:
         self.enqueued_tokens: dict[str, int] = {}  # batch id -> input tokens (Batch API limit)
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_size = 0
+        #: Set by ``/_control {"release_hangs": true}``: ends every ``{"hang": "until_released"}``.
+        #: Made lazily inside the server's loop, like the semaphore.
+        self._release: asyncio.Event | None = None
         self.reset_counters()
 
     def reset_counters(self) -> None:
@@ -65,8 +68,13 @@ class StandinState:
         request log, faults and rules first). Unknown keys or bad values raise ValidationError."""
         changes = dict(changes)
         reset = bool(changes.pop("reset", False))
+        release = bool(changes.pop("release_hangs", False))
         faults = changes.pop("faults", None)
         config = StandinConfig.model_validate({**self.config.model_dump(), **changes})  # validate first
+        if (release or reset) and self._release is not None:
+            self._release.set()  # a reset releases the hangs of the test before, too
+            if reset:
+                self._release = None  # later hangs wait for the next release
         if reset:
             self.reset_counters()
             self.faults.clear()
@@ -93,6 +101,16 @@ class StandinState:
             "billed_usd": dict(self.billed_usd),
             "config": self.config.model_dump(exclude={"faults", "api_key"}),
         }
+
+    async def _hang(self, how: Any) -> None:
+        """``"until_released"``: wait until ``/_control {"release_hangs": true}`` (or a reset), so a
+        client's timeout always fires first however slow the machine is; a number: sleep that long."""
+        if how == "until_released":
+            if self._release is None:
+                self._release = asyncio.Event()
+            await self._release.wait()
+        else:
+            await asyncio.sleep(float(how))
 
     def next_fault(self, text: str, image_digest: str) -> dict[str, Any] | None:
         if self.faults:
@@ -136,6 +154,7 @@ class StandinState:
             usage.get("prompt_tokens", 0),
             usage.get("completion_tokens", 0),
             batch=batch,
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
         )
         self.billed_usd["batch" if batch else "online"] += cost or 0.0
 
@@ -187,7 +206,7 @@ class StandinState:
             try:
                 if fault and fault.get("hang"):
                     self.faults_served["hang"] += 1
-                    await asyncio.sleep(float(fault["hang"]))
+                    await self._hang(fault["hang"])
                 garbage = cfg.policy == "garbage" or bool(fault and fault.get("garbage"))
                 if fault and fault.get("garbage"):
                     self.faults_served["garbage"] += 1
@@ -234,6 +253,9 @@ class StandinState:
                     usage["completion_tokens"] = len(tokens) + thinking
                     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
                     usage["completion_tokens_details"] = {"reasoning_tokens": thinking}
+                if cfg.cached_prompt_tokens:
+                    cached = min(cfg.cached_prompt_tokens, prompt_tokens)
+                    completion["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
                 # latency_ms is the whole service time of a request in its slot, the stand-in's own
                 # work included, like a GPU server whose answer takes L: sleep for what is left.
                 left = cfg.latency_ms / 1000 - (time.perf_counter() - started)
