@@ -90,7 +90,18 @@ def test_gemini_schema_field_error_drops_strict_then_the_schema():
     assert "response_format" not in judge.build_body(_request())
 
 
-@pytest.mark.parametrize("model", ["o1-pro", "o3-pro", "gpt-5-pro", "gpt-5-pro-2025-10-06", "gpt-5.2-pro"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "o1-pro",
+        "o3-pro",
+        "gpt-5-pro",
+        "gpt-5-pro-2025-10-06",
+        "gpt-5.2-pro",
+        "gpt-5.4-pro",
+        "gpt-5.5-pro-2026-04-23",
+    ],
+)
 def test_responses_only_models_are_refused_before_any_request(model):
     with pytest.raises(ValueError, match="Responses API only"):
         OpenAIJudge(model, api_key="k")

@@ -42,6 +42,9 @@ def request(h: int = 252, w: int = 448, k: int = 2) -> SegmentRequest:
         # Previously unpriced families.
         ("o1", 15.00, 60.00), ("gpt-5.1", 1.25, 10.00), ("gpt-5.2", 1.75, 14.00), ("gpt-4.5-preview", 75.00, 150.00),
         ("openai/gpt-4o-mini", 0.15, 0.60),
+        # Released since 2025-12, from litellm's model_prices_and_context_window.json (2026-12-04).
+        ("gpt-5.4", 2.50, 15.00), ("gpt-5.4-2026-03-05", 2.50, 15.00), ("gpt-5.4-mini", 0.75, 4.50),
+        ("gpt-5.4-nano", 0.20, 1.25), ("gpt-5.5", 5.00, 30.00), ("gpt-5.5-2026-04-23", 5.00, 30.00),
     ],
 )  # fmt: skip
 def test_each_family_has_its_own_price(model, price_in, price_out):
@@ -59,9 +62,20 @@ def test_names_outside_the_table_have_no_price(model):
 
 
 def test_the_table_is_dated_and_sourced():
-    assert TABLE_AS_OF[:4].isdigit() and all(
-        s.startswith("https://platform.openai.com/") for s in TABLE_SOURCES
+    assert TABLE_AS_OF >= "2026-12-04" and all(
+        s.startswith(("https://platform.openai.com/", "https://github.com/BerriAI/litellm/"))
+        for s in TABLE_SOURCES
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "cached"),
+    [("gpt-5.1", 0.125), ("gpt-5.2", 0.175), ("gpt-5.4", 0.25), ("gpt-5.4-mini", 0.075),
+     ("gpt-5.4-nano", 0.02), ("gpt-5.5", 0.50), ("gpt-5.5-pro", 3.00), ("gpt-5.2-pro", None)],
+)  # fmt: skip
+def test_cached_input_rates_of_the_gpt5x_families(model, cached):
+    info = lookup(model)
+    assert info is not None and info.cached_input_usd == cached
 
 
 def test_parse_price_accepts_two_finite_non_negative_numbers():

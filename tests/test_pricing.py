@@ -127,3 +127,12 @@ def test_chat_input_tokens_counts_text_images_and_framing_alike_for_both_part_sh
         1,
     )
     assert chat_input_tokens(neutral, "gpt-4o", default_detail="low") == (expected_text + framing + 85, 1)
+
+
+@pytest.mark.parametrize("model", ["gpt-5.1", "gpt-5.2-2025-12-11", "gpt-5.4", "gpt-5.5"])
+def test_gpt5x_images_keep_the_default_tile_rule_while_openai_publishes_none(model):
+    """docs/endpoints.md: no published image rule for gpt-5.1 and later, so they are counted
+    with gpt-4o's tiles (85 + 170 a tile), not gpt-5's 70/140 nor a patch rule."""
+    assert image_tokens(1024, 1024, "high", model) == image_tokens(1024, 1024, "high", "gpt-4o") == 765
+    assert image_tokens(1024, 1024, "low", model) == 85
+    assert image_tokens(1024, 1024, "high", "gpt-5") == 70 + 4 * 140

@@ -37,16 +37,21 @@ __all__ = [
     "lookup",
 ]
 
-TABLE_AS_OF = "2025-12-01"
+TABLE_AS_OF = "2026-12-04"
 TABLE_SOURCES = (
     "https://platform.openai.com/docs/pricing",
+    # cross-check of every gpt-5.x row (input, cached, output, batch, endpoints, efforts), read on
+    # 2026-12-04: BerriAI/litellm model_prices_and_context_window.json @ 00035b69f416
+    "https://github.com/BerriAI/litellm/blob/main/model_prices_and_context_window.json",
     "https://platform.openai.com/docs/guides/reasoning",
     "https://platform.openai.com/docs/guides/latest-model",
 )
 BATCH_DISCOUNT = 0.5
 #: Families OpenAI serves through the Responses API only (their model pages: "available in the
 #: Responses API only"); ``/chat/completions`` can only fail for them, so the judge refuses them.
-RESPONSES_ONLY = frozenset({"o1-pro", "o3-pro", "gpt-5-pro", "gpt-5.2-pro"})
+#: gpt-5-pro, gpt-5.2-pro, gpt-5.4-pro and gpt-5.5-pro: litellm lists ``"mode": "responses"`` and
+#: only ``/v1/responses`` and ``/v1/batch`` as their endpoints (json @ 00035b69f416, 2026-12-04).
+RESPONSES_ONLY = frozenset({"o1-pro", "o3-pro", "gpt-5-pro", "gpt-5.2-pro", "gpt-5.4-pro", "gpt-5.5-pro"})
 
 _O_EFFORTS = ("low", "medium", "high")
 _GPT5_EFFORTS = ("minimal", "low", "medium", "high")
@@ -113,9 +118,30 @@ MODELS: dict[str, ModelInfo] = {
         _reasoning("gpt-5-mini", 0.25, 2.00, "medium", _GPT5_EFFORTS, 0.025),
         _reasoning("gpt-5-nano", 0.05, 0.40, "medium", _GPT5_EFFORTS, 0.005),
         _reasoning("gpt-5-pro", 15.00, 120.00, "high", ("high",)),
+        # gpt-5-pro: litellm 15.00 / 120.00, no cached rate, Responses only (matches).
+        # gpt-5-mini / 5-nano / 4.x / o-series / 4o: prices not re-checked on 2026-12-04
+        # beyond gpt-5 (litellm: 1.25 / cached 0.125 / 10.00, matches); the rest as entered.
+        # gpt-5.1, gpt-5.2, gpt-5.2-pro: input, cached and output equal litellm's json
+        # @ 00035b69f416 (2026-12-04); gpt-5.2-pro has no cached rate there (billed as input).
         _reasoning("gpt-5.1", 1.25, 10.00, "none", _GPT51_EFFORTS, 0.125),
         _reasoning("gpt-5.2", 1.75, 14.00, "none", _GPT52_EFFORTS, 0.175),
         _reasoning("gpt-5.2-pro", 21.00, 168.00, "medium", ("medium", "high", "xhigh")),
+        # gpt-5.4 family (2026-03-05 / -03-17 snapshots): litellm json @ 00035b69f416
+        # (2026-12-04), same caveats as gpt-5.5 below. 5.4 2.50 / cached 0.25 / 15.00; mini 0.75 /
+        # 0.075 / 4.50; nano 0.20 / 0.02 / 1.25; pro 30.00 / 3.00 / 180.00 (Responses only).
+        # "minimal" is left out of the efforts (litellm: yes for 5.4, no for mini and nano).
+        _reasoning("gpt-5.4", 2.50, 15.00, "medium", _GPT52_EFFORTS, 0.25),
+        _reasoning("gpt-5.4-mini", 0.75, 4.50, "medium", _GPT52_EFFORTS, 0.075),
+        _reasoning("gpt-5.4-nano", 0.20, 1.25, "medium", _GPT52_EFFORTS, 0.02),
+        _reasoning("gpt-5.4-pro", 30.00, 180.00, "medium", ("medium", "high", "xhigh"), 3.00),
+        # gpt-5.5 (2026-04-23 snapshot) and gpt-5.5-pro: litellm json @ 00035b69f416 (2026-12-04):
+        # 5.00 / cached 0.50 / 30.00 (batch 2.50 / 15.00 = the 50 % rule); pro 30.00 / cached 3.00
+        # / 180.00, Responses only. Efforts: litellm says none and xhigh supported, minimal not.
+        # The default effort is UNVERIFIED (no source read): "medium" is assumed because it is
+        # the safe side (reasoning room reserved, sampling parameters not sent). Prices above
+        # 272k input tokens (2x) are not modelled.
+        _reasoning("gpt-5.5", 5.00, 30.00, "medium", _GPT52_EFFORTS, 0.50),
+        _reasoning("gpt-5.5-pro", 30.00, 180.00, "medium", ("medium", "high", "xhigh"), 3.00),
     )
 }
 
