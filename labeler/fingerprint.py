@@ -53,6 +53,7 @@ def job_settings(engine: Engine, cascade: dict[str, Any] | None = None) -> dict[
         "max_side": cfg.max_side,
         "swap": cfg.swap,
         "decisive_margin": cfg.decisive_margin,
+        "align_to_latent": cfg.align_to_latent,  # moves segment boundaries (absent before: None)
         # A sidecar written before cascades were recorded has no key: read as None, i.e. no cascade.
         "cascade": cascade,
     }

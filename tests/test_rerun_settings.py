@@ -71,6 +71,7 @@ def test_another_tie_margin_is_refused_until_relabel(clips, tmp_path):
         ("--frames-per-segment", "4", "frames_per_segment: 8 before, 4 now"),
         ("--segment-seconds", "0.5", "segment_seconds: 1.0 before, 0.5 now"),
         ("--max-side", "64", "max_side: 448 before, 64 now"),
+        ("--align-to-latent", "4", "align_to_latent: null before, 4 now"),
     ],
 )
 def test_engine_settings_are_compared_too(clips, tmp_path, option, value, needle):
