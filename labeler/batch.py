@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from labeler import fingerprint, jobfiles
-from labeler.cascade.options import add_cascade_arguments, cascade_rule_from_args, cheap_engine
+from labeler.cascade.options import (
+    add_cascade_arguments,
+    cascade_rule_from_args,
+    cascade_settings,
+    cheap_engine,
+)
 from labeler.cascade.policy import EscalationRule
 from labeler.cli_options import (
     EngineSpec,
@@ -152,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--relabel",
         action="store_true",
         help="when --out holds labels made with other settings (judge, model, --tie-margin, frames per "
-        "segment...; recorded in OUT.settings.json), move it aside as OUT.before-<time>.jsonl and label "
-        "again; without it such a rerun is refused. With the same settings a rerun resumes either way",
+        "segment, the cascade and its --escalate-*...; recorded in OUT.settings.json), move it (and a "
+        "cascade's OUT.cheap.jsonl) aside as OUT.before-<time>.jsonl and label again; without it such a "
+        "rerun is refused. With the same settings a rerun resumes either way",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_judge_arguments(p)
@@ -350,9 +356,12 @@ def _run(
 
     workers = args.workers or max(4, engine.config.concurrency // 2)
     poll = args.batch_poll_seconds if args.openai_batch else None
+    settings = fingerprint.job_settings(
+        engine, None if cascade is None else cascade_settings(args.cascade_from, cascade)
+    )
     try:
         with jobfiles.lock_output(out):
-            for aside in fingerprint.settle(out, fingerprint.job_settings(engine), relabel=args.relabel):
+            for aside in fingerprint.settle(out, settings, relabel=args.relabel):
                 print(f"relabel    kept aside -> {aside}", file=sys.stderr)
             if cascade is not None and ray_options is not None:
                 from labeler.cascade.ray import run_cascade_on_ray

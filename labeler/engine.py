@@ -182,7 +182,8 @@ class Engine:
             video.check_aligned(info_a, info_ref, role="reference")
         segments = []
         seconds = entry.segment_seconds or self.config.segment_seconds
-        for span in video.segment_spans(info_a, seconds, align_to=self.config.align_to_latent):
+        align = entry.align_to_latent or self.config.align_to_latent
+        for span in video.segment_spans(info_a, seconds, align_to=align):
             indices = video.sample_indices(span.start, span.end, self.config.frames_per_segment)
             keys = {o: self._key(content, indices, o, entry.prompt) for o in self._orders()}
             segments.append(
@@ -468,7 +469,7 @@ class Engine:
             segments,
             fps=fps,
             num_frames=num_frames,
-            labeler=self.labeler_info(seconds),
+            labeler=self.labeler_info(seconds, entry.align_to_latent),
             usage=Usage(**ctx.tally),
             video_sha256=content,
         )
@@ -500,8 +501,9 @@ class Engine:
             )
         return segments
 
-    def labeler_info(self, segment_seconds: float | None) -> LabelerInfo:
-        """The ``labeler`` block of this engine's records (``segment_seconds``: None for inline frames)."""
+    def labeler_info(self, segment_seconds: float | None, align_to_latent: int | None = None) -> LabelerInfo:
+        """The ``labeler`` block of this engine's records (``segment_seconds``: None for inline frames;
+        ``align_to_latent``: a pair's own, over the engine's)."""
         extra: dict[str, Any] = {"max_side": self.config.max_side}
         if self.judge.answer_order is not None:
             extra["answer_order"] = self.judge.answer_order
@@ -509,8 +511,8 @@ class Engine:
             extra["segment_seconds"] = segment_seconds
         if fallbacks := self.judge.endpoint_fallbacks():
             extra["fallbacks"] = fallbacks
-        if self.config.align_to_latent is not None:
-            extra["align_to_latent"] = self.config.align_to_latent
+        if (align := align_to_latent or self.config.align_to_latent) is not None:
+            extra["align_to_latent"] = align
         return LabelerInfo(
             judge=self.judge.name,
             model=self.judge.model,

@@ -3,9 +3,10 @@
 A rerun on the same ``--out`` skips the pairs already there, which is only right when they were
 labelled the way this run would label them. So every job records the settings that shape a label
 (judge, model, prompt, the judge's own fingerprint such as ``--tie-margin``, frames per segment,
-segment length, frame size, swap, the swap-disagreement margin) beside OUT, and a rerun whose
-settings differ is refused naming what differs, unless ``--relabel``, which moves the old files
-aside (``OUT.before-<UTC time>.jsonl`` and its errors and settings) and labels again.
+segment length, frame size, swap, the swap-disagreement margin, and a cascade's cheap judge with its
+fingerprint and escalation rule) beside OUT, and a rerun whose settings differ is refused naming what
+differs, unless ``--relabel``, which moves the old files aside (``OUT.before-<UTC time>.jsonl`` and
+its errors, settings and the cascade's cheap labels) and labels again.
 
 The package version is recorded but not compared: an upgrade alone does not void the labels.
 An OUT written before this sidecar existed is compared on what its first record's ``labeler``
@@ -37,8 +38,9 @@ def settings_path_for(out: str | Path) -> Path:
     return out.with_name(stem + ".settings.json")
 
 
-def job_settings(engine: Engine) -> dict[str, Any]:
-    """Every setting of this engine that changes a label, as plain JSON values."""
+def job_settings(engine: Engine, cascade: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every setting of this engine that changes a label, as plain JSON values; ``cascade`` is the
+    cascade's own (``labeler.cascade.options.cascade_settings``), None without one."""
     judge, cfg = engine.judge, engine.config
     settings = {
         "judge": judge.name,
@@ -51,6 +53,9 @@ def job_settings(engine: Engine) -> dict[str, Any]:
         "max_side": cfg.max_side,
         "swap": cfg.swap,
         "decisive_margin": cfg.decisive_margin,
+        "align_to_latent": cfg.align_to_latent,  # moves segment boundaries (absent before: None)
+        # A sidecar written before cascades were recorded has no key: read as None, i.e. no cascade.
+        "cascade": cascade,
     }
     # Through JSON and back, so a tuple and the list it is read back as compare equal.
     plain: dict[str, Any] = json.loads(json.dumps(settings, sort_keys=True, default=str))
@@ -113,7 +118,7 @@ def _write_sidecar(path: Path, settings: dict[str, Any]) -> None:
 
 def _aside(path: Path, stamp: str) -> Path:
     name = path.name
-    for suffix in (".errors.jsonl", ".settings.json", ".jsonl"):
+    for suffix in (".cheap.errors.jsonl", ".cheap.jsonl", ".errors.jsonl", ".settings.json", ".jsonl"):
         if name.endswith(suffix):
             return path.with_name(f"{name[: -len(suffix)]}.before-{stamp}{suffix}")
     return path.with_name(f"{name}.before-{stamp}")
@@ -125,11 +130,13 @@ def settle(out: str | Path, settings: dict[str, Any], *, relabel: bool) -> list[
     Raises SettingsChanged when OUT holds labels made with other settings and ``relabel`` is off.
     Call it holding OUT's lock (``jobfiles.lock_output``), before any pair is labelled.
     """
+    from labeler.cascade.runner import cheap_path_for
     from labeler.jobfiles import errors_path_for
 
     out = Path(out)
     sidecar = settings_path_for(out)
-    has_labels = out.is_file() and out.stat().st_size > 0
+    cheap = cheap_path_for(out)  # a cascade's pass 1 resumes from it: it is labels of these settings too
+    has_labels = any(p.is_file() and p.stat().st_size > 0 for p in (out, cheap))
     diffs: list[str] = []
     if has_labels:
         if sidecar.exists():
@@ -140,7 +147,7 @@ def settle(out: str | Path, settings: dict[str, Any], *, relabel: bool) -> list[
                     raise
                 diffs = [f"{sidecar.name}: unreadable"]
         else:
-            legacy = _legacy_settings(out)
+            legacy = _legacy_settings(out) if out.is_file() else None
             if legacy is not None:
                 diffs = differences(legacy, settings, only=set(_LEGACY_FIELDS))
     if diffs and not relabel:
@@ -153,7 +160,7 @@ def settle(out: str | Path, settings: dict[str, Any], *, relabel: bool) -> list[
     moved: list[Path] = []
     if diffs:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        for path in (out, errors_path_for(out), sidecar):
+        for path in (out, errors_path_for(out), sidecar, cheap, errors_path_for(cheap)):
             if path.exists():
                 target = _aside(path, stamp)
                 path.rename(target)

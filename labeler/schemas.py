@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -104,6 +105,12 @@ class ManifestEntry(_Strict):
     reference: str | None = Field(None, description="Ground-truth video the pair was generated from.")
     segment_seconds: float | None = Field(
         None, gt=0, allow_inf_nan=False, description="Overrides the job's segment length."
+    )
+    # default= by keyword: type checkers then know it is optional, and no caller has to name it.
+    align_to_latent: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        description="Overrides the job's --align-to-latent (boundaries on frames 1 + k*r).",
     )
     meta: dict[str, Any] = Field(default_factory=dict)
     _given: dict[str, str] = PrivateAttr(default_factory=dict)

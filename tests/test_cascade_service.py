@@ -60,6 +60,15 @@ def test_post_label_with_a_cascade_asks_the_vlm_only_about_the_least_confident(m
             assert nothing.status_code == 200 and standin.stats()["answered"] == 4  # nothing escalated
             assert {s["decided_by"] for s in nothing.json()["segments"]} == {"metrics"}
 
+            # A request's own align_to_latent cuts the cheap and the main judge's segments alike.
+            aligned = client.post(
+                "/label",
+                json={**body, "pair_id": "al", "align_to_latent": 4, "cascade": {"escalate_below": 0.0}},
+            )
+            assert aligned.status_code == 200, aligned.text
+            assert [s["start_frame"] for s in aligned.json()["segments"]] == [0, 9, 17, 25]
+            assert aligned.json()["labeler"]["align_to_latent"] == 4
+
             for bad in ({}, {"escalate_share": 0.5, "escalate_below": 0.5}, {"escalate_share": 2}):
                 refused = client.post("/label", json={**body, "cascade": bad})
                 assert refused.status_code == 422, refused.text

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from labeler import fingerprint
+from labeler.cascade import cheap_path_for
+from labeler.errors import SettingsChanged
 from labeler.media import video
 from labeler.schemas import read_records
+from labeler.standin import StandinServer
 from tests.conftest import textured_frames
+from tests.test_batch_cli import cli
 from tests.test_batch_hostile import FPS, label, one_line_error, pair, write_manifest
 
 
@@ -66,6 +71,7 @@ def test_another_tie_margin_is_refused_until_relabel(clips, tmp_path):
         ("--frames-per-segment", "4", "frames_per_segment: 8 before, 4 now"),
         ("--segment-seconds", "0.5", "segment_seconds: 1.0 before, 0.5 now"),
         ("--max-side", "64", "max_side: 448 before, 64 now"),
+        ("--align-to-latent", "4", "align_to_latent: null before, 4 now"),
     ],
 )
 def test_engine_settings_are_compared_too(clips, tmp_path, option, value, needle):
@@ -143,3 +149,88 @@ def test_a_repeated_pair_id_in_out_keeps_its_last_record(clips, tmp_path):
     assert rerun.returncode == 0 and "1 already done" in rerun.stdout
     records = read_records(out)
     assert len(records) == 1 and records[0].segments[0].rationale == "the newer one"
+
+
+# ----------------------------------------------------------------------------- the cascade's settings
+
+
+def _labels(manifest: Path, out: Path, tmp_path: Path, server: StandinServer, *extra: str):
+    """The main judge is a real OpenAI-compatible stand-in (a cascade needs one besides metrics)."""
+    env = {"OPENAI_API_KEY": "test-key"}
+    common = ("--judge", "openai", "--model", "standin-vlm", "--base-url", server.base_url, "--price", "1,4")
+    return cli(
+        str(manifest),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+        *common,
+        *extra,
+        env=env,
+    )
+
+
+def test_a_rerun_with_another_cascade_is_refused_until_relabel_which_moves_the_cheap_labels_aside(
+    clips, tmp_path
+):
+    manifest = write_manifest(tmp_path / "m.jsonl", [pair(clips, "p0"), pair(clips, "p1", "b.mp4", "c.mp4")])
+    out = tmp_path / "labels.jsonl"
+    share = ("--cascade-from", "metrics", "--escalate-share", "0.5")
+    below = ("--cascade-from", "metrics", "--escalate-below", "0.5")
+    with StandinServer(policy="hash") as server:
+        first = _labels(manifest, out, tmp_path, server, *share)
+        assert first.returncode == 0, first.stderr
+        recorded = json.loads(fingerprint.settings_path_for(out).read_text())["settings"]["cascade"]
+        assert recorded["cheap_judge"] == "metrics" and recorded["escalate_share"] == 0.5
+        assert recorded["cheap_judge_settings"]["judge"] == "metrics"
+        before, cheap_before = out.read_bytes(), cheap_path_for(out).read_bytes()
+
+        for extra, needle in (
+            (below, "cascade.escalate_below: null before, 0.5 now"),
+            (
+                ("--cascade-from", "metrics", "--escalate-share", "0.25"),
+                "cascade.escalate_share: 0.5 before, 0.25",
+            ),
+            ((), 'cascade.cheap_judge: "metrics" before, null now'),  # the cascade turned off
+        ):
+            one_line_error(_labels(manifest, out, tmp_path, server, *extra), str(out), needle, "--relabel")
+        assert out.read_bytes() == before and cheap_path_for(out).read_bytes() == cheap_before
+
+        same = _labels(manifest, out, tmp_path, server, *share)  # the settings it was made with: resumes
+        assert same.returncode == 0 and "0 labeled, 0 failed, 2 already done" in same.stdout, same.stdout
+
+        relabel = _labels(manifest, out, tmp_path, server, *below, "--relabel")
+        assert relabel.returncode == 0, relabel.stderr
+    assert "2 labeled" in relabel.stdout
+    kept = {p.name.split(".", 2)[2]: p for p in tmp_path.iterdir() if p.name.startswith("labels.before-")}
+    assert kept["jsonl"].read_bytes() == before
+    assert kept["cheap.jsonl"].read_bytes() == cheap_before  # pass 1 ran again, not resumed from it
+    assert "settings.json" in kept
+    assert len(read_records(cheap_path_for(out))) == 2
+    settings = json.loads(fingerprint.settings_path_for(out).read_text())["settings"]["cascade"]
+    assert settings["escalate_below"] == 0.5 and "escalate_share" not in settings
+
+
+def test_a_cascade_over_labels_made_without_one_is_refused(clips, tmp_path):
+    manifest = write_manifest(tmp_path / "m.jsonl", [pair(clips, "p0")])
+    out = tmp_path / "labels.jsonl"
+    with StandinServer(policy="hash") as server:
+        assert _labels(manifest, out, tmp_path, server).returncode == 0
+        refused = _labels(
+            manifest, out, tmp_path, server, "--cascade-from", "metrics", "--escalate-below", "0.5"
+        )
+    one_line_error(refused, 'cascade.cheap_judge: null before, "metrics" now', "--relabel")
+    assert not cheap_path_for(out).exists()
+
+
+def test_cheap_labels_alone_are_compared_too(tmp_path):
+    """A cascade stopped in pass 1 leaves OUT empty and OUT.cheap.jsonl full: still this sidecar's."""
+    out = tmp_path / "labels.jsonl"
+    fingerprint.settle(out, {"judge": "openai", "cascade": {"escalate_share": 0.5}}, relabel=False)
+    cheap_path_for(out).write_text('{"pair_id": "p0"}\n')
+    with pytest.raises(SettingsChanged, match=re.escape("cascade.escalate_share: 0.5 before, 0.25 now")):
+        fingerprint.settle(out, {"judge": "openai", "cascade": {"escalate_share": 0.25}}, relabel=False)
+    moved = fingerprint.settle(out, {"judge": "openai", "cascade": {"escalate_share": 0.25}}, relabel=True)
+    assert sorted(p.name.split(".", 2)[2] for p in moved) == ["cheap.jsonl", "settings.json"]
+    assert not cheap_path_for(out).exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from labeler.cascade.policy import EscalationRule
 from labeler.engine import Engine
@@ -76,3 +77,14 @@ def cheap_engine(main: Engine, source: str, *, processes: int | None) -> Engine:
     judge = build_judge(source, processes=processes)
     config = dataclasses.replace(main.config, max_requests=None, max_cost=None)
     return Engine(judge, config, JudgmentCache(main.cache.directory))
+
+
+def cascade_settings(source: str, rule: EscalationRule) -> dict[str, Any]:
+    """The cascade's part of OUT's settings sidecar (labeler.fingerprint): the cheap judge, its
+    fingerprint and the escalation rule; another of any is another labelling. The cheap judge is built
+    as both passes build it (its defaults), without worker processes, only to be asked."""
+    return {
+        "cheap_judge": source,
+        "cheap_judge_settings": build_judge(source, processes=0).fingerprint(),
+        **rule.describe(),
+    }

@@ -116,7 +116,7 @@ async def escalate(
         cheap,
         decided,
         main_judge=main_engine.judge.name,
-        labeler=main_engine.labeler_info(seconds),
+        labeler=main_engine.labeler_info(seconds, entry.align_to_latent),
         usage=usage,
         cascade=info,
     )

@@ -93,6 +93,13 @@ class LabelByPathRequest(_Strict):
         None, gt=0, le=MAX_SECONDS, description="Segment length (default: the service's)."
     )
     pair_id: PairId | None = Field(None, description="Echoed in the record (default: a hash of the paths).")
+    align_to_latent: int | None = Field(
+        None,
+        ge=1,
+        description="Place every segment boundary on a frame 1 + k·r (r: a causal video VAE's temporal "
+        "compression, 4 for Wan), so no latent frame straddles two segments (default: the service's "
+        "--align-to-latent). Recorded in the record's labeler block.",
+    )
     cascade: CascadeOptions | None = Field(
         None, description="Spend the service's judge only on the segments a cheap judge is unsure of."
     )

@@ -78,6 +78,7 @@ class LabelService:
             video_b=str(real["video_b"]),
             reference=str(real["reference"]) if "reference" in real else None,
             segment_seconds=req.segment_seconds,
+            align_to_latent=req.align_to_latent,
         )
         return entry, private, self._decoded_pixels(infos["video_a"], n_segments, len(real))
 
