@@ -15,11 +15,11 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from labeler.judges.parsing import label_probabilities_from_logprobs, parse_answer
+from labeler.judges.parsing import label_probabilities_or_vote, parse_answer
 from labeler.schemas import JudgeParseError, Judgment
 
 __all__ = [
@@ -140,10 +140,7 @@ def read_response(response: Any, model: str) -> tuple[Judgment | None, str, Judg
                 f"{exc} (the answer was cut off at the token limit: keep the rationale short)"
             )
         return None, raw, exc
-    probs = label_probabilities_from_logprobs(logprob_tokens(candidate.logprobs_result))
-    source: Literal["logprobs", "vote"] = "logprobs"
-    if probs is None:
-        probs, source = {k: float(k == answer.label) for k in ("A", "B", "tie")}, "vote"
+    probs, source = label_probabilities_or_vote(logprob_tokens(candidate.logprobs_result), answer.label)
     judgment = Judgment(
         label=answer.label,
         p_a=probs["A"],

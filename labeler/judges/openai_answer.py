@@ -3,9 +3,9 @@ Batch API output lines alike)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from labeler.judges.parsing import label_probabilities_from_logprobs, parse_answer
+from labeler.judges.parsing import label_probabilities_or_vote, parse_answer
 from labeler.judges.usage import read_usage
 from labeler.schemas import JudgeParseError, Judgment
 
@@ -58,10 +58,7 @@ def read_completion(
                 )
             error = JudgeParseError(f"{parse_error} (the answer was cut off at the token limit: {hint})")
         return None, raw, error
-    probs = label_probabilities_from_logprobs((choice.get("logprobs") or {}).get("content"))
-    source: Literal["logprobs", "vote"] = "logprobs"
-    if probs is None:
-        probs, source = {k: float(k == answer.label) for k in ("A", "B", "tie")}, "vote"
+    probs, source = label_probabilities_or_vote((choice.get("logprobs") or {}).get("content"), answer.label)
     judgment = Judgment(
         label=answer.label,
         p_a=probs["A"],

@@ -247,6 +247,17 @@ def label_probabilities_from_logprobs(tokens: list[dict[str, Any]] | None) -> di
     return None
 
 
+def label_probabilities_or_vote(
+    tokens: list[dict[str, Any]] | None, label: str
+) -> tuple[dict[str, float], Literal["logprobs", "vote"]]:
+    """The logprob distribution at the label (``label_probabilities_from_logprobs``), or, where the
+    answer carries none, a one-hot vote for ``label``; with the source, which records report."""
+    probs = label_probabilities_from_logprobs(tokens)
+    if probs is None:
+        return {k: float(k == label) for k in ("A", "B", "tie")}, "vote"
+    return probs, "logprobs"
+
+
 def _distribution(token: Any, text: str, prefix: str) -> dict[str, float] | None:
     alternatives = list(_get(token, "top_logprobs") or [])
     seen: set[str] = set()
