@@ -11,14 +11,14 @@ vllm==0.34.0`` plus the few packages its protocol module imports); tests skip wi
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the handler's annotations here
+
+from tests.vllm_real import Served
 
 
 @dataclass
@@ -107,36 +107,13 @@ def create_app(state: FrontendState) -> Any:
     return app
 
 
-class VllmFrontend:
-    """The front end on 127.0.0.1 and a free port, served by uvicorn in a background thread."""
+class VllmFrontend(Served):
+    """The front end on 127.0.0.1 and a free port (``Served``: uvicorn in a background thread)."""
 
     def __init__(self, *, trust_mm_kwargs: bool = True) -> None:
-        import uvicorn
-
         self.state = FrontendState(trust_mm_kwargs=trust_mm_kwargs)
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
-        self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(create_app(self.state), log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
-        )
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        super().__init__(create_app(self.state))
 
     def __enter__(self) -> VllmFrontend:
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the vLLM front end did not start")
-            time.sleep(0.01)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
